@@ -1,0 +1,531 @@
+//! The `[netskope]` table of the worker's config, and the tokens it points at.
+//!
+//! Tokens are never part of the config file: the file names an environment variable or a file
+//! that holds each token. That keeps secrets out of config repositories and lets Kubernetes or
+//! systemd mount them.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use url::Url;
+
+/// Largest token file we read. A real Netskope token is a few hundred bytes; a bigger file is a
+/// mistake (a wrong path) and must not be loaded into memory whole.
+const MAX_TOKEN_FILE_BYTES: u64 = 16 * 1024;
+
+/// Which HTTP header carries the token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthHeader {
+    /// `Netskope-Api-Token: <token>`, as Netskope documents.
+    #[default]
+    Netskope,
+    /// `Authorization: Bearer <token>`, which Netskope also accepts and generic SCIM servers expect.
+    Bearer,
+}
+
+/// Name of the audit endpoint's paging parameter: Netskope's v2 spec says `offset`, older
+/// guides (API v1) say `skip`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum PagingParam {
+    #[default]
+    Offset,
+    Skip,
+}
+
+impl PagingParam {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PagingParam::Offset => "offset",
+            PagingParam::Skip => "skip",
+        }
+    }
+}
+
+/// How a membership removal is written in a group PATCH.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum RemoveStyle {
+    /// One `remove` operation per member with the RFC 7644 filter path
+    /// `members[value eq "<id>"]`. Standard, and accepted by Netskope; all operations still
+    /// travel in one PATCH.
+    #[default]
+    PathFilter,
+    /// One `remove` operation on `members` with a value list (the form Netskope's and Azure's
+    /// integrations send). Not every RFC 7644 server accepts it.
+    ValueList,
+}
+
+/// Retry limits for transient faults (429, 5xx, timeouts, connection errors).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetryConfig {
+    /// Attempts per request, the first one included.
+    pub max_attempts: u32,
+    /// First backoff delay; it doubles per attempt, with jitter.
+    #[serde(with = "humantime_serde")]
+    pub initial_delay: Duration,
+    /// Upper bound of one backoff delay. Netskope's own integration waits 60 s on a 429.
+    #[serde(with = "humantime_serde")]
+    pub max_delay: Duration,
+    /// Upper bound on a server's `Retry-After`; a larger value is clamped to it.
+    #[serde(with = "humantime_serde")]
+    pub max_retry_after: Duration,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        Self {
+            max_attempts: 6,
+            initial_delay: Duration::from_millis(500),
+            max_delay: Duration::from_secs(60),
+            max_retry_after: Duration::from_secs(300),
+        }
+    }
+}
+
+/// Where a token is read from. Exactly one of the two may be set.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenSource {
+    /// Name of an environment variable that holds the token.
+    pub env: Option<String>,
+    /// Path of a file whose content (trimmed) is the token.
+    pub file: Option<PathBuf>,
+}
+
+/// The `[netskope]` table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NetskopeConfig {
+    /// `https://<tenant>.goskope.com`; the SCIM base and the audit URL derive from it.
+    pub tenant_url: Option<String>,
+    /// Overrides `<tenant_url>/api/v2/scim`, to target any SCIM 2.0 server.
+    pub scim_base_url: Option<String>,
+    /// Overrides `<tenant_url>/api/v2/events/data/audit`.
+    pub audit_url: Option<String>,
+    /// The SCIM token. Defaults to the env var `NETSKOPE_SCIM_TOKEN`.
+    pub scim_token: TokenSource,
+    /// An optional separate token for the audit endpoint. Without it the SCIM token is used.
+    pub events_token: TokenSource,
+    pub auth_header: AuthHeader,
+    /// Budget per token. Netskope allows about 300/min per token (observed, not published).
+    pub requests_per_minute: u32,
+    /// Per-request timeout, connection included.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    pub retry: RetryConfig,
+    /// Plain http is refused unless this is set *and* the host is a loopback address (the
+    /// local simulator). A token sent over plain http to a remote host is a token leaked.
+    pub allow_insecure_http: bool,
+    /// Entries in the user-name → id cache.
+    pub user_cache_size: usize,
+    /// How long a resolved id is trusted. Short, because users can be deleted and re-created.
+    #[serde(with = "humantime_serde")]
+    pub user_cache_ttl: Duration,
+    /// Most members in one group PATCH. Netskope's own integration sends up to 5,000.
+    pub members_batch_size: usize,
+    pub member_remove_style: RemoveStyle,
+    pub audit_paging_param: PagingParam,
+    /// Largest response body read, in bytes. An audit page of 5,000 events is a few MiB.
+    pub max_response_bytes: usize,
+}
+
+impl Default for NetskopeConfig {
+    fn default() -> Self {
+        Self {
+            tenant_url: None,
+            scim_base_url: None,
+            audit_url: None,
+            scim_token: TokenSource::default(),
+            events_token: TokenSource::default(),
+            auth_header: AuthHeader::default(),
+            requests_per_minute: 300,
+            request_timeout: Duration::from_secs(30),
+            retry: RetryConfig::default(),
+            allow_insecure_http: false,
+            user_cache_size: 10_000,
+            user_cache_ttl: Duration::from_secs(300),
+            members_batch_size: 500,
+            member_remove_style: RemoveStyle::default(),
+            audit_paging_param: PagingParam::default(),
+            max_response_bytes: 32 * 1024 * 1024,
+        }
+    }
+}
+
+/// The default env var of the SCIM token when the config names no source.
+pub const DEFAULT_SCIM_TOKEN_ENV: &str = "NETSKOPE_SCIM_TOKEN";
+
+/// A configuration fault: the worker must not start. Messages name the setting, never a secret.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error(
+        "netskope: set tenant_url (e.g. https://acme.goskope.com), or both scim_base_url and audit_url"
+    )]
+    MissingUrl,
+    #[error("netskope.{field}: {value:?} is not a valid URL: {reason}")]
+    BadUrl {
+        field: &'static str,
+        value: String,
+        reason: String,
+    },
+    #[error(
+        "netskope.{field}: {value:?} uses plain http; https is required. Plain http is allowed only for a loopback host with allow_insecure_http = true"
+    )]
+    InsecureUrl { field: &'static str, value: String },
+    #[error("netskope.{field}: {value:?} must not carry credentials, a query or a fragment")]
+    UrlExtras { field: &'static str, value: String },
+    #[error("netskope.{which}: set either env or file, not both")]
+    TokenTwoSources { which: &'static str },
+    #[error("netskope.{which}: environment variable {var} is not set or empty")]
+    TokenEnvMissing { which: &'static str, var: String },
+    #[error("netskope.{which}: cannot read token file {path}: {reason}")]
+    TokenFile {
+        which: &'static str,
+        path: String,
+        reason: String,
+    },
+    #[error("netskope.{field}: {reason}")]
+    Invalid { field: &'static str, reason: String },
+}
+
+/// The endpoints the client talks to, derived and checked once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoints {
+    /// SCIM base without a trailing slash, e.g. `https://acme.goskope.com/api/v2/scim`.
+    pub scim_base: Url,
+    pub audit: Url,
+}
+
+/// Tokens loaded from their sources. `events` is `None` when the SCIM token serves both.
+pub struct Tokens {
+    pub scim: SecretString,
+    pub events: Option<SecretString>,
+}
+
+impl std::fmt::Debug for Tokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tokens")
+            .field("scim", &"[redacted]")
+            .field("events", &self.events.as_ref().map(|_| "[redacted]"))
+            .finish()
+    }
+}
+
+impl NetskopeConfig {
+    /// Checks every setting and derives the endpoints. Reads no secret.
+    pub fn endpoints(&self) -> Result<Endpoints, ConfigError> {
+        let tenant = self
+            .tenant_url
+            .as_deref()
+            .map(|t| self.parse_url("tenant_url", t))
+            .transpose()?;
+        let scim_base = match (&self.scim_base_url, &tenant) {
+            (Some(u), _) => self.parse_url("scim_base_url", u)?,
+            (None, Some(t)) => join(t, "api/v2/scim"),
+            (None, None) => return Err(ConfigError::MissingUrl),
+        };
+        let audit = match (&self.audit_url, &tenant) {
+            (Some(u), _) => self.parse_url("audit_url", u)?,
+            (None, Some(t)) => join(t, "api/v2/events/data/audit"),
+            (None, None) => return Err(ConfigError::MissingUrl),
+        };
+        self.check_limits()?;
+        Ok(Endpoints { scim_base, audit })
+    }
+
+    fn check_limits(&self) -> Result<(), ConfigError> {
+        let invalid = |field, reason: &str| {
+            Err(ConfigError::Invalid {
+                field,
+                reason: reason.to_string(),
+            })
+        };
+        if self.requests_per_minute == 0 {
+            return invalid("requests_per_minute", "must be at least 1");
+        }
+        if self.request_timeout.is_zero() {
+            return invalid("request_timeout", "must be more than 0s");
+        }
+        if self.retry.max_attempts == 0 {
+            return invalid("retry.max_attempts", "must be at least 1");
+        }
+        if self.user_cache_size == 0 {
+            return invalid("user_cache_size", "must be at least 1");
+        }
+        if !(1..=5000).contains(&self.members_batch_size) {
+            return invalid("members_batch_size", "must be between 1 and 5000");
+        }
+        if self.max_response_bytes < 64 * 1024 {
+            return invalid("max_response_bytes", "must be at least 65536");
+        }
+        Ok(())
+    }
+
+    fn parse_url(&self, field: &'static str, value: &str) -> Result<Url, ConfigError> {
+        let url = Url::parse(value.trim()).map_err(|e| ConfigError::BadUrl {
+            field,
+            value: value.to_string(),
+            reason: e.to_string(),
+        })?;
+        if !url.username().is_empty()
+            || url.password().is_some()
+            || url.query().is_some()
+            || url.fragment().is_some()
+        {
+            return Err(ConfigError::UrlExtras {
+                field,
+                value: redact_userinfo(&url),
+            });
+        }
+        match url.scheme() {
+            "https" => {}
+            "http" if self.allow_insecure_http && is_loopback(&url) => {}
+            "http" => {
+                return Err(ConfigError::InsecureUrl {
+                    field,
+                    value: value.to_string(),
+                });
+            }
+            other => {
+                return Err(ConfigError::BadUrl {
+                    field,
+                    value: value.to_string(),
+                    reason: format!("scheme {other:?} is not https"),
+                });
+            }
+        }
+        if url.host().is_none() {
+            return Err(ConfigError::BadUrl {
+                field,
+                value: value.to_string(),
+                reason: "no host".into(),
+            });
+        }
+        Ok(trim_slash(url))
+    }
+
+    /// Reads the tokens from their env vars or files.
+    pub fn load_tokens(&self) -> Result<Tokens, ConfigError> {
+        let scim = read_token("scim_token", &self.scim_token, Some(DEFAULT_SCIM_TOKEN_ENV))?
+            .ok_or(ConfigError::TokenEnvMissing {
+                which: "scim_token",
+                var: DEFAULT_SCIM_TOKEN_ENV.into(),
+            })?;
+        let events = read_token("events_token", &self.events_token, None)?
+            // The same string twice is one token with one budget: share its limiter.
+            .filter(|e| e.expose_secret() != scim.expose_secret());
+        Ok(Tokens { scim, events })
+    }
+}
+
+fn read_token(
+    which: &'static str,
+    source: &TokenSource,
+    default_env: Option<&str>,
+) -> Result<Option<SecretString>, ConfigError> {
+    match (&source.env, &source.file) {
+        (Some(_), Some(_)) => Err(ConfigError::TokenTwoSources { which }),
+        (None, Some(path)) => read_token_file(which, path).map(Some),
+        (env, None) => {
+            let Some(var) = env.as_deref().or(default_env) else {
+                return Ok(None);
+            };
+            match std::env::var(var) {
+                Ok(v) if !v.trim().is_empty() => Ok(Some(SecretString::from(v.trim().to_string()))),
+                _ => Err(ConfigError::TokenEnvMissing {
+                    which,
+                    var: var.to_string(),
+                }),
+            }
+        }
+    }
+}
+
+fn read_token_file(
+    which: &'static str,
+    path: &std::path::Path,
+) -> Result<SecretString, ConfigError> {
+    use std::io::Read;
+    let err = |reason: String| ConfigError::TokenFile {
+        which,
+        path: path.display().to_string(),
+        reason,
+    };
+    let file = std::fs::File::open(path).map_err(|e| err(e.to_string()))?;
+    let mut text = String::new();
+    file.take(MAX_TOKEN_FILE_BYTES + 1)
+        .read_to_string(&mut text)
+        .map_err(|e| err(e.to_string()))?;
+    if text.len() as u64 > MAX_TOKEN_FILE_BYTES {
+        return Err(err(format!(
+            "larger than {MAX_TOKEN_FILE_BYTES} bytes; is this the right file?"
+        )));
+    }
+    let token = text.trim();
+    if token.is_empty() {
+        return Err(err("the file is empty".into()));
+    }
+    Ok(SecretString::from(token.to_string()))
+}
+
+fn is_loopback(url: &Url) -> bool {
+    match url.host() {
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => IpAddr::V4(ip).is_loopback(),
+        Some(url::Host::Ipv6(ip)) => IpAddr::V6(ip).is_loopback(),
+        None => false,
+    }
+}
+
+fn trim_slash(mut url: Url) -> Url {
+    let path = url.path().trim_end_matches('/').to_string();
+    url.set_path(&path);
+    url
+}
+
+fn join(base: &Url, tail: &str) -> Url {
+    let mut url = base.clone();
+    let path = format!("{}/{tail}", base.path().trim_end_matches('/'));
+    url.set_path(&path);
+    url
+}
+
+fn redact_userinfo(url: &Url) -> String {
+    let mut u = url.clone();
+    let _ = u.set_username("");
+    let _ = u.set_password(None);
+    u.set_query(None);
+    u.set_fragment(None);
+    u.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(tenant: &str) -> NetskopeConfig {
+        NetskopeConfig {
+            tenant_url: Some(tenant.into()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn derives_scim_and_audit_from_tenant() {
+        let e = cfg("https://acme.goskope.com/").endpoints().unwrap();
+        assert_eq!(e.scim_base.as_str(), "https://acme.goskope.com/api/v2/scim");
+        assert_eq!(
+            e.audit.as_str(),
+            "https://acme.goskope.com/api/v2/events/data/audit"
+        );
+    }
+
+    #[test]
+    fn overrides_win_over_tenant() {
+        let mut c = cfg("https://acme.goskope.com");
+        c.scim_base_url = Some("https://scim.example.org/v2/".into());
+        let e = c.endpoints().unwrap();
+        assert_eq!(e.scim_base.as_str(), "https://scim.example.org/v2");
+        assert_eq!(
+            e.audit.as_str(),
+            "https://acme.goskope.com/api/v2/events/data/audit"
+        );
+    }
+
+    #[test]
+    fn plain_http_needs_loopback_and_the_flag() {
+        assert!(matches!(
+            cfg("http://127.0.0.1:8089").endpoints(),
+            Err(ConfigError::InsecureUrl { .. })
+        ));
+        let mut c = cfg("http://127.0.0.1:8089");
+        c.allow_insecure_http = true;
+        assert!(c.endpoints().is_ok());
+        let mut c = cfg("http://localhost:8089");
+        c.allow_insecure_http = true;
+        assert!(c.endpoints().is_ok());
+        let mut c = cfg("http://[::1]:8089");
+        c.allow_insecure_http = true;
+        assert!(c.endpoints().is_ok());
+        let mut c = cfg("http://acme.goskope.com");
+        c.allow_insecure_http = true;
+        assert!(matches!(
+            c.endpoints(),
+            Err(ConfigError::InsecureUrl { .. })
+        ));
+        let mut c = cfg("http://10.0.0.5");
+        c.allow_insecure_http = true;
+        assert!(matches!(
+            c.endpoints(),
+            Err(ConfigError::InsecureUrl { .. })
+        ));
+    }
+
+    #[test]
+    fn urls_with_credentials_are_refused_without_echoing_them() {
+        let err = cfg("https://admin:hunter2@acme.goskope.com")
+            .endpoints()
+            .unwrap_err();
+        assert!(matches!(err, ConfigError::UrlExtras { .. }));
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+    }
+
+    #[test]
+    fn missing_url_is_a_clear_error() {
+        assert_eq!(
+            NetskopeConfig::default().endpoints(),
+            Err(ConfigError::MissingUrl)
+        );
+    }
+
+    #[test]
+    fn token_file_is_trimmed_and_bounded() {
+        let dir = std::env::temp_dir().join(format!("offboarder-token-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let good = dir.join("good");
+        std::fs::write(&good, "  tok-123\n").unwrap();
+        let t = read_token_file("scim_token", &good).unwrap();
+        assert_eq!(t.expose_secret(), "tok-123");
+
+        let big = dir.join("big");
+        std::fs::write(&big, vec![b'a'; 20_000]).unwrap();
+        assert!(matches!(
+            read_token_file("scim_token", &big),
+            Err(ConfigError::TokenFile { .. })
+        ));
+        let empty = dir.join("empty");
+        std::fs::write(&empty, "\n").unwrap();
+        assert!(read_token_file("scim_token", &empty).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn both_token_sources_is_an_error() {
+        let src = TokenSource {
+            env: Some("X".into()),
+            file: Some("/nonexistent".into()),
+        };
+        assert_eq!(
+            read_token("scim_token", &src, None).unwrap_err(),
+            ConfigError::TokenTwoSources {
+                which: "scim_token"
+            }
+        );
+    }
+
+    #[test]
+    fn limits_are_checked() {
+        let mut c = cfg("https://acme.goskope.com");
+        c.members_batch_size = 0;
+        assert!(matches!(c.endpoints(), Err(ConfigError::Invalid { .. })));
+        let mut c = cfg("https://acme.goskope.com");
+        c.requests_per_minute = 0;
+        assert!(matches!(c.endpoints(), Err(ConfigError::Invalid { .. })));
+    }
+}

@@ -1,0 +1,263 @@
+//! One request budget per Netskope token.
+//!
+//! Netskope limits each token to about 300 requests per minute, and a 429 usually comes without
+//! `Retry-After`. Sending into a 429 wastes budget and delays everyone, so every request of a
+//! token first takes a cell from that token's GCRA limiter (`governor`). Three signals tune it:
+//!
+//! * `ratelimit-remaining: 0` with `ratelimit-reset: N`: the server told us the window is spent,
+//!   so the whole token pauses for N seconds *before* a 429 happens;
+//! * a 429: the token's rate is halved and the whole token pauses (for `Retry-After` when given,
+//!   else for the retry's backoff), so concurrent requests stop hammering too, not only the one
+//!   that was refused;
+//! * successes: after a quarter-minute's worth of them, the rate climbs back by a tenth of the
+//!   configured budget (additive increase, multiplicative decrease).
+//!
+//! All waits go through tokio's clock, so paused-time tests can check them.
+
+use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use governor::{
+    Quota, RateLimiter, middleware::NoOpMiddleware, state::InMemoryState, state::NotKeyed,
+};
+use tokio::time::Instant;
+
+use crate::clock::{TokioClock, wait_until};
+
+type Gcra =
+    RateLimiter<NotKeyed, InMemoryState, TokioClock, NoOpMiddleware<governor::nanos::Nanos>>;
+
+/// The lowest rate a run of 429s can push a token to, as a fraction of its configured budget.
+const MIN_RATE_DIVISOR: u32 = 16;
+
+pub struct TokenLimiter {
+    clock: TokioClock,
+    configured_per_min: u32,
+    state: Mutex<State>,
+}
+
+struct State {
+    gcra: Arc<Gcra>,
+    per_min: u32,
+    /// No request of this token leaves before this instant.
+    paused_until: Option<Instant>,
+    /// Successes since the rate last changed; drives the slow climb back.
+    successes: u32,
+    /// 429s seen since the token was created; exposed for tests and metrics.
+    throttled_total: u64,
+}
+
+impl TokenLimiter {
+    pub fn new(per_min: u32) -> Self {
+        let per_min = per_min.max(1);
+        let clock = TokioClock::new();
+        Self {
+            state: Mutex::new(State {
+                gcra: Arc::new(build(per_min, &clock)),
+                per_min,
+                paused_until: None,
+                successes: 0,
+                throttled_total: 0,
+            }),
+            clock,
+            configured_per_min: per_min,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding this lock leaves plain numbers behind; they are still usable.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Waits until this token may send one request. Returns how long it waited.
+    pub async fn acquire(&self) -> Duration {
+        let started = Instant::now();
+        loop {
+            let (paused_until, gcra) = {
+                let s = self.lock();
+                (s.paused_until, s.gcra.clone())
+            };
+            if let Some(until) = paused_until
+                && until > Instant::now()
+            {
+                tokio::time::sleep_until(until).await;
+                continue;
+            }
+            match gcra.check() {
+                Ok(()) => return started.elapsed(),
+                Err(not_until) => {
+                    tokio::time::sleep(wait_until(&self.clock, not_until.earliest_possible()))
+                        .await;
+                }
+            }
+        }
+    }
+
+    /// The server answered 429: halve the rate and, when the server said how long, pause the
+    /// whole token that long.
+    pub fn on_throttled(&self, retry_after: Option<Duration>) {
+        let mut s = self.lock();
+        s.throttled_total += 1;
+        let floor = (self.configured_per_min / MIN_RATE_DIVISOR).max(1);
+        let slower = (s.per_min / 2).max(floor);
+        if slower != s.per_min {
+            s.per_min = slower;
+            s.gcra = Arc::new(build(slower, &self.clock));
+        }
+        s.successes = 0;
+        if let Some(wait) = retry_after {
+            pause(&mut s, wait);
+        }
+    }
+
+    /// Pauses every request of this token for `wait` (keeps a longer pause already set).
+    pub fn pause_for(&self, wait: Duration) {
+        pause(&mut self.lock(), wait);
+    }
+
+    /// Applies `ratelimit-remaining` / `ratelimit-reset` from a response.
+    pub fn on_rate_headers(&self, remaining: Option<u64>, reset: Option<Duration>) {
+        if let (Some(0), Some(reset)) = (remaining, reset) {
+            self.pause_for(reset);
+        }
+    }
+
+    /// A request of this token succeeded: after a quarter-minute's worth of successes at the
+    /// current rate, raise it by a tenth of the configured budget.
+    pub fn on_success(&self) {
+        let mut s = self.lock();
+        if s.per_min >= self.configured_per_min {
+            return;
+        }
+        s.successes += 1;
+        if s.successes >= (s.per_min / 4).max(1) {
+            let faster =
+                (s.per_min + (self.configured_per_min / 10).max(1)).min(self.configured_per_min);
+            s.per_min = faster;
+            s.gcra = Arc::new(build(faster, &self.clock));
+            s.successes = 0;
+        }
+    }
+
+    /// The rate in force now, requests per minute.
+    pub fn current_per_min(&self) -> u32 {
+        self.lock().per_min
+    }
+
+    pub fn configured_per_min(&self) -> u32 {
+        self.configured_per_min
+    }
+
+    /// How many 429s this token has received.
+    pub fn throttled_total(&self) -> u64 {
+        self.lock().throttled_total
+    }
+
+    /// The instant until which the token is paused, if it is.
+    pub fn paused_until(&self) -> Option<Instant> {
+        self.lock().paused_until.filter(|u| *u > Instant::now())
+    }
+}
+
+fn pause(s: &mut State, wait: Duration) {
+    let until = Instant::now() + wait;
+    if s.paused_until.is_none_or(|p| p < until) {
+        s.paused_until = Some(until);
+    }
+}
+
+/// A GCRA limiter of `per_min` requests a minute that allows a burst of ten seconds' worth:
+/// enough to start quickly, small enough not to empty a server-side window in one go.
+fn build(per_min: u32, clock: &TokioClock) -> Gcra {
+    let rate = NonZeroU32::new(per_min).unwrap_or(NonZeroU32::MIN);
+    let burst = NonZeroU32::new((per_min / 6).max(1)).unwrap_or(NonZeroU32::MIN);
+    RateLimiter::direct_with_clock(Quota::per_minute(rate).allow_burst(burst), clock.clone())
+}
+
+impl std::fmt::Debug for TokenLimiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = self.lock();
+        f.debug_struct("TokenLimiter")
+            .field("configured_per_min", &self.configured_per_min)
+            .field("per_min", &s.per_min)
+            .field("paused_until", &s.paused_until)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn paces_to_the_budget_after_the_burst() {
+        let l = TokenLimiter::new(60); // one a second, burst of 10
+        let t0 = Instant::now();
+        for _ in 0..10 {
+            l.acquire().await;
+        }
+        assert_eq!(t0.elapsed(), Duration::ZERO, "the burst is free");
+        for _ in 0..5 {
+            l.acquire().await;
+        }
+        assert_eq!(t0.elapsed(), Duration::from_secs(5));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_429_halves_the_rate_and_retry_after_pauses_the_token() {
+        let l = TokenLimiter::new(300);
+        l.on_throttled(Some(Duration::from_secs(7)));
+        assert_eq!(l.current_per_min(), 150);
+        let t0 = Instant::now();
+        l.acquire().await;
+        assert_eq!(t0.elapsed(), Duration::from_secs(7));
+        l.on_throttled(None);
+        l.on_throttled(None);
+        l.on_throttled(None);
+        l.on_throttled(None);
+        l.on_throttled(None);
+        assert_eq!(l.current_per_min(), 300 / MIN_RATE_DIVISOR, "floored");
+        assert_eq!(l.throttled_total(), 6);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn successes_climb_back_to_the_budget() {
+        let l = TokenLimiter::new(100);
+        l.on_throttled(None);
+        assert_eq!(l.current_per_min(), 50);
+        for _ in 0..12 {
+            l.on_success();
+        }
+        assert_eq!(l.current_per_min(), 60);
+        for _ in 0..200 {
+            l.on_success();
+        }
+        assert_eq!(
+            l.current_per_min(),
+            100,
+            "never above the configured budget"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn exhausted_headers_pause_before_a_429() {
+        let l = TokenLimiter::new(300);
+        l.on_rate_headers(Some(3), Some(Duration::from_secs(20)));
+        assert!(l.paused_until().is_none(), "budget left: no pause");
+        l.on_rate_headers(Some(0), Some(Duration::from_secs(20)));
+        let t0 = Instant::now();
+        l.acquire().await;
+        assert_eq!(t0.elapsed(), Duration::from_secs(20));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_shorter_pause_does_not_cut_a_longer_one() {
+        let l = TokenLimiter::new(300);
+        l.pause_for(Duration::from_secs(30));
+        l.pause_for(Duration::from_secs(5));
+        let t0 = Instant::now();
+        l.acquire().await;
+        assert_eq!(t0.elapsed(), Duration::from_secs(30));
+    }
+}

@@ -1,0 +1,423 @@
+//! SCIM 2.0 operations on users and groups.
+//!
+//! Only requests that are safe to repeat are sent: PATCH `active=false`, a membership add or
+//! remove, DELETE (a 404 counts as done). Users are never PUT, since a full replace can clear
+//! attributes we do not know about. Success statuses vary between servers (Netskope documents
+//! 204 for PATCH, a guide shows 200 with the resource), so any 2xx counts.
+
+use reqwest::header::CONTENT_TYPE;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::error::{NetskopeError, Op};
+use super::filter;
+use super::transport::Reply;
+use super::{NetskopeClient, RemoveStyle};
+
+pub const PATCH_OP_SCHEMA: &str = "urn:ietf:params:scim:api:messages:2.0:PatchOp";
+pub const GROUP_SCHEMA: &str = "urn:ietf:params:scim:schemas:core:2.0:Group";
+const SCIM_JSON: &str = "application/scim+json";
+/// Longest user or group name accepted. SCIM sets no limit; this one keeps absurd input
+/// (a whole document in a name field) out of URLs and logs.
+const MAX_NAME_CHARS: usize = 512;
+
+/// A user name resolved to the SCIM id that every per-user request needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserRef {
+    pub id: String,
+    /// The user name as the server spells it (it may differ in case from the event's).
+    pub user_name: String,
+}
+
+/// A user as read back from the server.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct ScimUser {
+    pub id: String,
+    #[serde(rename = "userName")]
+    pub user_name: String,
+    /// Absent on servers that omit default values.
+    #[serde(default)]
+    pub active: Option<bool>,
+}
+
+#[derive(Deserialize)]
+struct ListResponse<T> {
+    #[serde(rename = "Resources", default = "Vec::new")]
+    resources: Vec<T>,
+}
+
+#[derive(Deserialize)]
+struct GroupSummary {
+    id: String,
+    #[serde(rename = "displayName")]
+    display_name: String,
+}
+
+#[derive(Deserialize)]
+struct GroupMembers {
+    #[serde(default)]
+    members: Vec<Member>,
+}
+
+#[derive(Deserialize)]
+struct Member {
+    value: String,
+}
+
+fn same_name(a: &str, b: &str) -> bool {
+    a == b || a.to_lowercase() == b.to_lowercase()
+}
+
+fn check_name(op: Op, name: &str) -> Result<(), NetskopeError> {
+    let reason = if name.trim().is_empty() {
+        "the name is empty"
+    } else if name.chars().count() > MAX_NAME_CHARS {
+        "the name is longer than 512 characters"
+    } else {
+        return Ok(());
+    };
+    Err(NetskopeError::InvalidInput {
+        op,
+        reason: reason.into(),
+    })
+}
+
+fn parse<T: serde::de::DeserializeOwned>(op: Op, reply: &Reply) -> Result<T, NetskopeError> {
+    serde_json::from_slice(&reply.body).map_err(|e| NetskopeError::InvalidResponse {
+        op,
+        status: reply.status,
+        reason: format!("not the expected JSON: {e}"),
+    })
+}
+
+fn patch_body(operations: Vec<Value>) -> Vec<u8> {
+    json!({ "schemas": [PATCH_OP_SCHEMA], "Operations": operations })
+        .to_string()
+        .into_bytes()
+}
+
+impl NetskopeClient {
+    /// Lists one user: proves the SCIM endpoint answers and accepts the token.
+    pub async fn probe_scim(&self) -> Result<(), NetskopeError> {
+        let op = Op::ListUsers;
+        let url = self.scim_url(&["Users"]);
+        let reply = self
+            .transport
+            .send(&self.scim_token, op, |http| {
+                http.get(url.clone())
+                    .query(&[("startIndex", "1"), ("count", "1")])
+            })
+            .await?;
+        if !reply.is_success() {
+            return Err(reply.rejected(op, &self.scim_token));
+        }
+        parse::<ListResponse<ScimUser>>(op, &reply).map(|_| ())
+    }
+
+    /// Resolves a user name (usually an email) to its SCIM id, case-insensitively.
+    ///
+    /// Zero matches is [`NetskopeError::NotFound`]; more than one is
+    /// [`NetskopeError::Ambiguous`]. Results are cached (bounded, with a TTL).
+    pub async fn resolve_user(&self, user_name: &str) -> Result<UserRef, NetskopeError> {
+        let op = Op::ResolveUser;
+        check_name(op, user_name)?;
+        let key = user_name.to_lowercase();
+        if let Some(hit) = self.users.get(&key) {
+            return Ok(hit);
+        }
+        let url = self.scim_url(&["Users"]);
+        let filter = filter::eq("userName", user_name);
+        let reply = self
+            .transport
+            .send(&self.scim_token, op, |http| {
+                http.get(url.clone()).query(&[("filter", filter.as_str())])
+            })
+            .await?;
+        if !reply.is_success() {
+            return Err(reply.rejected(op, &self.scim_token));
+        }
+        let list: ListResponse<ScimUser> = parse(op, &reply)?;
+        // The server filters case-insensitively (userName is caseExact=false in RFC 7643), but
+        // some do not, and a server that ignored the filter would list everyone: keep only
+        // exact, case-insensitive matches.
+        let mut matches: Vec<ScimUser> = list
+            .resources
+            .into_iter()
+            .filter(|u| same_name(&u.user_name, user_name))
+            .collect();
+        match matches.len() {
+            0 => Err(NetskopeError::NotFound {
+                op,
+                what: format!("no user named {user_name:?}"),
+            }),
+            1 => {
+                let u = matches.remove(0);
+                let found = UserRef {
+                    id: u.id,
+                    user_name: u.user_name,
+                };
+                self.users.insert(key, found.clone());
+                Ok(found)
+            }
+            count => Err(NetskopeError::Ambiguous {
+                op,
+                name: user_name.to_string(),
+                count,
+            }),
+        }
+    }
+
+    /// Drops a cached user id, e.g. after a PATCH found the id gone.
+    pub fn forget_user(&self, user_name: &str) {
+        self.users.remove(&user_name.to_lowercase());
+    }
+
+    /// `PATCH /Users/{id}` with `active=false`. Repeating it is harmless.
+    pub async fn deactivate(&self, id: &str) -> Result<(), NetskopeError> {
+        let op = Op::Deactivate;
+        let url = self.scim_url(&["Users", id]);
+        let body = patch_body(vec![
+            json!({"op": "replace", "path": "active", "value": false}),
+        ]);
+        let reply = self
+            .transport
+            .send(&self.scim_token, op, |http| {
+                http.patch(url.clone())
+                    .header(CONTENT_TYPE, SCIM_JSON)
+                    .body(body.clone())
+            })
+            .await?;
+        match reply.status {
+            200..=299 => {
+                // A 200 may carry the user: if it says the user is still active, the server
+                // accepted the request without doing it, and that must not pass as done.
+                if !reply.body.is_empty()
+                    && let Ok(user) = serde_json::from_slice::<ScimUser>(&reply.body)
+                    && user.active == Some(true)
+                {
+                    return Err(NetskopeError::InvalidResponse {
+                        op,
+                        status: reply.status,
+                        reason: "the server answered success but the user is still active".into(),
+                    });
+                }
+                Ok(())
+            }
+            404 => Err(NetskopeError::NotFound {
+                op,
+                what: format!("user id {id}"),
+            }),
+            _ => Err(reply.rejected(op, &self.scim_token)),
+        }
+    }
+
+    /// `DELETE /Users/{id}`. Irreversible; a 404 (already gone) counts as success.
+    pub async fn delete_user(&self, id: &str) -> Result<(), NetskopeError> {
+        let op = Op::DeleteUser;
+        let url = self.scim_url(&["Users", id]);
+        let reply = self
+            .transport
+            .send(&self.scim_token, op, |http| http.delete(url.clone()))
+            .await?;
+        match reply.status {
+            200..=299 | 404 => Ok(()),
+            _ => Err(reply.rejected(op, &self.scim_token)),
+        }
+    }
+
+    /// Reads a user back. `None` when the server has no such user.
+    pub async fn get_user(&self, id: &str) -> Result<Option<ScimUser>, NetskopeError> {
+        let op = Op::GetUser;
+        let url = self.scim_url(&["Users", id]);
+        let reply = self
+            .transport
+            .send(&self.scim_token, op, |http| http.get(url.clone()))
+            .await?;
+        match reply.status {
+            200..=299 => parse(op, &reply).map(Some),
+            404 => Ok(None),
+            _ => Err(reply.rejected(op, &self.scim_token)),
+        }
+    }
+
+    /// The id of the group named `display_name`, created when missing. A 409 on creation
+    /// means someone else created it meanwhile: look it up again.
+    pub async fn ensure_group(&self, display_name: &str) -> Result<String, NetskopeError> {
+        check_name(Op::FindGroup, display_name)?;
+        let key = display_name.to_lowercase();
+        if let Some(id) = self.groups.get(&key) {
+            return Ok(id);
+        }
+        if let Some(id) = self.find_group(display_name).await? {
+            self.groups.insert(key, id.clone());
+            return Ok(id);
+        }
+        let op = Op::CreateGroup;
+        let url = self.scim_url(&["Groups"]);
+        let body = json!({"schemas": [GROUP_SCHEMA], "displayName": display_name})
+            .to_string()
+            .into_bytes();
+        let reply = self
+            .transport
+            .send(&self.scim_token, op, |http| {
+                http.post(url.clone())
+                    .header(CONTENT_TYPE, SCIM_JSON)
+                    .body(body.clone())
+            })
+            .await?;
+        let id = match reply.status {
+            200..=299 => parse::<GroupSummary>(op, &reply)?.id,
+            409 => match self.find_group(display_name).await? {
+                Some(id) => id,
+                None => {
+                    return Err(NetskopeError::Conflict {
+                        op,
+                        detail: format!(
+                            "creating group {display_name:?} conflicts, yet no group of that name can be found"
+                        ),
+                    });
+                }
+            },
+            _ => return Err(reply.rejected(op, &self.scim_token)),
+        };
+        tracing::info!(group = display_name, "group ready");
+        self.groups.insert(key, id.clone());
+        Ok(id)
+    }
+
+    /// Drops a cached group id, e.g. after a PATCH found the group gone.
+    pub fn forget_group(&self, display_name: &str) {
+        self.groups.remove(&display_name.to_lowercase());
+    }
+
+    async fn find_group(&self, display_name: &str) -> Result<Option<String>, NetskopeError> {
+        let op = Op::FindGroup;
+        let url = self.scim_url(&["Groups"]);
+        let filter = filter::eq("displayName", display_name);
+        let reply = self
+            .transport
+            .send(&self.scim_token, op, |http| {
+                // A quarantine group can hold thousands of members: do not fetch them.
+                http.get(url.clone()).query(&[
+                    ("filter", filter.as_str()),
+                    ("excludedAttributes", "members"),
+                ])
+            })
+            .await?;
+        if !reply.is_success() {
+            return Err(reply.rejected(op, &self.scim_token));
+        }
+        let list: ListResponse<GroupSummary> = parse(op, &reply)?;
+        let mut matches: Vec<GroupSummary> = list
+            .resources
+            .into_iter()
+            .filter(|g| same_name(&g.display_name, display_name))
+            .collect();
+        match matches.len() {
+            0 => Ok(None),
+            1 => Ok(Some(matches.remove(0).id)),
+            count => Err(NetskopeError::Ambiguous {
+                op,
+                name: display_name.to_string(),
+                count,
+            }),
+        }
+    }
+
+    /// Adds users to a group, up to `members_batch_size` per PATCH. Adding a member twice is
+    /// harmless. Returns the number of PATCH requests sent.
+    pub async fn add_members(
+        &self,
+        group_id: &str,
+        user_ids: &[String],
+    ) -> Result<usize, NetskopeError> {
+        let mut sent = 0;
+        for chunk in user_ids.chunks(self.members_batch_size) {
+            let members: Vec<Value> = chunk.iter().map(|id| json!({"value": id})).collect();
+            self.patch_group(
+                group_id,
+                vec![json!({"op": "add", "path": "members", "value": members})],
+            )
+            .await?;
+            sent += 1;
+        }
+        Ok(sent)
+    }
+
+    /// Removes users from a group, up to `members_batch_size` per PATCH, in the configured
+    /// style. Removing a non-member is harmless. Returns the number of PATCH requests sent.
+    pub async fn remove_members(
+        &self,
+        group_id: &str,
+        user_ids: &[String],
+    ) -> Result<usize, NetskopeError> {
+        let mut sent = 0;
+        for chunk in user_ids.chunks(self.members_batch_size) {
+            let operations = match self.remove_style {
+                RemoveStyle::PathFilter => chunk
+                    .iter()
+                    .map(|id| {
+                        json!({"op": "remove", "path": format!("members[value eq {}]", filter::quote(id))})
+                    })
+                    .collect(),
+                RemoveStyle::ValueList => {
+                    let members: Vec<Value> = chunk.iter().map(|id| json!({"value": id})).collect();
+                    vec![json!({"op": "remove", "path": "members", "value": members})]
+                }
+            };
+            self.patch_group(group_id, operations).await?;
+            sent += 1;
+        }
+        Ok(sent)
+    }
+
+    async fn patch_group(
+        &self,
+        group_id: &str,
+        operations: Vec<Value>,
+    ) -> Result<(), NetskopeError> {
+        let op = Op::PatchMembers;
+        let url = self.scim_url(&["Groups", group_id]);
+        let body = patch_body(operations);
+        let reply = self
+            .transport
+            .send(&self.scim_token, op, |http| {
+                http.patch(url.clone())
+                    .header(CONTENT_TYPE, SCIM_JSON)
+                    .body(body.clone())
+            })
+            .await?;
+        match reply.status {
+            200..=299 => Ok(()),
+            404 => Err(NetskopeError::NotFound {
+                op,
+                what: format!("group id {group_id}"),
+            }),
+            _ => Err(reply.rejected(op, &self.scim_token)),
+        }
+    }
+
+    /// The user ids in a group, read with `attributes=members` (Netskope omits members
+    /// otherwise).
+    pub async fn group_members(&self, group_id: &str) -> Result<Vec<String>, NetskopeError> {
+        let op = Op::GetGroupMembers;
+        let url = self.scim_url(&["Groups", group_id]);
+        let reply = self
+            .transport
+            .send(&self.scim_token, op, |http| {
+                http.get(url.clone()).query(&[("attributes", "members")])
+            })
+            .await?;
+        match reply.status {
+            200..=299 => {
+                let group: GroupMembers = parse(op, &reply)?;
+                Ok(group.members.into_iter().map(|m| m.value).collect())
+            }
+            404 => Err(NetskopeError::NotFound {
+                op,
+                what: format!("group id {group_id}"),
+            }),
+            _ => Err(reply.rejected(op, &self.scim_token)),
+        }
+    }
+}

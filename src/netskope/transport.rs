@@ -1,0 +1,480 @@
+//! Sends one logical request: waits for the token's budget, attaches the token, retries
+//! transient faults with jittered exponential backoff, reads a bounded body and turns statuses
+//! that mean the same thing for every operation (401, 403, 429, 3xx, 5xx) into typed errors.
+//! What a 2xx, 404 or 409 means is left to the operation.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use backon::{ExponentialBuilder, Retryable};
+use reqwest::header::{
+    ACCEPT, AUTHORIZATION, HeaderMap, HeaderName, HeaderValue, LOCATION, RETRY_AFTER,
+};
+use secrecy::{ExposeSecret, SecretString};
+use tracing::{Instrument, debug, warn};
+
+use super::config::{AuthHeader, RetryConfig};
+use super::error::{NetskopeError, Op, TokenRole};
+use super::limiter::TokenLimiter;
+
+const NETSKOPE_TOKEN_HEADER: HeaderName = HeaderName::from_static("netskope-api-token");
+/// Longest piece of a server's error text kept in an error message.
+const MAX_DETAIL_CHARS: usize = 512;
+
+/// A token, the role it plays and its request budget.
+pub struct Token {
+    pub role: TokenRole,
+    secret: SecretString,
+    pub limiter: TokenLimiter,
+}
+
+impl Token {
+    pub fn new(role: TokenRole, secret: SecretString, per_min: u32) -> Self {
+        Self {
+            role,
+            secret,
+            limiter: TokenLimiter::new(per_min),
+        }
+    }
+
+    /// Removes the token from text that came from elsewhere (a server's error body), in case a
+    /// server or proxy echoes request headers back.
+    fn scrub(&self, text: &str) -> String {
+        let secret = self.secret.expose_secret();
+        if secret.is_empty() {
+            text.to_string()
+        } else {
+            text.replace(secret, "[redacted]")
+        }
+    }
+}
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Token")
+            .field("role", &self.role)
+            .field("secret", &"[redacted]")
+            .field("limiter", &self.limiter)
+            .finish()
+    }
+}
+
+/// A response with a status the operation has to interpret.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub body: Vec<u8>,
+    pub attempts: u32,
+}
+
+impl Reply {
+    pub fn is_success(&self) -> bool {
+        (200..300).contains(&self.status)
+    }
+
+    /// A 4xx the operation does not expect, as an error carrying the SCIM `detail`.
+    pub fn rejected(&self, op: Op, token: &Token) -> NetskopeError {
+        let (scim_type, detail) = scim_error_detail(&self.body);
+        let detail = token.scrub(&detail);
+        match self.status {
+            404 => NetskopeError::NotFound { op, what: detail },
+            409 => NetskopeError::Conflict { op, detail },
+            status => NetskopeError::Rejected {
+                op,
+                status,
+                scim_type,
+                detail,
+            },
+        }
+    }
+}
+
+/// The SCIM error's `scimType` and `detail`, or a short excerpt of a non-SCIM body.
+fn scim_error_detail(body: &[u8]) -> (Option<String>, String) {
+    #[derive(serde::Deserialize)]
+    struct ScimError {
+        #[serde(rename = "scimType")]
+        scim_type: Option<String>,
+        detail: Option<String>,
+        message: Option<String>,
+    }
+    if let Ok(e) = serde_json::from_slice::<ScimError>(body)
+        && let Some(detail) = e.detail.or(e.message)
+    {
+        return (e.scim_type, truncate(&detail));
+    }
+    let text = String::from_utf8_lossy(body);
+    let text = text.trim();
+    if text.is_empty() {
+        (None, "no detail in the response".into())
+    } else {
+        (None, truncate(text))
+    }
+}
+
+fn truncate(text: &str) -> String {
+    if text.chars().count() <= MAX_DETAIL_CHARS {
+        text.to_string()
+    } else {
+        let cut: String = text.chars().take(MAX_DETAIL_CHARS).collect();
+        format!("{cut}…")
+    }
+}
+
+/// One attempt's failure, with the server's `Retry-After` kept for the backoff.
+struct Attempt {
+    error: NetskopeError,
+    retry_after: Option<Duration>,
+}
+
+impl From<NetskopeError> for Attempt {
+    fn from(error: NetskopeError) -> Self {
+        Self {
+            error,
+            retry_after: None,
+        }
+    }
+}
+
+pub struct Transport {
+    http: reqwest::Client,
+    auth_header: AuthHeader,
+    retry: RetryConfig,
+    max_body: usize,
+}
+
+impl Transport {
+    pub fn new(
+        auth_header: AuthHeader,
+        retry: RetryConfig,
+        max_body: usize,
+        timeout: Option<Duration>,
+    ) -> Result<Self, reqwest::Error> {
+        let mut builder = reqwest::Client::builder()
+            // A redirect would carry the token header to wherever it points.
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("offboarder/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(Duration::from_secs(10));
+        if let Some(t) = timeout {
+            builder = builder.timeout(t);
+        }
+        Ok(Self {
+            http: builder.build()?,
+            auth_header,
+            retry,
+            max_body,
+        })
+    }
+
+    /// Sends the request built by `build` with `token`, retrying transient faults.
+    pub async fn send<F>(&self, token: &Token, op: Op, build: F) -> Result<Reply, NetskopeError>
+    where
+        F: Fn(&reqwest::Client) -> reqwest::RequestBuilder,
+    {
+        let attempts = AtomicU32::new(0);
+        let backoff = ExponentialBuilder::default()
+            .with_jitter()
+            .with_min_delay(self.retry.initial_delay)
+            .with_max_delay(self.retry.max_delay)
+            .with_max_times(self.retry.max_attempts.saturating_sub(1) as usize);
+        let max_retry_after = self.retry.max_retry_after;
+        let span = tracing::info_span!(
+            "netskope.request",
+            op = op.name(),
+            method = op.method(),
+            route = op.route(),
+            status = tracing::field::Empty,
+            attempts = tracing::field::Empty,
+        );
+        let result = (|| {
+            attempts.fetch_add(1, Ordering::Relaxed);
+            self.attempt(token, op, &build)
+        })
+        .retry(backoff)
+        .sleep(tokio::time::sleep)
+        .when(|a: &Attempt| a.error.is_transient())
+        .adjust(|a, next| next.map(|d| a.retry_after.map_or(d, |r| r.min(max_retry_after))))
+        .notify(|a, wait| {
+            if a.error.http_status() == Some(429) {
+                // The whole token waits, not just this request.
+                token.limiter.pause_for(wait);
+            }
+            warn!(op = op.name(), error = %a.error, wait_ms = wait.as_millis() as u64, "retrying");
+        })
+        .instrument(span.clone())
+        .await;
+        let attempts = attempts.load(Ordering::Relaxed);
+        span.record("attempts", attempts);
+        match result {
+            Ok(mut reply) => {
+                span.record("status", reply.status);
+                reply.attempts = attempts;
+                Ok(reply)
+            }
+            Err(a) => {
+                if let Some(s) = a.error.http_status() {
+                    span.record("status", s);
+                }
+                Err(match a.error {
+                    NetskopeError::Transient {
+                        op, status, reason, ..
+                    } => NetskopeError::Transient {
+                        op,
+                        status,
+                        reason,
+                        attempts,
+                    },
+                    other => other,
+                })
+            }
+        }
+    }
+
+    async fn attempt<F>(&self, token: &Token, op: Op, build: &F) -> Result<Reply, Attempt>
+    where
+        F: Fn(&reqwest::Client) -> reqwest::RequestBuilder,
+    {
+        token.limiter.acquire().await;
+        let request = build(&self.http)
+            .header(ACCEPT, "application/scim+json, application/json")
+            .header(self.auth_name(), self.auth_value(token));
+        let response = request
+            .send()
+            .await
+            .map_err(|e| Attempt::from(transient(op, None, describe(&e))))?;
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let (remaining, reset) = rate_headers(&headers);
+        token.limiter.on_rate_headers(remaining, reset);
+        debug!(op = op.name(), status, "response");
+        match status {
+            429 => {
+                let retry_after = retry_after(&headers);
+                token.limiter.on_throttled(retry_after);
+                return Err(Attempt {
+                    error: transient(op, Some(429), "rate limited (429)".into()),
+                    retry_after,
+                });
+            }
+            401 => {
+                return Err(NetskopeError::Unauthorized {
+                    op,
+                    token: token.role,
+                }
+                .into());
+            }
+            403 => {
+                let (endpoint, access) = op.scope();
+                let hint = if token.role == TokenRole::Scim && op == Op::AuditPage {
+                    ", or set netskope.events_token to a token that has it"
+                } else {
+                    ""
+                };
+                return Err(NetskopeError::Forbidden {
+                    op,
+                    token: token.role,
+                    endpoint,
+                    access,
+                    hint,
+                }
+                .into());
+            }
+            300..=399 => {
+                let location = headers
+                    .get(LOCATION)
+                    .and_then(|v| v.to_str().ok())
+                    .map(|l| truncate(l.split('?').next().unwrap_or_default()))
+                    .unwrap_or_default();
+                return Err(NetskopeError::Redirect {
+                    op,
+                    status,
+                    location,
+                }
+                .into());
+            }
+            408 | 500 | 502..=599 => {
+                return Err(Attempt {
+                    error: transient(op, Some(status), format!("server error (HTTP {status})")),
+                    retry_after: retry_after(&headers),
+                });
+            }
+            _ => {}
+        }
+        let body = read_bounded(response, self.max_body)
+            .await
+            .map_err(|e| match e {
+                BodyError::TooLarge => Attempt::from(NetskopeError::InvalidResponse {
+                    op,
+                    status,
+                    reason: format!("the body is larger than {} bytes", self.max_body),
+                }),
+                BodyError::Read(reason) => Attempt::from(transient(op, Some(status), reason)),
+            })?;
+        if (200..300).contains(&status) {
+            token.limiter.on_success();
+        }
+        Ok(Reply {
+            status,
+            body,
+            attempts: 0,
+        })
+    }
+
+    fn auth_name(&self) -> HeaderName {
+        match self.auth_header {
+            AuthHeader::Netskope => NETSKOPE_TOKEN_HEADER,
+            AuthHeader::Bearer => AUTHORIZATION,
+        }
+    }
+
+    fn auth_value(&self, token: &Token) -> HeaderValue {
+        let secret = token.secret.expose_secret();
+        let value = match self.auth_header {
+            AuthHeader::Netskope => HeaderValue::from_str(secret),
+            AuthHeader::Bearer => HeaderValue::from_str(&format!("Bearer {secret}")),
+        };
+        // A token with bytes a header cannot carry fails on the server as a 401, which names
+        // the cause better than a panic here would.
+        let mut value = value.unwrap_or_else(|_| HeaderValue::from_static("invalid-token"));
+        value.set_sensitive(true);
+        value
+    }
+}
+
+fn transient(op: Op, status: Option<u16>, reason: String) -> NetskopeError {
+    NetskopeError::Transient {
+        op,
+        status,
+        reason,
+        attempts: 1,
+    }
+}
+
+/// A transport error without the URL (it carries the user-name filter) but with its causes.
+fn describe(e: &reqwest::Error) -> String {
+    use std::error::Error;
+    let head = if e.is_timeout() {
+        "request timed out".to_string()
+    } else if e.is_connect() {
+        "could not connect".to_string()
+    } else if e.is_body() || e.is_decode() {
+        "reading the response failed".to_string()
+    } else {
+        "request failed".to_string()
+    };
+    let mut out = head;
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    truncate(&out)
+}
+
+fn header_u64(headers: &HeaderMap, names: &[&str]) -> Option<u64> {
+    names.iter().find_map(|n| {
+        headers
+            .get(*n)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+    })
+}
+
+/// `ratelimit-remaining` and `ratelimit-reset` (seconds), also under their `x-` names.
+fn rate_headers(headers: &HeaderMap) -> (Option<u64>, Option<Duration>) {
+    let remaining = header_u64(headers, &["ratelimit-remaining", "x-ratelimit-remaining"]);
+    let reset =
+        header_u64(headers, &["ratelimit-reset", "x-ratelimit-reset"]).map(Duration::from_secs);
+    (remaining, reset)
+}
+
+/// `Retry-After` as seconds or as an HTTP date.
+fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let value = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(
+        at.duration_since(std::time::SystemTime::now())
+            .unwrap_or(Duration::ZERO),
+    )
+}
+
+enum BodyError {
+    TooLarge,
+    Read(String),
+}
+
+async fn read_bounded(mut response: reqwest::Response, max: usize) -> Result<Vec<u8>, BodyError> {
+    if response.content_length().is_some_and(|n| n > max as u64) {
+        return Err(BodyError::TooLarge);
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|e| BodyError::Read(describe(&e)))?
+    {
+        if body.len() + chunk.len() > max {
+            return Err(BodyError::TooLarge);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scim_detail_is_extracted_or_excerpted() {
+        let body = br#"{"schemas":["urn:ietf:params:scim:api:messages:2.0:Error"],"status":"409","scimType":"uniqueness","detail":"group exists"}"#;
+        assert_eq!(
+            scim_error_detail(body),
+            (Some("uniqueness".into()), "group exists".into())
+        );
+        assert_eq!(
+            scim_error_detail(b""),
+            (None, "no detail in the response".into())
+        );
+        let long = vec![b'x'; 2000];
+        let (_, d) = scim_error_detail(&long);
+        assert_eq!(d.chars().count(), MAX_DETAIL_CHARS + 1);
+    }
+
+    #[test]
+    fn retry_after_seconds_and_dates() {
+        let mut h = HeaderMap::new();
+        h.insert(RETRY_AFTER, HeaderValue::from_static("12"));
+        assert_eq!(retry_after(&h), Some(Duration::from_secs(12)));
+        h.insert(
+            RETRY_AFTER,
+            HeaderValue::from_static("Wed, 21 Oct 2015 07:28:00 GMT"),
+        );
+        assert_eq!(
+            retry_after(&h),
+            Some(Duration::ZERO),
+            "a past date means now"
+        );
+        h.insert(RETRY_AFTER, HeaderValue::from_static("soon"));
+        assert_eq!(retry_after(&h), None);
+    }
+
+    #[test]
+    fn rate_headers_under_both_names() {
+        let mut h = HeaderMap::new();
+        h.insert("x-ratelimit-remaining", HeaderValue::from_static("0"));
+        h.insert("ratelimit-reset", HeaderValue::from_static("9"));
+        assert_eq!(rate_headers(&h), (Some(0), Some(Duration::from_secs(9))));
+    }
+
+    #[test]
+    fn scrub_removes_the_token() {
+        let t = Token::new(TokenRole::Scim, SecretString::from("s3cr3t-token"), 60);
+        assert_eq!(t.scrub("echo: s3cr3t-token!"), "echo: [redacted]!");
+        assert!(!format!("{t:?}").contains("s3cr3t"));
+    }
+}

@@ -1,0 +1,37 @@
+//! Log setup: human-readable on a terminal, JSON lines otherwise (for log shippers), or as
+//! chosen with `--log-format` / `OFFBOARDER_LOG_FORMAT`. The level comes from `RUST_LOG`
+//! (default `info`).
+//!
+//! No token is ever a field of a span or event: the client keeps tokens inside and marks the
+//! header value sensitive, and errors are built without them.
+
+use std::io::IsTerminal;
+
+use tracing_subscriber::EnvFilter;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable on a terminal, JSON otherwise.
+    Auto,
+    Human,
+    Json,
+}
+
+/// Installs the global subscriber. Logs go to stderr so that stdout stays for results.
+pub fn init(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let json = match format {
+        LogFormat::Json => true,
+        LogFormat::Human => false,
+        LogFormat::Auto => !std::io::stderr().is_terminal(),
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    // A second init (tests) keeps the first subscriber.
+    let _ = if json {
+        builder.json().flatten_event(true).try_init()
+    } else {
+        builder.try_init()
+    };
+}
