@@ -8,7 +8,7 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::SecretString;
 use serde::Deserialize;
 use url::Url;
 
@@ -317,9 +317,7 @@ impl NetskopeConfig {
                 which: "scim_token",
                 var: DEFAULT_SCIM_TOKEN_ENV.into(),
             })?;
-        let events = read_token("events_token", &self.events_token, None)?
-            // The same string twice is one token with one budget: share its limiter.
-            .filter(|e| e.expose_secret() != scim.expose_secret());
+        let events = read_token("events_token", &self.events_token, None)?;
         Ok(Tokens { scim, events })
     }
 }
@@ -408,6 +406,7 @@ fn redact_userinfo(url: &Url) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use secrecy::ExposeSecret;
 
     fn cfg(tenant: &str) -> NetskopeConfig {
         NetskopeConfig {

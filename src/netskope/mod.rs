@@ -23,6 +23,7 @@ pub mod transport;
 use std::sync::Arc;
 use std::time::Duration;
 
+use secrecy::ExposeSecret;
 use url::Url;
 
 pub use audit::{AuditEvent, AuditWindow};
@@ -108,10 +109,14 @@ impl<'a> ClientBuilder<'a> {
         })?;
         let scim_token = Arc::new(Token::new(
             TokenRole::Scim,
-            tokens.scim,
+            tokens.scim.clone(),
             cfg.requests_per_minute,
         ));
-        let events_token = match tokens.events {
+        // The same string twice is one token with one server-side budget: share its limiter.
+        let separate_events = tokens
+            .events
+            .filter(|e| e.expose_secret() != tokens.scim.expose_secret());
+        let events_token = match separate_events {
             Some(secret) => Arc::new(Token::new(
                 TokenRole::Events,
                 secret,
