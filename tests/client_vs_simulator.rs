@@ -51,6 +51,17 @@ async fn seeded(users: usize) -> SimHandle {
     .await
 }
 
+/// Requests the simulator answered with a status matching `pick`, over every route.
+fn answered(sim: &SimHandle, pick: impl Fn(u16) -> bool) -> u64 {
+    sim.stats()
+        .requests
+        .values()
+        .flat_map(|by_status| by_status.iter())
+        .filter(|(status, _)| pick(**status))
+        .map(|(_, n)| *n)
+        .sum()
+}
+
 /// All events in a wide window, paged.
 async fn all_audit_events(c: &NetskopeClient, limit: u32) -> Vec<offboarder::netskope::AuditEvent> {
     let window = AuditWindow {
@@ -382,13 +393,8 @@ async fn the_client_absorbs_429s_and_slows_down() {
     for n in 1..=15 {
         assert!(!sim.user(&format!("user{n}@example.com")).unwrap().active);
     }
-    let stats = sim.stats();
-    let throttled: u64 = stats
-        .requests
-        .values()
-        .map(|by_status| by_status.get(&429).copied().unwrap_or(0))
-        .sum();
-    assert!(throttled > 0, "the budget was exceeded: {stats:?}");
+    let throttled = answered(&sim, |s| s == 429);
+    assert!(throttled > 0, "the budget was exceeded: {:?}", sim.stats());
     assert_eq!(c.scim_limiter().throttled_total(), throttled);
     assert!(
         c.scim_limiter().current_per_min() < 600,
@@ -418,12 +424,7 @@ async fn rate_limit_headers_avoid_429s() {
         c.deactivate(&u.id).await.unwrap();
     }
     let stats = sim.stats();
-    let throttled: u64 = stats
-        .requests
-        .values()
-        .map(|by_status| by_status.get(&429).copied().unwrap_or(0))
-        .sum();
-    assert_eq!(throttled, 0, "{stats:?}");
+    assert_eq!(answered(&sim, |s| s == 429), 0, "{stats:?}");
     assert_eq!(stats.count_status("PATCH /api/v2/scim/Users/{id}", 204), 15);
 }
 
@@ -449,13 +450,7 @@ async fn injected_server_errors_are_retried_through() {
         c.deactivate(&u.id).await.unwrap();
     }
     let stats = sim.stats();
-    let faults: u64 = stats
-        .requests
-        .values()
-        .flat_map(|by_status| by_status.iter())
-        .filter(|(status, _)| **status >= 500)
-        .map(|(_, n)| *n)
-        .sum();
+    let faults = answered(&sim, |s| s >= 500);
     assert!(faults > 5, "faults were injected: {stats:?}");
     assert_eq!(stats.count_status("PATCH /api/v2/scim/Users/{id}", 204), 20);
     for n in 1..=20 {

@@ -125,43 +125,61 @@ impl NetskopeClient {
         if let Some(hit) = self.users.get(&key) {
             return Ok(hit);
         }
-        let url = self.scim_url(&["Users"]);
-        let filter = filter::eq("userName", user_name);
+        let found = self
+            .find_one::<ScimUser>(op, "Users", "userName", user_name, &[], |u| &u.user_name)
+            .await?
+            .ok_or_else(|| NetskopeError::NotFound {
+                op,
+                what: format!("no user named {user_name:?}"),
+            })?;
+        let found = UserRef {
+            id: found.id,
+            user_name: found.user_name,
+        };
+        self.users.insert(key, found.clone());
+        Ok(found)
+    }
+
+    /// `GET /<collection>?filter=<attribute> eq "<name>"`, keeping only case-insensitive exact
+    /// matches: `None` for none, the resource for one, [`NetskopeError::Ambiguous`] for more.
+    ///
+    /// Servers filter names case-insensitively (RFC 7643 makes userName and displayName
+    /// caseExact=false), but some do not, and a server that ignored the filter would list
+    /// everyone: hence the check on our side.
+    async fn find_one<T: serde::de::DeserializeOwned>(
+        &self,
+        op: Op,
+        collection: &str,
+        attribute: &str,
+        name: &str,
+        extra_query: &[(&str, &str)],
+        name_of: impl Fn(&T) -> &str,
+    ) -> Result<Option<T>, NetskopeError> {
+        let url = self.scim_url(&[collection]);
+        let filter = filter::eq(attribute, name);
         let reply = self
             .transport
             .send(&self.scim_token, op, |http| {
-                http.get(url.clone()).query(&[("filter", filter.as_str())])
+                http.get(url.clone())
+                    .query(&[("filter", filter.as_str())])
+                    .query(extra_query)
             })
             .await?;
         if !reply.is_success() {
             return Err(reply.rejected(op, &self.scim_token));
         }
-        let list: ListResponse<ScimUser> = parse(op, &reply)?;
-        // The server filters case-insensitively (userName is caseExact=false in RFC 7643), but
-        // some do not, and a server that ignored the filter would list everyone: keep only
-        // exact, case-insensitive matches.
-        let mut matches: Vec<ScimUser> = list
+        let list: ListResponse<T> = parse(op, &reply)?;
+        let mut matches: Vec<T> = list
             .resources
             .into_iter()
-            .filter(|u| same_name(&u.user_name, user_name))
+            .filter(|r| same_name(name_of(r), name))
             .collect();
         match matches.len() {
-            0 => Err(NetskopeError::NotFound {
-                op,
-                what: format!("no user named {user_name:?}"),
-            }),
-            1 => {
-                let u = matches.remove(0);
-                let found = UserRef {
-                    id: u.id,
-                    user_name: u.user_name,
-                };
-                self.users.insert(key, found.clone());
-                Ok(found)
-            }
+            0 => Ok(None),
+            1 => Ok(matches.pop()),
             count => Err(NetskopeError::Ambiguous {
                 op,
-                name: user_name.to_string(),
+                name: name.to_string(),
                 count,
             }),
         }
@@ -291,37 +309,18 @@ impl NetskopeClient {
     }
 
     async fn find_group(&self, display_name: &str) -> Result<Option<String>, NetskopeError> {
-        let op = Op::FindGroup;
-        let url = self.scim_url(&["Groups"]);
-        let filter = filter::eq("displayName", display_name);
-        let reply = self
-            .transport
-            .send(&self.scim_token, op, |http| {
-                // A quarantine group can hold thousands of members: do not fetch them.
-                http.get(url.clone()).query(&[
-                    ("filter", filter.as_str()),
-                    ("excludedAttributes", "members"),
-                ])
-            })
+        // A quarantine group can hold thousands of members: do not fetch them.
+        let group = self
+            .find_one::<GroupSummary>(
+                Op::FindGroup,
+                "Groups",
+                "displayName",
+                display_name,
+                &[("excludedAttributes", "members")],
+                |g| &g.display_name,
+            )
             .await?;
-        if !reply.is_success() {
-            return Err(reply.rejected(op, &self.scim_token));
-        }
-        let list: ListResponse<GroupSummary> = parse(op, &reply)?;
-        let mut matches: Vec<GroupSummary> = list
-            .resources
-            .into_iter()
-            .filter(|g| same_name(&g.display_name, display_name))
-            .collect();
-        match matches.len() {
-            0 => Ok(None),
-            1 => Ok(Some(matches.remove(0).id)),
-            count => Err(NetskopeError::Ambiguous {
-                op,
-                name: display_name.to_string(),
-                count,
-            }),
-        }
+        Ok(group.map(|g| g.id))
     }
 
     /// Adds users to a group, up to `members_batch_size` per PATCH. Adding a member twice is
