@@ -45,6 +45,12 @@ impl WallClock {
         self.anchor_epoch + self.anchor_instant.elapsed()
     }
 
+    /// The current time as a date, for outcome timestamps.
+    pub fn now_datetime(&self) -> time::OffsetDateTime {
+        let now = self.now();
+        time::OffsetDateTime::UNIX_EPOCH + now
+    }
+
     /// Whole seconds since the Unix epoch, the unit of Netskope's audit timestamps.
     pub fn now_secs(&self) -> u64 {
         self.now().as_secs()

@@ -12,18 +12,26 @@ use figment::providers::{Env, Format, Toml};
 use serde::Deserialize;
 
 use crate::netskope::NetskopeConfig;
+use crate::pipeline::config::{KafkaConfig, PipelineConfig};
+use crate::policy::PolicyConfig;
 
 /// Prefix of environment overrides.
 pub const ENV_PREFIX: &str = "OFFBOARDER_";
 /// Sections that environment variables may override. Other `OFFBOARDER_*` variables (the
 /// simulator's, say) are not config keys and are left alone.
-const SECTIONS: &[&str] = &["netskope__"];
+const SECTIONS: &[&str] = &["netskope__", "kafka__", "policy__", "pipeline__"];
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     #[serde(default)]
     pub netskope: NetskopeConfig,
+    #[serde(default)]
+    pub kafka: KafkaConfig,
+    #[serde(default)]
+    pub policy: PolicyConfig,
+    #[serde(default)]
+    pub pipeline: PipelineConfig,
 }
 
 /// The config file could not be read or does not fit the schema.

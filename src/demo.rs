@@ -1,262 +1,295 @@
-//! `offboarder demo`: the Netskope side of the worker, end to end, with nothing installed.
+//! `offboarder demo`: the whole worker, end to end, with nothing installed.
 //!
-//! It starts the tenant simulator in-process (ten seeded users, a one-second audit indexing
-//! lag), drives the real client through the actions the worker takes (deactivate, delete,
-//! quarantine, release, an unknown user, a redelivered termination), then verifies every
-//! mutating call in the audit trail and reads the users back. Kafka is not involved yet: the
-//! pipeline that feeds these actions from topics is built on top of this client.
+//! It starts librdkafka's in-process mock Kafka cluster and the Netskope tenant simulator (ten
+//! seeded users), publishes a set of sample events (terminations, risk signals above and below
+//! the threshold, a repeat, a cleared signal, a protected user, invalid events), runs the real
+//! pipeline until every event has its outcome or dead letter, and prints what happened.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::time::Duration;
 
-use secrecy::SecretString;
+use serde_json::{Value, json};
 
-use crate::clock::WallClock;
-use crate::netskope::{AuditWindow, NetskopeClient, NetskopeConfig, NetskopeError, Tokens};
-use crate::sim::{self, SimArgs};
+use crate::pipeline::Pipeline;
+use crate::sandbox::{self, Sandbox};
+use crate::sim::SimArgs;
 
 const GROUP: &str = "Quarantine_HighRisk";
-const AUDIT_LAG_SECS: u64 = 1;
 
-/// What one demo step did, and which request should show up in the audit trail.
-struct Row {
-    event: &'static str,
-    user: String,
-    action: &'static str,
-    result: String,
-    /// `(METHOD, path)` of the mutating call, for audit matching. Rows served by one shared
-    /// request (a quarantine PATCH for two users) carry the same pair and the same `batch`.
-    expect: Option<(&'static str, String)>,
-    batch: usize,
+/// One sample event.
+struct Sample {
+    /// On the terminations topic (else the risk-signals topic).
+    hr: bool,
+    user: &'static str,
+    payload: Vec<u8>,
+    /// Whether it passes validation (else it ends in the dead-letter topic).
+    valid: bool,
+}
+
+fn samples() -> Vec<Sample> {
+    let now = "2026-11-25T09:00:00Z";
+    let term = |id: &str, user: &str| {
+        json!({"event_id": id, "occurred_at": now, "user": {"user_name": user},
+               "source": "workday", "reason": "termination"})
+    };
+    let risk = |id: &str, user: &str, extra: Value| {
+        let mut e = json!({"event_id": id, "occurred_at": now, "user": {"user_name": user},
+                           "source": "crowdstrike"});
+        if let (Some(e), Some(extra)) = (e.as_object_mut(), extra.as_object()) {
+            e.extend(extra.clone());
+        }
+        e
+    };
+    let bytes = |v: Value| v.to_string().into_bytes();
+    let valid = |(hr, user, payload)| Sample {
+        hr,
+        user,
+        payload,
+        valid: true,
+    };
+    let mut samples: Vec<Sample> = [
+        (
+            true,
+            "user1@example.com",
+            bytes(term("hr-1001", "user1@example.com")),
+        ),
+        (
+            true,
+            "USER2@Example.com",
+            bytes(term("hr-1002", "USER2@Example.com")),
+        ),
+        (
+            true,
+            "nobody@example.com",
+            bytes(term("hr-1003", "nobody@example.com")),
+        ),
+        (
+            true,
+            "user1@example.com",
+            bytes(term("hr-1001", "user1@example.com")),
+        ),
+        (
+            true,
+            "breakglass@example.com",
+            bytes(term("hr-1004", "breakglass@example.com")),
+        ),
+        (
+            false,
+            "user3@example.com",
+            bytes(risk(
+                "xdr-2001",
+                "user3@example.com",
+                json!({"severity": "critical"}),
+            )),
+        ),
+        (
+            false,
+            "user4@example.com",
+            bytes(risk(
+                "xdr-2002",
+                "user4@example.com",
+                json!({"risk_score": 91}),
+            )),
+        ),
+        (
+            false,
+            "user5@example.com",
+            bytes(risk(
+                "xdr-2003",
+                "user5@example.com",
+                json!({"risk_score": 30, "severity": "low"}),
+            )),
+        ),
+        (
+            false,
+            "user3@example.com",
+            bytes(risk(
+                "xdr-2004",
+                "user3@example.com",
+                json!({"severity": "critical"}),
+            )),
+        ),
+        (
+            false,
+            "user4@example.com",
+            bytes(risk(
+                "xdr-2005",
+                "user4@example.com",
+                json!({"risk_score": 91, "state": "cleared"}),
+            )),
+        ),
+    ]
+    .into_iter()
+    .map(valid)
+    .collect();
+    samples.push(Sample {
+        hr: true,
+        user: "garbage",
+        payload: b"this is not JSON".to_vec(),
+        valid: false,
+    });
+    samples.push(Sample {
+        hr: false,
+        user: "user6@example.com",
+        // Neither a risk score nor a severity: a schema violation.
+        payload: bytes(risk("xdr-2006", "user6@example.com", json!({}))),
+        valid: false,
+    });
+    samples
 }
 
 pub async fn run() -> Result<(), Box<dyn std::error::Error>> {
-    let args = SimArgs {
-        users: 10,
-        audit_lag_secs: AUDIT_LAG_SECS,
-        ..SimArgs::default()
-    };
-    let (scim_token, events_token) = (args.scim_token.clone(), args.events_token.clone());
-    let sim = sim::start(args).await?;
-    let config = NetskopeConfig {
-        tenant_url: Some(sim.base_url()),
-        allow_insecure_http: true,
-        ..NetskopeConfig::default()
-    };
-    let client = NetskopeClient::builder(&config)
-        .tokens(Tokens {
-            scim: SecretString::from(scim_token),
-            events: Some(SecretString::from(events_token)),
+    let sandbox = Sandbox::start(
+        SimArgs {
+            users: 10,
+            ..SimArgs::default()
+        },
+        3,
+    )
+    .await?;
+    let mut config = sandbox.config("offboarder-demo");
+    config.policy.protected_users = vec!["breakglass@example.com".into()];
+    let client = sandbox.client(&config)?;
+    println!(
+        "In-process Kafka (librdkafka mock cluster) at {}; Netskope tenant simulator at {} with 10 users\n",
+        sandbox.bootstrap_servers(),
+        sandbox.sim.base_url()
+    );
+
+    let samples = samples();
+    let records: Vec<(String, String, Vec<u8>)> = samples
+        .iter()
+        .map(|s| {
+            let topic = if s.hr {
+                &sandbox.topics.terminations
+            } else {
+                &sandbox.topics.risk_signals
+            };
+            (topic.clone(), s.user.to_lowercase(), s.payload.clone())
         })
-        .build()?;
-    let scim_path = client.endpoints().scim_base.path().to_string();
-    let clock = WallClock::new();
-    let started = clock.now_secs();
+        .collect();
+    sandbox.publish(&records).await?;
+    let invalid = samples.iter().filter(|s| !s.valid).count();
+    let valid = samples.len() - invalid;
+    println!(
+        "Published {} events ({valid} valid, {invalid} invalid) to {} and {}\n",
+        samples.len(),
+        sandbox.topics.terminations,
+        sandbox.topics.risk_signals
+    );
+
+    let pipeline = Pipeline::new(&config, client).await?;
+    let handle = pipeline.handle();
+    let worker = tokio::spawn(pipeline.run());
+
+    let outcomes = sandbox
+        .read(&sandbox.topics.outcomes, Duration::from_secs(30), |read| {
+            read.len() >= valid
+        })
+        .await?;
+    let dead = sandbox
+        .read(
+            &sandbox.topics.dead_letter,
+            Duration::from_secs(10),
+            |read| read.len() >= invalid,
+        )
+        .await?;
+    handle.stop();
+    let summary = worker.await??;
 
     println!(
-        "Netskope tenant simulator at {} with 10 users\n",
-        sim.base_url()
+        "{:<10} {:<24} {:<11} {:<8} detail",
+        "event", "user", "action", "status"
     );
-    let mut rows = Vec::new();
-
-    for (event, user) in [
-        ("termination", "user1@example.com"),
-        ("termination", "USER2@Example.com"),
-        ("termination", "nobody@example.com"),
-        ("termination (redelivered)", "user1@example.com"),
-    ] {
-        let (result, expect) = match deactivate(&client, user).await {
-            Ok(id) => (
-                "applied".to_string(),
-                Some(("PATCH", format!("{scim_path}/Users/{id}"))),
-            ),
-            Err(e) => (format!("failed: {}", e.kind()), None),
-        };
-        rows.push(Row {
-            event,
-            user: user.into(),
-            action: "deactivate",
-            result,
-            expect,
-            batch: rows.len(),
-        });
+    // In publication order of the samples: by event id, then by input position.
+    let mut rows: BTreeMap<(String, i32, i64), Value> = BTreeMap::new();
+    for m in &outcomes {
+        let o: Value = serde_json::from_str(&sandbox::text(m))?;
+        let key = (
+            o["source_event_id"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+            o["source"]["partition"].as_i64().unwrap_or_default() as i32,
+            o["source"]["offset"].as_i64().unwrap_or_default(),
+        );
+        rows.insert(key, o);
     }
-
-    let delete = async {
-        let user = client.resolve_user("user5@example.com").await?;
-        client.delete_user(&user.id).await?;
-        Ok::<_, NetskopeError>(user.id)
-    };
-    rows.push(match delete.await {
-        Ok(id) => Row {
-            event: "termination (on_termination = delete)",
-            user: "user5@example.com".into(),
-            action: "delete",
-            result: "applied".into(),
-            expect: Some(("DELETE", format!("{scim_path}/Users/{id}"))),
-            batch: rows.len(),
-        },
-        Err(e) => Row {
-            event: "termination (on_termination = delete)",
-            user: "user5@example.com".into(),
-            action: "delete",
-            result: format!("failed: {e}"),
-            expect: None,
-            batch: rows.len(),
-        },
-    });
-
-    // Two high-risk signals: both users go into the quarantine group in one PATCH.
-    let group_id = client.ensure_group(GROUP).await?;
-    let u3 = client.resolve_user("user3@example.com").await?;
-    let u4 = client.resolve_user("user4@example.com").await?;
-    let result = match client
-        .add_members(&group_id, &[u3.id.clone(), u4.id.clone()])
-        .await
-    {
-        Ok(n) => format!("applied ({n} PATCH for 2 users)"),
-        Err(e) => format!("failed: {e}"),
-    };
-    let batch = rows.len();
-    for user in [&u3, &u4] {
-        rows.push(Row {
-            event: "risk signal, critical",
-            user: user.user_name.clone(),
-            action: "quarantine",
-            result: result.clone(),
-            expect: Some(("PATCH", format!("{scim_path}/Groups/{group_id}"))),
-            batch,
-        });
-    }
-    let result = match client
-        .remove_members(&group_id, std::slice::from_ref(&u4.id))
-        .await
-    {
-        Ok(_) => "applied".to_string(),
-        Err(e) => format!("failed: {e}"),
-    };
-    rows.push(Row {
-        event: "risk signal, cleared",
-        user: u4.user_name.clone(),
-        action: "release",
-        result,
-        expect: Some(("PATCH", format!("{scim_path}/Groups/{group_id}"))),
-        batch: rows.len(),
-    });
-
-    let verified = verify(&client, &clock, started, &rows).await?;
-
-    println!(
-        "{:<40} {:<20} {:<11} {:<36} verification",
-        "event", "user", "action", "result"
-    );
-    for row in &rows {
-        let verification = match (&row.expect, verified.get(&row.batch)) {
-            (None, _) => "-".to_string(),
-            (Some(_), Some(id)) => format!("verified (audit _id {id})"),
-            (Some(_), None) => "unverified".to_string(),
-        };
+    for o in rows.values() {
+        let detail = o["error"]["message"]
+            .as_str()
+            .or(o["reason"].as_str())
+            .map(str::to_string)
+            .or_else(|| {
+                o["request"]["method"]
+                    .as_str()
+                    .map(|m| format!("{m} {}", o["request"]["path"].as_str().unwrap_or("")))
+            })
+            .unwrap_or_default();
         println!(
-            "{:<40} {:<20} {:<11} {:<36} {}",
-            row.event,
-            row.user,
-            row.action,
-            short(&row.result, 36),
-            verification
+            "{:<10} {:<24} {:<11} {:<8} {}",
+            o["source_event_id"].as_str().unwrap_or(""),
+            o["user_name"].as_str().unwrap_or(""),
+            o["action"].as_str().unwrap_or(""),
+            o["status"].as_str().unwrap_or(""),
+            short(&detail, 90)
+        );
+    }
+    println!("\nDead letters:");
+    for m in &dead {
+        println!(
+            "  {}[{}]@{}: {} ({})",
+            sandbox::header(m, "offboarder-source-topic").unwrap_or_default(),
+            sandbox::header(m, "offboarder-source-partition").unwrap_or_default(),
+            sandbox::header(m, "offboarder-source-offset").unwrap_or_default(),
+            sandbox::header(m, "offboarder-reason").unwrap_or_default(),
+            short(
+                &sandbox::header(m, "offboarder-error").unwrap_or_default(),
+                80
+            ),
         );
     }
 
     println!("\nSimulator state after the run:");
     println!("{:<20} {:<8} groups", "user", "active");
-    let members = sim.group_members(GROUP).unwrap_or_default();
+    let members = sandbox.sim.group_members(GROUP).unwrap_or_default();
     for n in 1..=6 {
         let name = format!("user{n}@example.com");
-        match sim.user(&name) {
-            Some(u) => println!(
+        if let Some(u) = sandbox.sim.user(&name) {
+            println!(
                 "{:<20} {:<8} {}",
                 u.user_name,
                 u.active,
                 if members.contains(&u.id) { GROUP } else { "" }
-            ),
-            None => println!("{name:<20} (deleted)"),
+            );
         }
     }
     println!("\nRequests the simulator served:");
-    for (endpoint, by_status) in sim.stats().requests {
+    for (endpoint, by_status) in sandbox.sim.stats().requests {
         let statuses: Vec<String> = by_status.iter().map(|(s, n)| format!("{s}×{n}")).collect();
         println!("  {endpoint:<45} {}", statuses.join(" "));
     }
-    sim.shutdown().await;
-    Ok(())
-}
-
-async fn deactivate(client: &NetskopeClient, user: &str) -> Result<String, NetskopeError> {
-    let found = client.resolve_user(user).await?;
-    client.deactivate(&found.id).await?;
-    Ok(found.id)
-}
-
-/// Polls the audit trail until every expected request shows up (or 15 s pass): one paged
-/// query per poll for all requests, not one per request. Each audit event verifies one request
-/// (a repeated request has its own event). Returns the audit `_id` per verified batch.
-async fn verify(
-    client: &NetskopeClient,
-    clock: &WallClock,
-    started: u64,
-    rows: &[Row],
-) -> Result<BTreeMap<usize, String>, NetskopeError> {
-    let mut pending: BTreeMap<usize, (&str, &str)> = rows
+    let outcome_counts: Vec<String> = summary
+        .outcomes
         .iter()
-        .filter_map(|r| r.expect.as_ref().map(|(m, p)| (r.batch, (*m, p.as_str()))))
+        .map(|(s, n)| format!("{n} {s}"))
         .collect();
-    let mut verified = BTreeMap::new();
-    let mut used = HashSet::new();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    println!("Waiting for the audit trail (indexing lag {AUDIT_LAG_SECS} s)...\n");
-    while !pending.is_empty() && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let window = AuditWindow {
-            start: started.saturating_sub(5),
-            end: clock.now_secs() + 1,
-        };
-        let mut offset = 0;
-        for _page in 0..10 {
-            let page = client.audit_page(window, 100, offset).await?;
-            for event in &page {
-                if used.contains(&event.id) {
-                    continue;
-                }
-                let Some(data) = &event.supporting_data else {
-                    continue;
-                };
-                let values = &data.data_values;
-                let (Some(status), Some(method), Some(path)) = (
-                    values.first().and_then(|v| v.as_u64()),
-                    values.get(1).and_then(|v| v.as_str()),
-                    values.get(2).and_then(|v| v.as_str()),
-                ) else {
-                    continue;
-                };
-                if !(200..300).contains(&status) {
-                    continue;
-                }
-                let hit = pending
-                    .iter()
-                    .find(|(_, (m, p))| *m == method && *p == path)
-                    .map(|(batch, _)| *batch);
-                if let Some(batch) = hit {
-                    pending.remove(&batch);
-                    used.insert(event.id.clone());
-                    verified.insert(batch, event.id.clone());
-                }
-            }
-            if page.len() < 100 {
-                break;
-            }
-            offset += page.len() as u64;
-        }
+    println!(
+        "\nWorker: {} events received, outcomes: {}; {} dead letters; {} left open",
+        summary.received,
+        outcome_counts.join(", "),
+        summary.dead_letters,
+        summary.left_open
+    );
+    if outcomes.len() < valid || dead.len() < invalid {
+        return Err(format!(
+            "expected {valid} outcomes and {invalid} dead letters, got {} and {}",
+            outcomes.len(),
+            dead.len()
+        )
+        .into());
     }
-    Ok(verified)
+    Ok(())
 }
 
 fn short(text: &str, width: usize) -> String {

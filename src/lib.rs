@@ -7,15 +7,27 @@
 //! | module | what it does |
 //! |---|---|
 //! | [`config`] | the worker's TOML config (with `OFFBOARDER_` env overrides), validated at start |
+//! | [`secret`] | tokens and passwords read from env or file, never from the config file |
+//! | [`pipeline`] | Kafka in, per-user lanes, outcomes and dead letters out, offsets stored only behind final outcomes |
+//! | [`event`] | inbound events: size bound, JSON, schema validation against `schemas/` |
+//! | [`policy`] | event → decision: deactivate, delete, quarantine, release, or skip (protected, below threshold) |
 //! | [`netskope`] | the Netskope client: SCIM users and groups, audit-event pages, one rate limiter per token, retries, typed errors |
+//! | [`outcome`] | the outcome record published per event |
 //! | [`sim`] | a Netskope tenant simulator (SCIM + audit + scopes + rate limits + faults) for the demo, tests and benchmarks |
-//! | [`demo`] | `offboarder demo`: drives the client against an in-process simulator and prints what happened |
+//! | [`sandbox`] | an in-process mock Kafka cluster plus the simulator, wired to a config, for the demo, tests and benchmarks |
+//! | [`demo`] | `offboarder demo`: an in-process Kafka cluster and the simulator, sample events through the real pipeline |
 //! | [`telemetry`] | log setup (human on a terminal, JSON otherwise) |
 //! | [`clock`] | wall and monotonic clocks that follow tokio's (pausable) clock |
 
 pub mod clock;
 pub mod config;
 pub mod demo;
+pub mod event;
 pub mod netskope;
+pub mod outcome;
+pub mod pipeline;
+pub mod policy;
+pub mod sandbox;
+pub mod secret;
 pub mod sim;
 pub mod telemetry;

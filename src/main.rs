@@ -1,11 +1,13 @@
 //! The `offboarder` command line.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 use offboarder::config::Config;
 use offboarder::netskope::{ErrorClass, NetskopeClient};
+use offboarder::pipeline::{self, Pipeline, PipelineHandle};
 use offboarder::sim::SimArgs;
 use offboarder::telemetry::{self, LogFormat};
 
@@ -31,22 +33,37 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Drive the Netskope client against an in-process tenant simulator and print the result.
+    /// Run the worker: consume the input topics, act in Netskope, publish outcomes.
+    Run {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Run the whole worker against an in-process Kafka cluster and tenant simulator, with
+    /// sample events, and print what happened. Needs nothing installed.
     Demo,
     /// Run a Netskope tenant simulator (SCIM, audit events, token scopes, rate limits, faults).
     Simulate(SimArgs),
-    /// Validate a config file, then check that Netskope answers with the tokens it names.
+    /// Validate a config file, then check, without acting, that the brokers and Netskope answer
+    /// with the credentials it names.
     CheckConfig {
         #[arg(long)]
         config: PathBuf,
     },
 }
 
+/// Exit code for configuration faults, distinct from runtime failures.
+const EXIT_CONFIG: u8 = 2;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    telemetry::init(cli.log_format);
+    let default_level = match cli.command {
+        Command::Demo => "warn",
+        _ => "info",
+    };
+    telemetry::init(cli.log_format, default_level);
     match cli.command {
+        Command::Run { config } => run(&config).await,
         Command::Demo => match offboarder::demo::run().await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -65,24 +82,100 @@ async fn main() -> ExitCode {
     }
 }
 
-/// Exit code for configuration faults, distinct from runtime failures.
-const EXIT_CONFIG: u8 = 2;
+fn load(path: &Path) -> Result<(Config, Arc<NetskopeClient>), String> {
+    let config = Config::load(path).map_err(|e| e.to_string())?;
+    let client = NetskopeClient::from_config(&config.netskope)
+        .map_err(|e| format!("invalid configuration: {e}"))?;
+    Ok((config, Arc::new(client)))
+}
 
-async fn check_config(path: &std::path::Path) -> ExitCode {
-    let config = match Config::load(path) {
-        Ok(c) => c,
+async fn run(path: &Path) -> ExitCode {
+    let (config, client) = match load(path) {
+        Ok(loaded) => loaded,
+        Err(e) => {
+            tracing::error!("{e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    if config.policy.dry_run {
+        tracing::warn!("policy.dry_run is on: no change will be made in Netskope");
+    }
+    let pipeline = match Pipeline::new(&config, client).await {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::error!("{e}");
+            return ExitCode::from(if e.is_config() { EXIT_CONFIG } else { 1 });
+        }
+    };
+    tokio::spawn(stop_on_signal(pipeline.handle()));
+    match pipeline.run().await {
+        Ok(summary) => {
+            tracing::info!(
+                received = summary.received,
+                dead_letters = summary.dead_letters,
+                left_open = summary.left_open,
+                outcomes = ?summary.outcomes,
+                "stopped"
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            tracing::error!("{e}");
+            ExitCode::from(if e.is_config() { EXIT_CONFIG } else { 1 })
+        }
+    }
+}
+
+/// SIGINT or SIGTERM: stop fetching, finish what is in flight, commit, exit 0. A second signal
+/// stops at once; anything unfinished is delivered again on the next start.
+async fn stop_on_signal(handle: PipelineHandle) {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGTERM");
+            return;
+        }
+    };
+    for n in 0..2 {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        if n == 0 {
+            tracing::info!("signal received: finishing in-flight events (again to stop at once)");
+            handle.stop();
+        } else {
+            tracing::warn!("second signal: stopping at once");
+            handle.kill();
+        }
+    }
+}
+
+async fn check_config(path: &Path) -> ExitCode {
+    let (config, client) = match load(path) {
+        Ok(loaded) => loaded,
         Err(e) => {
             eprintln!("{e}");
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    let client = match NetskopeClient::from_config(&config.netskope) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("invalid configuration: {e}");
-            return ExitCode::from(EXIT_CONFIG);
-        }
+    let mut worst = ExitCode::SUCCESS;
+    let mut config_fault = |message: String| {
+        eprintln!("{message}");
+        worst = ExitCode::from(EXIT_CONFIG);
     };
+    if let Err(e) = config.pipeline.validate() {
+        config_fault(e);
+    }
+    if let Err(e) = offboarder::policy::Policy::new(config.policy.clone()) {
+        config_fault(e);
+    }
+    if let Err(e) = config.kafka.validate() {
+        config_fault(e.to_string());
+    }
+    if worst != ExitCode::SUCCESS {
+        return worst;
+    }
     println!("config {}: valid", path.display());
     println!("  SCIM base: {}", client.endpoints().scim_base);
     println!("  audit:     {}", client.endpoints().audit);
@@ -94,7 +187,26 @@ async fn check_config(path: &std::path::Path) -> ExitCode {
             "one token for SCIM and events"
         }
     );
-    let mut worst = ExitCode::SUCCESS;
+    println!("  brokers:   {}", config.kafka.brokers);
+    if config.policy.dry_run {
+        println!("  policy:    dry_run is on: no change will be made in Netskope");
+    }
+    let kafka = match config.kafka.producer_config() {
+        Ok(c) => match c.create() {
+            Ok(producer) => pipeline::check_topics(&producer, &config.kafka)
+                .await
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(format!("cannot create a Kafka client: {e}")),
+        },
+        Err(e) => Err(e.to_string()),
+    };
+    match kafka {
+        Ok(()) => println!("  Kafka: brokers reachable, all four topics exist"),
+        Err(e) => {
+            println!("  Kafka: FAILED: {e}");
+            worst = ExitCode::from(EXIT_CONFIG);
+        }
+    }
     for (name, result) in [
         ("SCIM (GET /Users)", client.probe_scim().await),
         ("audit (GET events/data/audit)", client.probe_audit().await),
@@ -103,10 +215,12 @@ async fn check_config(path: &std::path::Path) -> ExitCode {
             Ok(()) => println!("  {name}: reachable, token accepted"),
             Err(e) => {
                 println!("  {name}: FAILED: {e}");
-                worst = match e.class() {
-                    ErrorClass::Config => ExitCode::from(EXIT_CONFIG),
-                    _ => ExitCode::FAILURE,
-                };
+                if worst == ExitCode::SUCCESS || e.class() == ErrorClass::Config {
+                    worst = match e.class() {
+                        ErrorClass::Config => ExitCode::from(EXIT_CONFIG),
+                        _ => ExitCode::FAILURE,
+                    };
+                }
             }
         }
     }

@@ -1,6 +1,6 @@
 //! Log setup: human-readable on a terminal, JSON lines otherwise (for log shippers), or as
-//! chosen with `--log-format` / `OFFBOARDER_LOG_FORMAT`. The level comes from `RUST_LOG`
-//! (default `info`).
+//! chosen with `--log-format` / `OFFBOARDER_LOG_FORMAT`. The level comes from `RUST_LOG`, else
+//! the command's default (`info` for the worker, `warn` for the demo, whose output is a table).
 //!
 //! No token is ever a field of a span or event: the client keeps tokens inside and marks the
 //! header value sensitive, and errors are built without them.
@@ -18,8 +18,9 @@ pub enum LogFormat {
 }
 
 /// Installs the global subscriber. Logs go to stderr so that stdout stays for results.
-pub fn init(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+pub fn init(format: LogFormat, default_level: &str) {
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
     let terminal = std::io::stderr().is_terminal();
     let json = match format {
         LogFormat::Json => true,

@@ -5,16 +5,13 @@
 //! systemd mount them.
 
 use std::net::IpAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use secrecy::SecretString;
 use serde::Deserialize;
 use url::Url;
 
-/// Largest token file we read. A real Netskope token is a few hundred bytes; a bigger file is a
-/// mistake (a wrong path) and must not be loaded into memory whole.
-const MAX_TOKEN_FILE_BYTES: u64 = 16 * 1024;
+use crate::secret::{SecretError, SecretSource};
 
 /// Which HTTP header carries the token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
@@ -88,16 +85,6 @@ impl Default for RetryConfig {
     }
 }
 
-/// Where a token is read from. Exactly one of the two may be set.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TokenSource {
-    /// Name of an environment variable that holds the token.
-    pub env: Option<String>,
-    /// Path of a file whose content (trimmed) is the token.
-    pub file: Option<PathBuf>,
-}
-
 /// The `[netskope]` table.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -109,9 +96,9 @@ pub struct NetskopeConfig {
     /// Overrides `<tenant_url>/api/v2/events/data/audit`.
     pub audit_url: Option<String>,
     /// The SCIM token. Defaults to the env var `NETSKOPE_SCIM_TOKEN`.
-    pub scim_token: TokenSource,
+    pub scim_token: SecretSource,
     /// An optional separate token for the audit endpoint. Without it the SCIM token is used.
-    pub events_token: TokenSource,
+    pub events_token: SecretSource,
     pub auth_header: AuthHeader,
     /// Budget per token. Netskope allows about 300/min per token (observed, not published).
     pub requests_per_minute: u32,
@@ -141,8 +128,8 @@ impl Default for NetskopeConfig {
             tenant_url: None,
             scim_base_url: None,
             audit_url: None,
-            scim_token: TokenSource::default(),
-            events_token: TokenSource::default(),
+            scim_token: SecretSource::default(),
+            events_token: SecretSource::default(),
             auth_header: AuthHeader::default(),
             requests_per_minute: 300,
             request_timeout: Duration::from_secs(30),
@@ -180,16 +167,8 @@ pub enum ConfigError {
     InsecureUrl { field: &'static str, value: String },
     #[error("netskope.{field}: {value:?} must not carry credentials, a query or a fragment")]
     UrlExtras { field: &'static str, value: String },
-    #[error("netskope.{which}: set either env or file, not both")]
-    TokenTwoSources { which: &'static str },
-    #[error("netskope.{which}: environment variable {var} is not set or empty")]
-    TokenEnvMissing { which: &'static str, var: String },
-    #[error("netskope.{which}: cannot read token file {path}: {reason}")]
-    TokenFile {
-        which: &'static str,
-        path: String,
-        reason: String,
-    },
+    #[error(transparent)]
+    Secret(#[from] SecretError),
     #[error("netskope.{field}: {reason}")]
     Invalid { field: &'static str, reason: String },
 }
@@ -312,64 +291,17 @@ impl NetskopeConfig {
 
     /// Reads the tokens from their env vars or files.
     pub fn load_tokens(&self) -> Result<Tokens, ConfigError> {
-        let scim = read_token("scim_token", &self.scim_token, Some(DEFAULT_SCIM_TOKEN_ENV))?
-            .ok_or(ConfigError::TokenEnvMissing {
-                which: "scim_token",
+        let which = "netskope.scim_token";
+        let scim = self
+            .scim_token
+            .read(which, Some(DEFAULT_SCIM_TOKEN_ENV))?
+            .ok_or_else(|| SecretError::EnvMissing {
+                which: which.into(),
                 var: DEFAULT_SCIM_TOKEN_ENV.into(),
             })?;
-        let events = read_token("events_token", &self.events_token, None)?;
+        let events = self.events_token.read("netskope.events_token", None)?;
         Ok(Tokens { scim, events })
     }
-}
-
-fn read_token(
-    which: &'static str,
-    source: &TokenSource,
-    default_env: Option<&str>,
-) -> Result<Option<SecretString>, ConfigError> {
-    match (&source.env, &source.file) {
-        (Some(_), Some(_)) => Err(ConfigError::TokenTwoSources { which }),
-        (None, Some(path)) => read_token_file(which, path).map(Some),
-        (env, None) => {
-            let Some(var) = env.as_deref().or(default_env) else {
-                return Ok(None);
-            };
-            match std::env::var(var) {
-                Ok(v) if !v.trim().is_empty() => Ok(Some(SecretString::from(v.trim().to_string()))),
-                _ => Err(ConfigError::TokenEnvMissing {
-                    which,
-                    var: var.to_string(),
-                }),
-            }
-        }
-    }
-}
-
-fn read_token_file(
-    which: &'static str,
-    path: &std::path::Path,
-) -> Result<SecretString, ConfigError> {
-    use std::io::Read;
-    let err = |reason: String| ConfigError::TokenFile {
-        which,
-        path: path.display().to_string(),
-        reason,
-    };
-    let file = std::fs::File::open(path).map_err(|e| err(e.to_string()))?;
-    let mut text = String::new();
-    file.take(MAX_TOKEN_FILE_BYTES + 1)
-        .read_to_string(&mut text)
-        .map_err(|e| err(e.to_string()))?;
-    if text.len() as u64 > MAX_TOKEN_FILE_BYTES {
-        return Err(err(format!(
-            "larger than {MAX_TOKEN_FILE_BYTES} bytes; is this the right file?"
-        )));
-    }
-    let token = text.trim();
-    if token.is_empty() {
-        return Err(err("the file is empty".into()));
-    }
-    Ok(SecretString::from(token.to_string()))
 }
 
 fn is_loopback(url: &Url) -> bool {
@@ -406,7 +338,6 @@ fn redact_userinfo(url: &Url) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use secrecy::ExposeSecret;
 
     fn cfg(tenant: &str) -> NetskopeConfig {
         NetskopeConfig {
@@ -480,41 +411,6 @@ mod tests {
         assert_eq!(
             NetskopeConfig::default().endpoints(),
             Err(ConfigError::MissingUrl)
-        );
-    }
-
-    #[test]
-    fn token_file_is_trimmed_and_bounded() {
-        let dir = std::env::temp_dir().join(format!("offboarder-token-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let good = dir.join("good");
-        std::fs::write(&good, "  tok-123\n").unwrap();
-        let t = read_token_file("scim_token", &good).unwrap();
-        assert_eq!(t.expose_secret(), "tok-123");
-
-        let big = dir.join("big");
-        std::fs::write(&big, vec![b'a'; 20_000]).unwrap();
-        assert!(matches!(
-            read_token_file("scim_token", &big),
-            Err(ConfigError::TokenFile { .. })
-        ));
-        let empty = dir.join("empty");
-        std::fs::write(&empty, "\n").unwrap();
-        assert!(read_token_file("scim_token", &empty).is_err());
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
-
-    #[test]
-    fn both_token_sources_is_an_error() {
-        let src = TokenSource {
-            env: Some("X".into()),
-            file: Some("/nonexistent".into()),
-        };
-        assert_eq!(
-            read_token("scim_token", &src, None).unwrap_err(),
-            ConfigError::TokenTwoSources {
-                which: "scim_token"
-            }
         );
     }
 

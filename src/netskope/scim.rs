@@ -90,10 +90,23 @@ fn parse<T: serde::de::DeserializeOwned>(op: Op, reply: &Reply) -> Result<T, Net
     })
 }
 
-fn patch_body(operations: Vec<Value>) -> Vec<u8> {
+fn patch_op(operations: Vec<Value>) -> Value {
     json!({ "schemas": [PATCH_OP_SCHEMA], "Operations": operations })
-        .to_string()
-        .into_bytes()
+}
+
+/// The body of a deactivation: `PATCH /Users/{id}` with `active=false`.
+pub fn deactivate_patch() -> Value {
+    patch_op(vec![
+        json!({"op": "replace", "path": "active", "value": false}),
+    ])
+}
+
+/// The body of a `PATCH /Groups/{id}` that adds these users.
+pub fn add_members_patch(user_ids: &[String]) -> Value {
+    let members: Vec<Value> = user_ids.iter().map(|id| json!({"value": id})).collect();
+    patch_op(vec![
+        json!({"op": "add", "path": "members", "value": members}),
+    ])
 }
 
 impl NetskopeClient {
@@ -130,7 +143,7 @@ impl NetskopeClient {
             .await?
             .ok_or_else(|| NetskopeError::NotFound {
                 op,
-                what: format!("no user named {user_name:?}"),
+                what: format!("user {user_name:?}"),
             })?;
         let found = UserRef {
             id: found.id,
@@ -194,9 +207,7 @@ impl NetskopeClient {
     pub async fn deactivate(&self, id: &str) -> Result<(), NetskopeError> {
         let op = Op::Deactivate;
         let url = self.scim_url(&["Users", id]);
-        let body = patch_body(vec![
-            json!({"op": "replace", "path": "active", "value": false}),
-        ]);
+        let body = deactivate_patch().to_string().into_bytes();
         let reply = self
             .transport
             .send(&self.scim_token, op, |http| {
@@ -266,7 +277,7 @@ impl NetskopeClient {
         if let Some(id) = self.groups.get(&key) {
             return Ok(id);
         }
-        if let Some(id) = self.find_group(display_name).await? {
+        if let Some(id) = self.lookup_group(display_name).await? {
             self.groups.insert(key, id.clone());
             return Ok(id);
         }
@@ -285,7 +296,7 @@ impl NetskopeClient {
             .await?;
         let id = match reply.status {
             200..=299 => parse::<GroupSummary>(op, &reply)?.id,
-            409 => match self.find_group(display_name).await? {
+            409 => match self.lookup_group(display_name).await? {
                 Some(id) => id,
                 None => {
                     return Err(NetskopeError::Conflict {
@@ -308,7 +319,17 @@ impl NetskopeClient {
         self.groups.remove(&display_name.to_lowercase());
     }
 
-    async fn find_group(&self, display_name: &str) -> Result<Option<String>, NetskopeError> {
+    /// The id of the group named `display_name`, or `None`; never creates it (dry-run uses this).
+    pub async fn find_group(&self, display_name: &str) -> Result<Option<String>, NetskopeError> {
+        check_name(Op::FindGroup, display_name)?;
+        let key = display_name.to_lowercase();
+        if let Some(id) = self.groups.get(&key) {
+            return Ok(Some(id));
+        }
+        self.lookup_group(display_name).await
+    }
+
+    async fn lookup_group(&self, display_name: &str) -> Result<Option<String>, NetskopeError> {
         // A quarantine group can hold thousands of members: do not fetch them.
         let group = self
             .find_one::<GroupSummary>(
@@ -332,12 +353,7 @@ impl NetskopeClient {
     ) -> Result<usize, NetskopeError> {
         let mut sent = 0;
         for chunk in user_ids.chunks(self.members_batch_size) {
-            let members: Vec<Value> = chunk.iter().map(|id| json!({"value": id})).collect();
-            self.patch_group(
-                group_id,
-                vec![json!({"op": "add", "path": "members", "value": members})],
-            )
-            .await?;
+            self.patch_group(group_id, add_members_patch(chunk)).await?;
             sent += 1;
         }
         Ok(sent)
@@ -352,32 +368,34 @@ impl NetskopeClient {
     ) -> Result<usize, NetskopeError> {
         let mut sent = 0;
         for chunk in user_ids.chunks(self.members_batch_size) {
-            let operations = match self.remove_style {
-                RemoveStyle::PathFilter => chunk
-                    .iter()
-                    .map(|id| {
-                        json!({"op": "remove", "path": format!("members[value eq {}]", filter::quote(id))})
-                    })
-                    .collect(),
-                RemoveStyle::ValueList => {
-                    let members: Vec<Value> = chunk.iter().map(|id| json!({"value": id})).collect();
-                    vec![json!({"op": "remove", "path": "members", "value": members})]
-                }
-            };
-            self.patch_group(group_id, operations).await?;
+            self.patch_group(group_id, self.remove_members_patch(chunk))
+                .await?;
             sent += 1;
         }
         Ok(sent)
     }
 
-    async fn patch_group(
-        &self,
-        group_id: &str,
-        operations: Vec<Value>,
-    ) -> Result<(), NetskopeError> {
+    /// The body of a `PATCH /Groups/{id}` that removes these users, in the configured style.
+    pub fn remove_members_patch(&self, user_ids: &[String]) -> Value {
+        let operations = match self.remove_style {
+            RemoveStyle::PathFilter => user_ids
+                .iter()
+                .map(|id| {
+                    json!({"op": "remove", "path": format!("members[value eq {}]", filter::quote(id))})
+                })
+                .collect(),
+            RemoveStyle::ValueList => {
+                let members: Vec<Value> = user_ids.iter().map(|id| json!({"value": id})).collect();
+                vec![json!({"op": "remove", "path": "members", "value": members})]
+            }
+        };
+        patch_op(operations)
+    }
+
+    async fn patch_group(&self, group_id: &str, patch: Value) -> Result<(), NetskopeError> {
         let op = Op::PatchMembers;
         let url = self.scim_url(&["Groups", group_id]);
-        let body = patch_body(operations);
+        let body = patch.to_string().into_bytes();
         let reply = self
             .transport
             .send(&self.scim_token, op, |http| {

@@ -1,0 +1,262 @@
+//! The outcome event: what happened to one input event, published to the outcomes topic for SOC
+//! dashboards and audits. `schemas/outcome.v1.json` describes it; a test checks every kind of
+//! outcome against that file so the two cannot drift apart.
+//!
+//! An outcome never carries a token: errors are copied from [`NetskopeError`], whose messages
+//! are built without one.
+
+use serde::Serialize;
+use serde_json::Value;
+use time::OffsetDateTime;
+
+use crate::netskope::NetskopeError;
+
+/// What the worker did, or would have done, for the event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    Deactivate,
+    Delete,
+    Quarantine,
+    Release,
+    /// The event called for nothing (a risk signal below the thresholds).
+    None,
+}
+
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Deactivate => "deactivate",
+            Action::Delete => "delete",
+            Action::Quarantine => "quarantine",
+            Action::Release => "release",
+            Action::None => "none",
+        }
+    }
+}
+
+/// The phase and result of an outcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    /// Netskope accepted the request.
+    Applied,
+    /// The action cannot succeed for this event (unknown user, rejected request, retries ran
+    /// out); `error` says why.
+    Failed,
+    /// Nothing was sent on purpose (a protected user, a signal below threshold, a user already
+    /// quarantined); `reason` says why.
+    Skipped,
+    /// `dry_run` is on: `request` shows what would have been sent.
+    DryRun,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Applied => "applied",
+            Status::Failed => "failed",
+            Status::Skipped => "skipped",
+            Status::DryRun => "dry_run",
+        }
+    }
+}
+
+/// Where the input event was read.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SourceRef {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+}
+
+/// Why an action failed, in a form dashboards can group by.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct OutcomeError {
+    /// A stable name: `not_found`, `ambiguous`, `rejected`, `transient`, ...
+    pub kind: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http_status: Option<u16>,
+    pub message: String,
+}
+
+impl From<&NetskopeError> for OutcomeError {
+    fn from(e: &NetskopeError) -> Self {
+        Self {
+            kind: e.kind().to_string(),
+            http_status: e.http_status(),
+            message: e.to_string(),
+        }
+    }
+}
+
+/// The SCIM request that was sent (or, in dry-run, would have been).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RequestDescription {
+    pub method: &'static str,
+    /// The path below the SCIM base, e.g. `/Users/<id>`.
+    pub path: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub body: Option<Value>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Timestamps {
+    #[serde(with = "time::serde::rfc3339")]
+    pub received: OffsetDateTime,
+    #[serde(
+        with = "time::serde::rfc3339::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub acted: Option<OffsetDateTime>,
+    #[serde(
+        with = "time::serde::rfc3339::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub verified: Option<OffsetDateTime>,
+}
+
+/// One outcome record. Keyed by the lower-cased user name on the topic, so that all outcomes of
+/// one user stay in order in one partition.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Outcome {
+    pub outcome_id: String,
+    pub source_event_id: String,
+    pub source: SourceRef,
+    pub user_name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scim_user_id: Option<String>,
+    pub action: Action,
+    pub status: Status,
+    /// The quarantine group, for quarantine and release.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<OutcomeError>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request: Option<RequestDescription>,
+    /// How many times the worker tried the action; each try may include several HTTP
+    /// attempts by the client's own retries.
+    pub attempts: u32,
+    pub timestamps: Timestamps,
+    pub trace_id: String,
+}
+
+impl Outcome {
+    /// The record's key on the outcomes topic.
+    pub fn key(&self) -> String {
+        self.user_name.to_lowercase()
+    }
+
+    pub fn to_json(&self) -> Vec<u8> {
+        // Serializing this struct cannot fail: every field is a string, number or plain enum.
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+}
+
+/// A fresh random id (UUID v4) for an outcome.
+pub fn new_outcome_id() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+/// A fresh W3C trace id (32 lower-case hex digits) for an event that arrived without one.
+pub fn new_trace_id() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::netskope::Op;
+
+    fn validator() -> jsonschema::Validator {
+        let schema: Value =
+            serde_json::from_str(include_str!("../schemas/outcome.v1.json")).expect("schema");
+        jsonschema::draft202012::options()
+            .should_validate_formats(true)
+            .build(&schema)
+            .expect("valid schema")
+    }
+
+    fn base(status: Status, action: Action) -> Outcome {
+        Outcome {
+            outcome_id: new_outcome_id(),
+            source_event_id: "hr-1".into(),
+            source: SourceRef {
+                topic: "hr.terminations".into(),
+                partition: 0,
+                offset: 42,
+            },
+            user_name: "Alice@Example.com".into(),
+            scim_user_id: None,
+            action,
+            status,
+            group: None,
+            reason: None,
+            error: None,
+            request: None,
+            attempts: 1,
+            timestamps: Timestamps {
+                received: OffsetDateTime::UNIX_EPOCH,
+                acted: None,
+                verified: None,
+            },
+            trace_id: new_trace_id(),
+        }
+    }
+
+    #[test]
+    fn every_kind_of_outcome_fits_the_schema() {
+        let v = validator();
+        let mut applied = base(Status::Applied, Action::Deactivate);
+        applied.scim_user_id = Some("2819c223-7f76-453a-919d-413861904646".into());
+        applied.timestamps.acted = Some(OffsetDateTime::UNIX_EPOCH);
+        applied.request = Some(RequestDescription {
+            method: "PATCH",
+            path: "/Users/2819c223".into(),
+            body: Some(serde_json::json!({"Operations": []})),
+        });
+        let mut failed = base(Status::Failed, Action::Quarantine);
+        failed.group = Some("Quarantine_HighRisk".into());
+        failed.error = Some(OutcomeError::from(&NetskopeError::NotFound {
+            op: Op::ResolveUser,
+            what: "user \"alice\"".into(),
+        }));
+        let mut skipped = base(Status::Skipped, Action::None);
+        skipped.reason = Some("risk score 30 is below 80".into());
+        let dry = base(Status::DryRun, Action::Delete);
+        for o in [applied, failed, skipped, dry] {
+            let json: Value = serde_json::from_slice(&o.to_json()).expect("json");
+            let errors: Vec<String> = v.iter_errors(&json).map(|e| e.to_string()).collect();
+            assert!(errors.is_empty(), "{json}: {errors:?}");
+        }
+    }
+
+    #[test]
+    fn the_schema_rejects_an_unknown_status() {
+        let mut json: Value =
+            serde_json::from_slice(&base(Status::Applied, Action::Release).to_json()).unwrap();
+        json["status"] = "done".into();
+        assert!(!validator().is_valid(&json));
+    }
+
+    #[test]
+    fn key_is_the_lower_cased_user_name() {
+        assert_eq!(
+            base(Status::Applied, Action::Deactivate).key(),
+            "alice@example.com"
+        );
+    }
+
+    #[test]
+    fn trace_ids_are_w3c_shaped() {
+        let id = new_trace_id();
+        assert_eq!(id.len(), 32);
+        assert!(
+            id.chars()
+                .all(|c| c.is_ascii_hexdigit() && !c.is_uppercase())
+        );
+    }
+}

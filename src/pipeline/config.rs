@@ -1,0 +1,370 @@
+//! The `[kafka]` and `[pipeline]` tables.
+//!
+//! librdkafka properties pass through unchanged, so TLS, SASL and tuning work as on any Kafka
+//! client. The properties that carry the worker's guarantees (manual offset store, idempotent
+//! acks=all producer, the group and brokers) are set by the worker and may not be overridden,
+//! and secret properties are read from env or file like the Netskope tokens.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use rdkafka::ClientConfig;
+use secrecy::ExposeSecret;
+use serde::Deserialize;
+
+use crate::secret::{SecretError, SecretSource};
+
+/// Topic names.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Topics {
+    pub terminations: String,
+    pub risk_signals: String,
+    pub outcomes: String,
+    pub dead_letter: String,
+}
+
+impl Default for Topics {
+    fn default() -> Self {
+        Self {
+            terminations: "hr.terminations".into(),
+            risk_signals: "xdr.risk-signals".into(),
+            outcomes: "offboarder.outcomes".into(),
+            dead_letter: "offboarder.dead-letter".into(),
+        }
+    }
+}
+
+/// The `[kafka]` table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaConfig {
+    /// `bootstrap.servers`, e.g. `kafka-1:9092,kafka-2:9092`.
+    pub brokers: String,
+    pub group_id: String,
+    pub topics: Topics,
+    /// librdkafka properties for both the consumer and the producer (TLS, SASL, timeouts).
+    pub properties: BTreeMap<String, String>,
+    /// librdkafka properties for the consumer only (e.g. `group.protocol`).
+    pub consumer_properties: BTreeMap<String, String>,
+    /// librdkafka properties for the producer only (e.g. `compression.type`).
+    pub producer_properties: BTreeMap<String, String>,
+    /// librdkafka properties whose values are secrets (`sasl.password`, ...), each read from an
+    /// env var or a file.
+    pub secret_properties: BTreeMap<String, SecretSource>,
+    /// How long to wait for the brokers at start before giving up with a clear error.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        Self {
+            brokers: "localhost:9092".into(),
+            group_id: "offboarder".into(),
+            topics: Topics::default(),
+            properties: BTreeMap::new(),
+            consumer_properties: BTreeMap::new(),
+            producer_properties: BTreeMap::new(),
+            secret_properties: BTreeMap::new(),
+            connect_timeout: Duration::from_secs(15),
+        }
+    }
+}
+
+/// Properties the worker sets itself. Overriding them would break a guarantee: offsets stored
+/// before outcomes are delivered lose events, a producer without acks=all or idempotence can
+/// lose or double outcomes.
+const OWNED: &[&str] = &[
+    "bootstrap.servers",
+    "metadata.broker.list",
+    "group.id",
+    "enable.auto.offset.store",
+    "enable.auto.commit",
+    "enable.idempotence",
+    "acks",
+    "request.required.acks",
+    "enable.partition.eof",
+];
+
+/// Property names whose values are secrets: they belong in `secret_properties`.
+fn is_secret_name(name: &str) -> bool {
+    let n = name.to_ascii_lowercase();
+    n.contains("password")
+        || n.contains("secret")
+        || n.ends_with(".key.pem")
+        || n == "sasl.oauthbearer.config"
+}
+
+/// A `[kafka]` setting cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum KafkaConfigError {
+    #[error("kafka.{table}: {name:?} is set by offboarder itself and cannot be overridden")]
+    Owned { table: &'static str, name: String },
+    #[error(
+        "kafka.{table}: {name:?} holds a secret; move it to kafka.secret_properties as {{ env = \"VAR\" }} or {{ file = \"/path\" }}"
+    )]
+    SecretInPlainText { table: &'static str, name: String },
+    #[error("kafka.{field}: {reason}")]
+    Invalid { field: &'static str, reason: String },
+    #[error(transparent)]
+    Secret(#[from] SecretError),
+}
+
+impl KafkaConfig {
+    /// Checks the table without reading any secret.
+    pub fn validate(&self) -> Result<(), KafkaConfigError> {
+        if self.brokers.trim().is_empty() {
+            return Err(KafkaConfigError::Invalid {
+                field: "brokers",
+                reason: "must name at least one broker".into(),
+            });
+        }
+        if self.group_id.trim().is_empty() {
+            return Err(KafkaConfigError::Invalid {
+                field: "group_id",
+                reason: "must not be empty".into(),
+            });
+        }
+        let t = &self.topics;
+        let names = [
+            &t.terminations,
+            &t.risk_signals,
+            &t.outcomes,
+            &t.dead_letter,
+        ];
+        if names.iter().any(|n| n.trim().is_empty()) {
+            return Err(KafkaConfigError::Invalid {
+                field: "topics",
+                reason: "no topic name may be empty".into(),
+            });
+        }
+        let inputs = [&t.terminations, &t.risk_signals];
+        if inputs
+            .iter()
+            .any(|i| *i == &t.outcomes || *i == &t.dead_letter)
+            || t.terminations == t.risk_signals
+        {
+            return Err(KafkaConfigError::Invalid {
+                field: "topics",
+                reason: "the two input topics and the outcome and dead-letter topics must differ (an output topic read as input would loop)".into(),
+            });
+        }
+        for (table, map) in [
+            ("properties", &self.properties),
+            ("consumer_properties", &self.consumer_properties),
+            ("producer_properties", &self.producer_properties),
+        ] {
+            for name in map.keys() {
+                check_name(table, name)?;
+                if is_secret_name(name) {
+                    return Err(KafkaConfigError::SecretInPlainText {
+                        table,
+                        name: name.clone(),
+                    });
+                }
+            }
+        }
+        for name in self.secret_properties.keys() {
+            check_name("secret_properties", name)?;
+        }
+        if self.connect_timeout.is_zero() {
+            return Err(KafkaConfigError::Invalid {
+                field: "connect_timeout",
+                reason: "must be more than 0s".into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The librdkafka config shared by the consumer and the producer, secrets included.
+    fn base(&self) -> Result<ClientConfig, KafkaConfigError> {
+        self.validate()?;
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &self.brokers);
+        for (k, v) in &self.properties {
+            c.set(k, v);
+        }
+        for (k, source) in &self.secret_properties {
+            let which = format!("kafka.secret_properties.{k}");
+            match source.read(&which, None)? {
+                Some(secret) => {
+                    c.set(k, secret.expose_secret());
+                }
+                None => {
+                    return Err(KafkaConfigError::Invalid {
+                        field: "secret_properties",
+                        reason: format!("{k:?} names neither env nor file"),
+                    });
+                }
+            }
+        }
+        Ok(c)
+    }
+
+    /// The consumer: offsets are stored by the worker, only once an event's final outcome is
+    /// acknowledged, and committed in the background from that store.
+    pub fn consumer_config(&self) -> Result<ClientConfig, KafkaConfigError> {
+        let mut c = self.base()?;
+        c.set("group.id", &self.group_id)
+            .set("enable.auto.commit", "true")
+            .set("enable.auto.offset.store", "false")
+            .set("enable.partition.eof", "false");
+        // A new group starts at the oldest retained event: a termination published before the
+        // first deployment must still be acted on. Overridable.
+        if !self.consumer_properties.contains_key("auto.offset.reset")
+            && !self.properties.contains_key("auto.offset.reset")
+        {
+            c.set("auto.offset.reset", "earliest");
+        }
+        for (k, v) in &self.consumer_properties {
+            c.set(k, v);
+        }
+        Ok(c)
+    }
+
+    /// The producer of outcomes and dead letters: acks from all in-sync replicas, idempotent so
+    /// its own retries neither lose nor duplicate records.
+    pub fn producer_config(&self) -> Result<ClientConfig, KafkaConfigError> {
+        let mut c = self.base()?;
+        c.set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", "5");
+        for (k, v) in &self.producer_properties {
+            c.set(k, v);
+        }
+        Ok(c)
+    }
+}
+
+fn check_name(table: &'static str, name: &str) -> Result<(), KafkaConfigError> {
+    if OWNED.contains(&name.to_ascii_lowercase().as_str()) {
+        return Err(KafkaConfigError::Owned {
+            table,
+            name: name.to_string(),
+        });
+    }
+    Ok(())
+}
+
+/// The `[pipeline]` table: bounds and timing of the worker.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PipelineConfig {
+    /// Events received and not yet finished. At the bound, consumption pauses.
+    pub max_in_flight: usize,
+    /// Users whose events are processed at the same time.
+    pub max_concurrent_users: usize,
+    /// Largest event payload accepted; a bigger one goes to the dead-letter topic.
+    pub max_event_bytes: usize,
+    /// How long quarantine and release requests for one group are gathered into one PATCH.
+    #[serde(with = "humantime_serde")]
+    pub batch_window: Duration,
+    /// Most members gathered into one group PATCH before it is sent.
+    pub batch_max_members: usize,
+    /// How long an event keeps retrying transient faults (429, 5xx, timeouts) before it is
+    /// given up as `failed` and its bytes go to the dead-letter topic for replay.
+    #[serde(with = "humantime_serde")]
+    pub transient_retry_for: Duration,
+    /// On shutdown, how long in-flight events may take to finish.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+    /// How long the worker remembers a user it quarantined: a repeat signal within this time
+    /// sends no second PATCH. After a restart the first repeat sends one (harmless) PATCH.
+    #[serde(with = "humantime_serde")]
+    pub quarantine_memory: Duration,
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        Self {
+            max_in_flight: 1000,
+            max_concurrent_users: 64,
+            max_event_bytes: 64 * 1024,
+            batch_window: Duration::from_millis(200),
+            batch_max_members: 500,
+            transient_retry_for: Duration::from_secs(30 * 60),
+            shutdown_grace: Duration::from_secs(30),
+            quarantine_memory: Duration::from_secs(3600),
+        }
+    }
+}
+
+impl PipelineConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        let positive = [
+            ("max_in_flight", self.max_in_flight),
+            ("max_concurrent_users", self.max_concurrent_users),
+            ("batch_max_members", self.batch_max_members),
+        ];
+        for (field, value) in positive {
+            if value == 0 {
+                return Err(format!("pipeline.{field}: must be at least 1"));
+            }
+        }
+        if self.batch_max_members > 5000 {
+            return Err("pipeline.batch_max_members: at most 5000".into());
+        }
+        if self.max_event_bytes < 1024 {
+            return Err("pipeline.max_event_bytes: at least 1024".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn guarantees_cannot_be_overridden() {
+        for name in ["enable.auto.offset.store", "acks", "Enable.Idempotence"] {
+            let mut c = KafkaConfig::default();
+            c.properties.insert(name.into(), "x".into());
+            assert!(
+                matches!(c.validate(), Err(KafkaConfigError::Owned { .. })),
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn secrets_in_plain_text_are_refused_without_echoing_them() {
+        let mut c = KafkaConfig::default();
+        c.properties
+            .insert("sasl.password".into(), "hunter2-kafka".into());
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("secret_properties"), "{e}");
+        assert!(!e.contains("hunter2-kafka"), "{e}");
+    }
+
+    #[test]
+    fn secret_properties_are_read_from_their_source() {
+        let var = "OFFBOARDER_TEST_KAFKA_PASSWORD_1";
+        // SAFETY: the variable name is unique to this test.
+        unsafe { std::env::set_var(var, "s3cret") };
+        let mut c = KafkaConfig::default();
+        c.secret_properties.insert(
+            "sasl.password".into(),
+            SecretSource {
+                env: Some(var.into()),
+                file: None,
+            },
+        );
+        let cc = c.consumer_config().unwrap();
+        assert_eq!(cc.get("sasl.password"), Some("s3cret"));
+        assert_eq!(cc.get("enable.auto.offset.store"), Some("false"));
+        assert_eq!(cc.get("auto.offset.reset"), Some("earliest"));
+        let pc = c.producer_config().unwrap();
+        assert_eq!(pc.get("acks"), Some("all"));
+        assert_eq!(pc.get("enable.idempotence"), Some("true"));
+        assert_eq!(pc.get("group.id"), None);
+    }
+
+    #[test]
+    fn an_output_topic_may_not_be_an_input() {
+        let mut c = KafkaConfig::default();
+        c.topics.outcomes = c.topics.terminations.clone();
+        assert!(c.validate().is_err());
+    }
+}

@@ -1,0 +1,318 @@
+//! Carries out a [`Decision`] against Netskope and reports what happened.
+//!
+//! Errors are sorted by their class. A transient fault (429, 5xx, timeout) is waited out with
+//! jittered exponential backoff for up to `transient_retry_for`, while other users' lanes keep
+//! moving. A permanent one (unknown user, rejected request) ends the event as `failed`. A
+//! configuration fault (401, 403) is returned as an error: no event can succeed, so the worker
+//! stops instead of failing every event.
+//!
+//! Every request sent is safe to repeat (invariant 2), which is what makes redelivery after a
+//! crash harmless: PATCH active=false, a membership add or remove, a DELETE whose 404 is success.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use serde_json::json;
+use time::OffsetDateTime;
+use tokio::time::Instant;
+
+use super::batcher::{Change, GroupBatcher};
+use super::config::PipelineConfig;
+use crate::clock::WallClock;
+use crate::netskope::cache::TtlCache;
+use crate::netskope::scim::{GROUP_SCHEMA, add_members_patch, deactivate_patch};
+use crate::netskope::{ErrorClass, NetskopeClient, NetskopeError, UserRef};
+use crate::outcome::{RequestDescription, Status};
+use crate::policy::Decision;
+
+/// Remembered quarantines: a repeat signal within this time sends no second PATCH.
+const QUARANTINE_MEMORY_SIZE: usize = 100_000;
+/// Backoff between tries of one event; each try already includes the client's own retries.
+const RETRY_MIN_DELAY: Duration = Duration::from_secs(2);
+const RETRY_MAX_DELAY: Duration = Duration::from_secs(120);
+
+/// What the executor did for one event.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Report {
+    pub status: Status,
+    pub scim_user_id: Option<String>,
+    pub reason: Option<String>,
+    pub error: Option<NetskopeError>,
+    pub request: Option<RequestDescription>,
+    pub attempts: u32,
+    pub acted_at: Option<OffsetDateTime>,
+    /// Transient faults outlasted `transient_retry_for`: the event is `failed`, and its bytes
+    /// go to the dead-letter topic so that an operator can replay it.
+    pub retries_exhausted: bool,
+}
+
+impl Report {
+    fn skipped(reason: String) -> Self {
+        Self {
+            status: Status::Skipped,
+            scim_user_id: None,
+            reason: Some(reason),
+            error: None,
+            request: None,
+            attempts: 0,
+            acted_at: None,
+            retries_exhausted: false,
+        }
+    }
+}
+
+/// The result of one try.
+struct Done {
+    status: Status,
+    user: Option<UserRef>,
+    reason: Option<String>,
+    request: Option<RequestDescription>,
+}
+
+pub struct Executor {
+    client: Arc<NetskopeClient>,
+    dry_run: bool,
+    retry_for: Duration,
+    batch_window: Duration,
+    batch_max_members: usize,
+    batchers: Mutex<HashMap<String, GroupBatcher>>,
+    /// `<group lower-cased>\n<user id>` of users this worker put in quarantine.
+    quarantined: TtlCache<String, ()>,
+    clock: WallClock,
+}
+
+impl Executor {
+    pub fn new(client: Arc<NetskopeClient>, dry_run: bool, config: &PipelineConfig) -> Self {
+        Self {
+            client,
+            dry_run,
+            retry_for: config.transient_retry_for,
+            batch_window: config.batch_window,
+            batch_max_members: config.batch_max_members,
+            batchers: Mutex::new(HashMap::new()),
+            quarantined: TtlCache::new(QUARANTINE_MEMORY_SIZE, config.quarantine_memory),
+            clock: WallClock::new(),
+        }
+    }
+
+    /// Carries out `decision` for `user_name`. `Err` only for a configuration fault.
+    pub async fn execute(
+        &self,
+        user_name: &str,
+        decision: &Decision,
+    ) -> Result<Report, NetskopeError> {
+        if let Decision::Skip { reason, .. } = decision {
+            return Ok(Report::skipped(reason.clone()));
+        }
+        let deadline = Instant::now() + self.retry_for;
+        let mut delays = ExponentialBuilder::default()
+            .with_jitter()
+            .with_min_delay(RETRY_MIN_DELAY)
+            .with_max_delay(RETRY_MAX_DELAY)
+            .without_max_times()
+            .build();
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let error = match self.try_once(user_name, decision).await {
+                Ok(done) => {
+                    return Ok(Report {
+                        status: done.status,
+                        scim_user_id: done.user.map(|u| u.id),
+                        reason: done.reason,
+                        error: None,
+                        request: done.request,
+                        attempts,
+                        acted_at: Some(self.clock.now_datetime()),
+                        retries_exhausted: false,
+                    });
+                }
+                Err(e) => e,
+            };
+            match error.class() {
+                ErrorClass::Config => return Err(error),
+                ErrorClass::Transient => {
+                    let delay = delays.next().unwrap_or(RETRY_MAX_DELAY);
+                    if Instant::now() + delay < deadline {
+                        tracing::warn!(
+                            user = user_name,
+                            attempts,
+                            retry_in = ?delay,
+                            error = %error,
+                            "transient fault; the event keeps its offset and will be retried"
+                        );
+                        tokio::time::sleep(delay).await;
+                        continue;
+                    }
+                }
+                ErrorClass::Permanent => {}
+            }
+            let exhausted = error.is_transient();
+            return Ok(Report {
+                status: Status::Failed,
+                scim_user_id: None,
+                reason: exhausted.then(|| {
+                    format!(
+                        "transient faults lasted longer than pipeline.transient_retry_for ({}); the event went to the dead-letter topic for replay",
+                        humantime::format_duration(self.retry_for)
+                    )
+                }),
+                error: Some(error),
+                request: None,
+                attempts,
+                acted_at: None,
+                retries_exhausted: exhausted,
+            });
+        }
+    }
+
+    async fn try_once(&self, user_name: &str, decision: &Decision) -> Result<Done, NetskopeError> {
+        let user = self.client.resolve_user(user_name).await?;
+        let result = self.act(&user, decision).await;
+        // An id that vanished may be a stale cache entry (a user deleted and re-created):
+        // resolve afresh once before calling the user unknown.
+        match result {
+            Err(NetskopeError::NotFound { .. }) if !matches!(decision, Decision::Delete) => {
+                self.client.forget_user(user_name);
+                let fresh = self.client.resolve_user(user_name).await?;
+                if fresh.id == user.id {
+                    return result;
+                }
+                self.act(&fresh, decision).await
+            }
+            other => other,
+        }
+    }
+
+    async fn act(&self, user: &UserRef, decision: &Decision) -> Result<Done, NetskopeError> {
+        let user_path = format!("/Users/{}", user.id);
+        let done = |status, reason: Option<String>, request| Done {
+            status,
+            user: Some(user.clone()),
+            reason,
+            request: Some(request),
+        };
+        match decision {
+            Decision::Deactivate => {
+                let request = RequestDescription {
+                    method: "PATCH",
+                    path: user_path,
+                    body: Some(deactivate_patch()),
+                };
+                if self.dry_run {
+                    return Ok(done(Status::DryRun, None, request));
+                }
+                self.client.deactivate(&user.id).await?;
+                Ok(done(Status::Applied, None, request))
+            }
+            Decision::Delete => {
+                let request = RequestDescription {
+                    method: "DELETE",
+                    path: user_path,
+                    body: None,
+                };
+                if self.dry_run {
+                    return Ok(done(Status::DryRun, None, request));
+                }
+                self.client.delete_user(&user.id).await?;
+                self.client.forget_user(&user.user_name);
+                Ok(done(Status::Applied, None, request))
+            }
+            Decision::Quarantine { group } => self.membership(user, group, Change::Add).await,
+            Decision::Release { group } => self.membership(user, group, Change::Remove).await,
+            Decision::Skip { reason, .. } => Ok(Done {
+                status: Status::Skipped,
+                user: None,
+                reason: Some(reason.clone()),
+                request: None,
+            }),
+        }
+    }
+
+    async fn membership(
+        &self,
+        user: &UserRef,
+        group: &str,
+        change: Change,
+    ) -> Result<Done, NetskopeError> {
+        let memory_key = format!("{}\n{}", group.to_lowercase(), user.id);
+        if change == Change::Add && self.quarantined.get(&memory_key).is_some() {
+            return Ok(Done {
+                status: Status::Skipped,
+                user: Some(user.clone()),
+                reason: Some(format!(
+                    "already quarantined in {group} by this worker; no second PATCH"
+                )),
+                request: None,
+            });
+        }
+        let ids = std::slice::from_ref(&user.id);
+        let body = |group_id: &str| RequestDescription {
+            method: "PATCH",
+            path: format!("/Groups/{group_id}"),
+            body: Some(match change {
+                Change::Add => add_members_patch(ids),
+                Change::Remove => self.client.remove_members_patch(ids),
+            }),
+        };
+        if self.dry_run {
+            let (request, reason) = match self.client.find_group(group).await? {
+                Some(group_id) => (body(&group_id), None),
+                None if change == Change::Add => (
+                    RequestDescription {
+                        method: "POST",
+                        path: "/Groups".into(),
+                        body: Some(json!({"schemas": [GROUP_SCHEMA], "displayName": group})),
+                    },
+                    Some(format!(
+                        "group {group} does not exist: it would be created, then the user added"
+                    )),
+                ),
+                None => {
+                    return Ok(Done {
+                        status: Status::DryRun,
+                        user: Some(user.clone()),
+                        reason: Some(format!("group {group} does not exist: nothing to release")),
+                        request: None,
+                    });
+                }
+            };
+            return Ok(Done {
+                status: Status::DryRun,
+                user: Some(user.clone()),
+                reason,
+                request: Some(request),
+            });
+        }
+        let applied = self.batcher(group).submit(change, user.id.clone()).await?;
+        match change {
+            Change::Add => self.quarantined.insert(memory_key, ()),
+            Change::Remove => self.quarantined.remove(&memory_key),
+        }
+        let reason = (applied.batch_size > 1)
+            .then(|| format!("sent in one PATCH with {} members", applied.batch_size));
+        Ok(Done {
+            status: Status::Applied,
+            user: Some(user.clone()),
+            reason,
+            request: Some(body(&applied.group_id)),
+        })
+    }
+
+    fn batcher(&self, group: &str) -> GroupBatcher {
+        let mut batchers = self.batchers.lock().unwrap_or_else(|p| p.into_inner());
+        batchers
+            .entry(group.to_lowercase())
+            .or_insert_with(|| {
+                GroupBatcher::spawn(
+                    self.client.clone(),
+                    group.to_string(),
+                    self.batch_window,
+                    self.batch_max_members,
+                )
+            })
+            .clone()
+    }
+}

@@ -1,0 +1,164 @@
+//! Per-user lanes: one event at a time per user, in arrival order; many users at once.
+//!
+//! Two events about one user must never race (invariant 3): a quarantine and its release sent
+//! concurrently could land in either order and leave the user locked out, or not. So each user
+//! (the lower-cased user name) has a queue, and one task works through it. Different users run
+//! concurrently, up to `max_concurrent_users` at a time. A lane's task exits when its queue is
+//! empty, so idle users cost nothing. The queues together hold at most the in-flight events,
+//! which the consumer bounds.
+
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::Semaphore;
+use tokio_util::task::TaskTracker;
+
+type Handler<T> = dyn Fn(T) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync;
+
+/// Lanes of work items of type `T`, each handled by `handler`.
+pub struct Lanes<T: Send + 'static> {
+    inner: Arc<Inner<T>>,
+}
+
+struct Inner<T> {
+    /// A key is present while its lane's task runs; the queue holds the items behind the one
+    /// being handled.
+    queues: Mutex<HashMap<String, VecDeque<T>>>,
+    concurrency: Semaphore,
+    handler: Box<Handler<T>>,
+    tasks: TaskTracker,
+}
+
+impl<T: Send + 'static> Lanes<T> {
+    pub fn new<F, Fut>(max_concurrent: usize, tasks: TaskTracker, handler: F) -> Self
+    where
+        F: Fn(T) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        Self {
+            inner: Arc::new(Inner {
+                queues: Mutex::new(HashMap::new()),
+                concurrency: Semaphore::new(max_concurrent.max(1)),
+                handler: Box::new(move |item| Box::pin(handler(item))),
+                tasks,
+            }),
+        }
+    }
+
+    /// Queues `item` behind the earlier items of lane `key`.
+    pub fn submit(&self, key: String, item: T) {
+        let mut queues = self.inner.lock();
+        if let Some(queue) = queues.get_mut(&key) {
+            queue.push_back(item);
+            return;
+        }
+        queues.insert(key.clone(), VecDeque::new());
+        drop(queues);
+        let inner = self.inner.clone();
+        self.inner.tasks.spawn(inner.run(key, item));
+    }
+
+    /// Users with a running lane.
+    pub fn active(&self) -> usize {
+        self.inner.lock().len()
+    }
+}
+
+impl<T: Send + 'static> Inner<T> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, VecDeque<T>>> {
+        self.queues.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    async fn run(self: Arc<Self>, key: String, first: T) {
+        let mut next = Some(first);
+        while let Some(item) = next {
+            {
+                // The semaphore is never closed, so acquiring only waits.
+                let _permit = self.concurrency.acquire().await;
+                (self.handler)(item).await;
+            }
+            let mut queues = self.lock();
+            next = match queues.get_mut(&key).and_then(VecDeque::pop_front) {
+                Some(item) => Some(item),
+                None => {
+                    queues.remove(&key);
+                    None
+                }
+            };
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    #[tokio::test(start_paused = true)]
+    async fn one_user_in_order_many_users_at_once() {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let running = Arc::new(AtomicUsize::new(0));
+        let peak = Arc::new(AtomicUsize::new(0));
+        let tasks = TaskTracker::new();
+        let lanes = {
+            let (log, running, peak) = (log.clone(), running.clone(), peak.clone());
+            Lanes::new(8, tasks.clone(), move |(user, n): (String, u32)| {
+                let (log, running, peak) = (log.clone(), running.clone(), peak.clone());
+                async move {
+                    let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                    peak.fetch_max(now, Ordering::SeqCst);
+                    // Later items of a lane are faster: a race would reorder them.
+                    tokio::time::sleep(Duration::from_millis(100 - u64::from(n) * 10)).await;
+                    log.lock().unwrap().push((user, n));
+                    running.fetch_sub(1, Ordering::SeqCst);
+                }
+            })
+        };
+        for n in 0..5 {
+            for user in ["a", "b", "c"] {
+                lanes.submit(user.to_string(), (user.to_string(), n));
+            }
+        }
+        tasks.close();
+        tasks.wait().await;
+        let log = log.lock().unwrap();
+        for user in ["a", "b", "c"] {
+            let order: Vec<u32> = log
+                .iter()
+                .filter(|(u, _)| u == user)
+                .map(|(_, n)| *n)
+                .collect();
+            assert_eq!(order, vec![0, 1, 2, 3, 4], "lane {user}");
+        }
+        assert_eq!(peak.load(Ordering::SeqCst), 3, "three users ran at once");
+        assert_eq!(lanes.active(), 0, "idle lanes are gone");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn concurrency_is_bounded() {
+        let running = Arc::new(AtomicUsize::new(0));
+        let peak = Arc::new(AtomicUsize::new(0));
+        let tasks = TaskTracker::new();
+        let lanes = {
+            let (running, peak) = (running.clone(), peak.clone());
+            Lanes::new(4, tasks.clone(), move |_: u32| {
+                let (running, peak) = (running.clone(), peak.clone());
+                async move {
+                    let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                    peak.fetch_max(now, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    running.fetch_sub(1, Ordering::SeqCst);
+                }
+            })
+        };
+        for n in 0..40 {
+            lanes.submit(format!("user{n}"), n);
+        }
+        tasks.close();
+        tasks.wait().await;
+        assert_eq!(peak.load(Ordering::SeqCst), 4);
+    }
+}

@@ -1,0 +1,709 @@
+//! The worker: Kafka events in, Netskope actions, outcomes out, at least once.
+//!
+//! | module | what it does |
+//! |---|---|
+//! | [`config`] | the `[kafka]` and `[pipeline]` tables, librdkafka configs with the worker's guarantees |
+//! | [`offsets`] | which offset of each partition may be committed: never past an unfinished event |
+//! | [`lanes`] | one event at a time per user, in arrival order; many users at once |
+//! | [`executor`] | a decision carried out against Netskope, transient faults waited out |
+//! | [`batcher`] | quarantine and release requests for one group gathered into one PATCH |
+//! | [`publish`] | outcomes and dead letters, returned only once the broker acknowledged them |
+//!
+//! One event's way through: the consumer receives it and registers its offset; it is decoded
+//! and validated (invalid → dead letter); the policy decides; its user's lane runs the
+//! executor; the outcome is published; once the broker acknowledges, the offset is finished and
+//! the highest offset with nothing unfinished below it is stored for the background commit.
+
+pub mod batcher;
+pub mod config;
+pub mod executor;
+pub mod lanes;
+pub mod offsets;
+pub mod publish;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{BorrowedMessage, Headers, OwnedMessage};
+use rdkafka::producer::{FutureProducer, Producer};
+use rdkafka::{ClientContext, Message};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::clock::WallClock;
+use crate::config::Config;
+use crate::event::{Event, EventKind, Schemas};
+use crate::netskope::{NetskopeClient, NetskopeError};
+use crate::outcome::{self, Outcome, OutcomeError, SourceRef, Status, Timestamps};
+use crate::policy::{Decision, Policy};
+use config::{KafkaConfig, PipelineConfig};
+use executor::Executor;
+use lanes::Lanes;
+use offsets::{OffsetTracker, Ticket};
+use publish::{FatalProducerError, Publisher};
+
+/// Why the worker stopped, or could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    /// The configuration cannot work (a missing topic, an unreachable broker, bad settings).
+    #[error("{0}")]
+    Config(String),
+    /// Netskope refused the worker's credentials (401, 403): no event can succeed.
+    #[error("stopping: {0}")]
+    Netskope(NetskopeError),
+    #[error("stopping: {0}")]
+    Producer(#[from] FatalProducerError),
+    /// The consumer hit an error it cannot recover from (e.g. not authorized for the group).
+    #[error("stopping: Kafka consumer: {0}")]
+    Consumer(String),
+}
+
+impl PipelineError {
+    /// Whether an operator has to fix the configuration (exit code 2) rather than the
+    /// environment.
+    pub fn is_config(&self) -> bool {
+        matches!(self, PipelineError::Config(_) | PipelineError::Netskope(_))
+    }
+}
+
+/// What a run did, for the demo, tests and the final log line.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Summary {
+    pub received: u64,
+    pub dead_letters: u64,
+    /// Outcomes published, by status.
+    pub outcomes: BTreeMap<&'static str, u64>,
+    /// Events still unfinished when the run ended; they will be delivered again.
+    pub left_open: usize,
+}
+
+/// Stops a running pipeline from outside, gracefully or (tests) abruptly, and reads its state.
+#[derive(Clone, Default)]
+pub struct PipelineHandle {
+    stop: CancellationToken,
+    kill: CancellationToken,
+    shared: Arc<Shared>,
+}
+
+impl PipelineHandle {
+    /// Events received and not yet finished.
+    pub fn in_flight(&self) -> usize {
+        self.shared.tracker().open()
+    }
+
+    /// Whether consumption is paused because `max_in_flight` events are open.
+    pub fn paused(&self) -> bool {
+        self.shared.paused.load(Ordering::SeqCst)
+    }
+
+    /// Stop fetching, let in-flight events finish up to `shutdown_grace`, commit, return.
+    pub fn stop(&self) {
+        self.stop.cancel();
+    }
+
+    /// Stop at once, as a crash would: nothing more is published or stored. Offsets stored
+    /// before (for finished events only) may still be committed as the consumer closes.
+    pub fn kill(&self) {
+        self.kill.cancel();
+        self.stop.cancel();
+    }
+}
+
+/// State shared by the consumer loop, the rebalance callbacks and the lanes.
+#[derive(Default)]
+struct Shared {
+    tracker: Mutex<OffsetTracker>,
+    /// Consumption is paused because `max_in_flight` events are open.
+    paused: AtomicBool,
+    /// Signalled whenever an event finishes, to wake a paused consumer loop.
+    progress: Notify,
+}
+
+impl Shared {
+    fn tracker(&self) -> std::sync::MutexGuard<'_, OffsetTracker> {
+        self.tracker.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Rebalance hooks: forget revoked partitions (their events will be delivered to the new
+/// owner), and keep newly assigned partitions paused while the worker is full.
+struct Context {
+    shared: Arc<Shared>,
+}
+
+impl ClientContext for Context {}
+
+impl ConsumerContext for Context {
+    fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(list) = rebalance {
+            let mut tracker = self.shared.tracker();
+            for p in list.elements() {
+                tracing::info!(
+                    topic = p.topic(),
+                    partition = p.partition(),
+                    "partition revoked"
+                );
+                tracker.revoke(p.topic(), p.partition());
+            }
+        }
+    }
+
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(list) = rebalance {
+            for p in list.elements() {
+                tracing::info!(
+                    topic = p.topic(),
+                    partition = p.partition(),
+                    "partition assigned"
+                );
+            }
+            if self.shared.paused.load(Ordering::SeqCst)
+                && let Err(e) = consumer.pause(list)
+            {
+                tracing::warn!(error = %e, "cannot pause newly assigned partitions");
+            }
+        }
+    }
+}
+
+type KafkaConsumer = StreamConsumer<Context>;
+
+/// One valid event on its way through a lane.
+struct Job {
+    event: Event,
+    message: OwnedMessage,
+    ticket: Ticket,
+    received: time::OffsetDateTime,
+    trace_id: String,
+}
+
+/// What the lanes and dead-letter tasks need, shared behind one `Arc`.
+struct Core {
+    consumer: KafkaConsumer,
+    shared: Arc<Shared>,
+    publisher: Publisher,
+    executor: Executor,
+    policy: Policy,
+    handle: PipelineHandle,
+    fatal: Mutex<Option<PipelineError>>,
+    failed: AtomicBool,
+    dead_letters: AtomicU64,
+    outcomes: Mutex<BTreeMap<&'static str, u64>>,
+}
+
+impl Core {
+    /// Marks an event finished and stores the offset it unblocks. Under the tracker's lock, so
+    /// that stored offsets only ever grow.
+    fn finish(&self, ticket: &Ticket) {
+        let mut tracker = self.shared.tracker();
+        if let Some(offset) = tracker.finish(ticket)
+            && let Err(e) = self
+                .consumer
+                .store_offset(&ticket.topic, ticket.partition, offset)
+        {
+            // The partition was revoked meanwhile; its new owner re-delivers.
+            tracing::debug!(topic = ticket.topic, partition = ticket.partition, offset, error = %e, "offset not stored");
+        }
+        drop(tracker);
+        self.shared.progress.notify_one();
+    }
+
+    /// Records the first fatal error and stops the pipeline. Events not yet finished keep
+    /// their offsets and are processed again after the operator fixes the cause.
+    fn fail(&self, error: PipelineError) {
+        tracing::error!(error = %error, "stopping the worker");
+        let mut fatal = self.fatal.lock().unwrap_or_else(|p| p.into_inner());
+        if fatal.is_none() {
+            *fatal = Some(error);
+        }
+        self.failed.store(true, Ordering::SeqCst);
+        self.handle.stop();
+    }
+
+    async fn process(self: Arc<Self>, job: Job) {
+        if self.failed.load(Ordering::SeqCst) {
+            return;
+        }
+        let user_name = job.event.user_name().to_string();
+        let decision = self.policy.decide(&job.event);
+        let report = match self.executor.execute(&user_name, &decision).await {
+            Ok(report) => report,
+            Err(e) => return self.fail(PipelineError::Netskope(e)),
+        };
+        if report.retries_exhausted {
+            let detail = report
+                .error
+                .as_ref()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            if let Err(e) = self
+                .publisher
+                .dead_letter(&job.message, "retries_exhausted", &detail)
+                .await
+            {
+                return self.fail(e.into());
+            }
+            self.dead_letters.fetch_add(1, Ordering::Relaxed);
+        }
+        let outcome = Outcome {
+            outcome_id: outcome::new_outcome_id(),
+            source_event_id: job.event.event_id().to_string(),
+            source: SourceRef {
+                topic: job.ticket.topic.clone(),
+                partition: job.ticket.partition,
+                offset: job.ticket.offset,
+            },
+            user_name,
+            scim_user_id: report.scim_user_id,
+            action: decision.action(),
+            status: report.status,
+            group: match &decision {
+                Decision::Quarantine { group } | Decision::Release { group } => Some(group.clone()),
+                _ => None,
+            },
+            reason: report.reason,
+            error: report.error.as_ref().map(OutcomeError::from),
+            request: report.request,
+            attempts: report.attempts,
+            timestamps: Timestamps {
+                received: job.received,
+                acted: report.acted_at,
+                verified: None,
+            },
+            trace_id: job.trace_id,
+        };
+        let level_error = outcome.status == Status::Failed;
+        if level_error {
+            tracing::warn!(
+                source_event_id = outcome.source_event_id,
+                user = outcome.user_name,
+                action = outcome.action.as_str(),
+                status = outcome.status.as_str(),
+                error = outcome.error.as_ref().map(|e| e.message.as_str()),
+                "event failed"
+            );
+        } else {
+            tracing::info!(
+                source_event_id = outcome.source_event_id,
+                user = outcome.user_name,
+                action = outcome.action.as_str(),
+                status = outcome.status.as_str(),
+                reason = outcome.reason.as_deref(),
+                "event done"
+            );
+        }
+        if let Err(e) = self.publisher.outcome(&outcome).await {
+            return self.fail(e.into());
+        }
+        *self
+            .outcomes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(outcome.status.as_str())
+            .or_default() += 1;
+        self.finish(&job.ticket);
+    }
+
+    async fn dead_letter(
+        self: Arc<Self>,
+        message: OwnedMessage,
+        ticket: Ticket,
+        reason: &'static str,
+        detail: String,
+    ) {
+        tracing::warn!(
+            topic = ticket.topic,
+            partition = ticket.partition,
+            offset = ticket.offset,
+            reason,
+            detail,
+            "invalid event sent to the dead-letter topic"
+        );
+        if let Err(e) = self.publisher.dead_letter(&message, reason, &detail).await {
+            return self.fail(e.into());
+        }
+        self.dead_letters.fetch_add(1, Ordering::Relaxed);
+        self.finish(&ticket);
+    }
+}
+
+/// A pipeline ready to run: clients built, brokers and topics checked.
+pub struct Pipeline {
+    core: Arc<Core>,
+    lanes: Lanes<Job>,
+    tasks: TaskTracker,
+    schemas: Schemas,
+    kafka: KafkaConfig,
+    settings: PipelineConfig,
+    clock: WallClock,
+}
+
+impl Pipeline {
+    /// Builds the consumer and producer and checks that the brokers answer and that every
+    /// topic exists, so that a wrong setting stops the worker at start with a clear message.
+    pub async fn new(config: &Config, client: Arc<NetskopeClient>) -> Result<Self, PipelineError> {
+        let cfg = |e: String| PipelineError::Config(e);
+        config.pipeline.validate().map_err(cfg)?;
+        let policy = Policy::new(config.policy.clone()).map_err(cfg)?;
+        let schemas = Schemas::load().map_err(cfg)?;
+        let kafka = config.kafka.clone();
+        let producer: FutureProducer = kafka
+            .producer_config()
+            .map_err(|e| cfg(e.to_string()))?
+            .create()
+            .map_err(|e| cfg(format!("kafka: cannot create the producer: {e}")))?;
+        check_topics(&producer, &kafka).await?;
+        let shared = Arc::new(Shared::default());
+        let consumer: KafkaConsumer = kafka
+            .consumer_config()
+            .map_err(|e| cfg(e.to_string()))?
+            .create_with_context(Context {
+                shared: shared.clone(),
+            })
+            .map_err(|e| cfg(format!("kafka: cannot create the consumer: {e}")))?;
+        let handle = PipelineHandle {
+            shared: shared.clone(),
+            ..PipelineHandle::default()
+        };
+        let executor = Executor::new(client, policy.dry_run(), &config.pipeline);
+        let publisher = Publisher::new(
+            producer,
+            kafka.topics.outcomes.clone(),
+            kafka.topics.dead_letter.clone(),
+        );
+        let core = Arc::new(Core {
+            consumer,
+            shared,
+            publisher,
+            executor,
+            policy,
+            handle,
+            fatal: Mutex::new(None),
+            failed: AtomicBool::new(false),
+            dead_letters: AtomicU64::new(0),
+            outcomes: Mutex::new(BTreeMap::new()),
+        });
+        let tasks = TaskTracker::new();
+        let lanes = {
+            let core = core.clone();
+            Lanes::new(
+                config.pipeline.max_concurrent_users,
+                tasks.clone(),
+                move |job: Job| {
+                    let core = core.clone();
+                    let kill = core.handle.kill.clone();
+                    async move {
+                        kill.run_until_cancelled_owned(core.process(job)).await;
+                    }
+                },
+            )
+        };
+        Ok(Self {
+            core,
+            lanes,
+            tasks,
+            schemas,
+            kafka,
+            settings: config.pipeline.clone(),
+            clock: WallClock::new(),
+        })
+    }
+
+    pub fn handle(&self) -> PipelineHandle {
+        self.core.handle.clone()
+    }
+
+    /// Consumes until stopped (by the handle, a fatal error, or a signal the caller wires to
+    /// the handle), then drains and commits.
+    pub async fn run(self) -> Result<Summary, PipelineError> {
+        let topics = [
+            self.kafka.topics.terminations.as_str(),
+            self.kafka.topics.risk_signals.as_str(),
+        ];
+        self.core.consumer.subscribe(&topics).map_err(|e| {
+            PipelineError::Config(format!("kafka: cannot subscribe to {topics:?}: {e}"))
+        })?;
+        tracing::info!(?topics, group = self.kafka.group_id, "consuming");
+        let handle = self.core.handle.clone();
+        let max = self.settings.max_in_flight;
+        let resume_below = (max - max / 4).max(1);
+        let mut received = 0u64;
+        loop {
+            self.apply_backpressure(max, resume_below);
+            let paused = self.core.shared.paused.load(Ordering::SeqCst);
+            tokio::select! {
+                biased;
+                _ = handle.stop.cancelled() => break,
+                _ = self.core.shared.progress.notified(), if paused => {}
+                message = self.core.consumer.recv() => match message {
+                    Ok(m) => {
+                        received += 1;
+                        self.accept(&m);
+                    }
+                    Err(e) => {
+                        if let Some(reason) = fatal_consumer_error(&e) {
+                            self.core.fail(PipelineError::Consumer(reason));
+                        } else {
+                            tracing::warn!(error = %e, "Kafka consumer error; continuing");
+                        }
+                    }
+                },
+            }
+        }
+        self.drain(received).await
+    }
+
+    /// Pauses every assigned partition when `max_in_flight` events are open, and resumes
+    /// them when enough have finished. The loop keeps polling while paused, so the consumer
+    /// stays in its group however long Netskope takes.
+    fn apply_backpressure(&self, max: usize, resume_below: usize) {
+        let open = self.core.shared.tracker().open();
+        let paused = self.core.shared.paused.load(Ordering::SeqCst);
+        let change = if !paused && open >= max {
+            Some(true)
+        } else if paused && open < resume_below {
+            Some(false)
+        } else {
+            None
+        };
+        let Some(pause) = change else { return };
+        self.core.shared.paused.store(pause, Ordering::SeqCst);
+        let consumer = &self.core.consumer;
+        let result = consumer.assignment().and_then(|assignment| {
+            if pause {
+                consumer.pause(&assignment)
+            } else {
+                consumer.resume(&assignment)
+            }
+        });
+        match result {
+            Ok(()) if pause => tracing::info!(open, "in-flight limit reached; consumption paused"),
+            Ok(()) => tracing::info!(open, "consumption resumed"),
+            Err(e) => tracing::warn!(error = %e, pause, "cannot pause or resume partitions"),
+        }
+    }
+
+    /// Registers a received event and sends it on: to its user's lane, or to the dead-letter
+    /// topic.
+    fn accept(&self, m: &BorrowedMessage<'_>) {
+        let ticket = self
+            .core
+            .shared
+            .tracker()
+            .begin(m.topic(), m.partition(), m.offset());
+        let received = self.clock.now_datetime();
+        let kind = if m.topic() == self.kafka.topics.terminations {
+            EventKind::Termination
+        } else {
+            EventKind::RiskSignal
+        };
+        let trace_id = m
+            .headers()
+            .and_then(|h| h.iter().find(|h| h.key.eq_ignore_ascii_case("traceparent")))
+            .and_then(|h| h.value)
+            .and_then(trace_id_of)
+            .unwrap_or_else(outcome::new_trace_id);
+        let decoded = self
+            .schemas
+            .decode(kind, m.payload(), self.settings.max_event_bytes);
+        let message = m.detach();
+        let kill = self.core.handle.kill.clone();
+        match decoded {
+            Ok(event) => {
+                let key = event.user_name().to_lowercase();
+                self.lanes.submit(
+                    key,
+                    Job {
+                        event,
+                        message,
+                        ticket,
+                        received,
+                        trace_id,
+                    },
+                );
+            }
+            Err(rejection) => {
+                let core = self.core.clone();
+                self.tasks
+                    .spawn(kill.run_until_cancelled_owned(core.dead_letter(
+                        message,
+                        ticket,
+                        rejection.reason.as_str(),
+                        rejection.detail,
+                    )));
+            }
+        }
+    }
+
+    async fn drain(self, received: u64) -> Result<Summary, PipelineError> {
+        let handle = self.core.handle.clone();
+        let open = self.core.shared.tracker().open();
+        if !handle.kill.is_cancelled() {
+            tracing::info!(
+                open,
+                grace = %humantime::format_duration(self.settings.shutdown_grace),
+                "stopping: no new events are read; waiting for in-flight events"
+            );
+        }
+        self.tasks.close();
+        let finished = tokio::select! {
+            _ = self.tasks.wait() => true,
+            _ = handle.kill.cancelled() => false,
+            _ = tokio::time::sleep(self.settings.shutdown_grace) => false,
+        };
+        if !finished {
+            handle.kill.cancel();
+            self.tasks.wait().await;
+        }
+        let left_open = self.core.shared.tracker().open();
+        if left_open > 0 {
+            tracing::warn!(
+                left_open,
+                "events left unfinished; their offsets were not stored and they will be delivered again"
+            );
+        }
+        let core = self.core.clone();
+        if !handle.kill.is_cancelled() {
+            // Commit what is stored now rather than at the next auto-commit tick.
+            let committed = tokio::task::spawn_blocking(move || {
+                let result = core.consumer.commit_consumer_state(CommitMode::Sync);
+                core.publisher.flush(Duration::from_secs(10));
+                result
+            })
+            .await;
+            match committed {
+                Ok(Ok(())) | Ok(Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset))) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "final commit failed; the last events may be delivered again")
+                }
+                Err(e) => tracing::warn!(error = %e, "final commit did not run"),
+            }
+        }
+        let summary = Summary {
+            received,
+            dead_letters: self.core.dead_letters.load(Ordering::Relaxed),
+            outcomes: self
+                .core
+                .outcomes
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+            left_open,
+        };
+        let fatal = self
+            .core
+            .fatal
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        match fatal {
+            Some(e) => Err(e),
+            None => Ok(summary),
+        }
+    }
+}
+
+/// The trace id of a W3C `traceparent` header (`00-<32 hex>-<16 hex>-<2 hex>`).
+fn trace_id_of(value: &[u8]) -> Option<String> {
+    let text = std::str::from_utf8(value).ok()?;
+    let mut parts = text.trim().split('-');
+    let (_version, trace, _parent, _flags) =
+        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    let valid = trace.len() == 32
+        && trace.chars().all(|c| c.is_ascii_hexdigit())
+        && trace.chars().any(|c| c != '0');
+    valid.then(|| trace.to_ascii_lowercase())
+}
+
+/// Consumer errors no retry can fix: the worker stops with the reason instead of logging the
+/// same error forever.
+fn fatal_consumer_error(e: &KafkaError) -> Option<String> {
+    use RDKafkaErrorCode as C;
+    let code = e.rdkafka_error_code()?;
+    let fatal = matches!(
+        code,
+        C::TopicAuthorizationFailed
+            | C::GroupAuthorizationFailed
+            | C::ClusterAuthorizationFailed
+            | C::SaslAuthenticationFailed
+            | C::Authentication
+            | C::Fatal
+            | C::InvalidGroupId
+    );
+    fatal.then(|| format!("{e}: check the brokers' ACLs and the credentials in [kafka]"))
+}
+
+/// Checks, before consuming, that the brokers answer and that all four topics exist. Topics are
+/// never auto-created: a typo in a topic name must not start a worker that reads nothing.
+pub async fn check_topics(
+    producer: &FutureProducer,
+    kafka: &KafkaConfig,
+) -> Result<(), PipelineError> {
+    let producer = producer.clone();
+    let timeout = kafka.connect_timeout;
+    let brokers = kafka.brokers.clone();
+    let metadata =
+        tokio::task::spawn_blocking(move || producer.client().fetch_metadata(None, timeout))
+            .await
+            .map_err(|e| {
+                PipelineError::Config(format!("kafka: metadata request did not run: {e}"))
+            })?
+            .map_err(|e| {
+                PipelineError::Config(format!(
+                    "kafka: cannot reach the brokers at {brokers} within {}: {e}",
+                    humantime::format_duration(timeout)
+                ))
+            })?;
+    let present: std::collections::HashSet<&str> = metadata
+        .topics()
+        .iter()
+        .filter(|t| t.error().is_none())
+        .map(|t| t.name())
+        .collect();
+    let t = &kafka.topics;
+    let missing: Vec<String> = [
+        ("terminations", &t.terminations),
+        ("risk_signals", &t.risk_signals),
+        ("outcomes", &t.outcomes),
+        ("dead_letter", &t.dead_letter),
+    ]
+    .into_iter()
+    .filter(|(_, name)| !present.contains(name.as_str()))
+    .map(|(key, name)| format!("{name} (kafka.topics.{key})"))
+    .collect();
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(PipelineError::Config(format!(
+            "kafka: these topics do not exist on {}: {}. Create them, or fix the names in [kafka.topics]",
+            kafka.brokers,
+            missing.join(", ")
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn traceparent_gives_the_trace_id() {
+        assert_eq!(
+            trace_id_of(b"00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01").as_deref(),
+            Some("4bf92f3577b34da6a3ce929d0e0e4736")
+        );
+        assert_eq!(
+            trace_id_of(b"00-00000000000000000000000000000000-00f067aa0ba902b7-01"),
+            None
+        );
+        assert_eq!(trace_id_of(b"garbage"), None);
+        assert_eq!(trace_id_of(&[0xff, 0xfe]), None);
+    }
+}

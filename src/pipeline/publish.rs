@@ -1,0 +1,186 @@
+//! Publishes outcomes and dead letters, and returns only once the broker has acknowledged them.
+//!
+//! The acknowledgement is what lets an event's offset be stored (invariant 1), so a record
+//! that fails to deliver is sent again, with backoff, until it is acknowledged. The only way
+//! out is a fatal producer error (the idempotent producer lost its guarantees): the worker then
+//! stops and the event's offset stays where it was.
+
+use std::time::Duration;
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use rdkafka::Message;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, Headers, OwnedHeaders, OwnedMessage};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+
+use crate::outcome::Outcome;
+
+/// Dead-letter headers. The record itself is the original, byte for byte.
+pub mod header {
+    /// Why the event was not processed: `empty`, `oversized`, `invalid_json`,
+    /// `schema_violation` or `retries_exhausted`.
+    pub const REASON: &str = "offboarder-reason";
+    /// The details: the schema violations, the last error.
+    pub const ERROR: &str = "offboarder-error";
+    pub const SOURCE_TOPIC: &str = "offboarder-source-topic";
+    pub const SOURCE_PARTITION: &str = "offboarder-source-partition";
+    pub const SOURCE_OFFSET: &str = "offboarder-source-offset";
+    /// Set to the original size when the payload was too large for the dead-letter topic and
+    /// had to be left out.
+    pub const PAYLOAD_OMITTED: &str = "offboarder-payload-omitted-bytes";
+}
+
+/// How long one send may wait for room in the producer's local queue before it is retried.
+const QUEUE_WAIT: Duration = Duration::from_secs(5);
+
+/// The producer gave up for good: the worker must stop.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("the Kafka producer failed fatally ({code:?}): {reason}")]
+pub struct FatalProducerError {
+    code: RDKafkaErrorCode,
+    reason: String,
+}
+
+pub struct Publisher {
+    producer: FutureProducer,
+    outcomes_topic: String,
+    dead_letter_topic: String,
+}
+
+impl Publisher {
+    pub fn new(
+        producer: FutureProducer,
+        outcomes_topic: String,
+        dead_letter_topic: String,
+    ) -> Self {
+        Self {
+            producer,
+            outcomes_topic,
+            dead_letter_topic,
+        }
+    }
+
+    /// Publishes an outcome, keyed by the lower-cased user name.
+    pub async fn outcome(&self, outcome: &Outcome) -> Result<(), FatalProducerError> {
+        let payload = outcome.to_json();
+        let key = outcome.key();
+        self.deliver(
+            &self.outcomes_topic,
+            Some(key.as_bytes()),
+            &payload,
+            None,
+            "outcome",
+        )
+        .await
+    }
+
+    /// Publishes `original` unchanged to the dead-letter topic, with the reason in headers.
+    pub async fn dead_letter(
+        &self,
+        original: &OwnedMessage,
+        reason: &str,
+        error: &str,
+    ) -> Result<(), FatalProducerError> {
+        let mut headers = OwnedHeaders::new();
+        if let Some(h) = original.headers() {
+            for header in h.iter() {
+                headers = headers.insert(header);
+            }
+        }
+        let partition = original.partition().to_string();
+        let offset = original.offset().to_string();
+        headers = headers
+            .insert(Header {
+                key: header::REASON,
+                value: Some(reason),
+            })
+            .insert(Header {
+                key: header::ERROR,
+                value: Some(error),
+            })
+            .insert(Header {
+                key: header::SOURCE_TOPIC,
+                value: Some(original.topic()),
+            })
+            .insert(Header {
+                key: header::SOURCE_PARTITION,
+                value: Some(&partition),
+            })
+            .insert(Header {
+                key: header::SOURCE_OFFSET,
+                value: Some(&offset),
+            });
+        let payload = original.payload().unwrap_or_default();
+        self.deliver(
+            &self.dead_letter_topic,
+            original.key(),
+            payload,
+            Some(headers),
+            "dead letter",
+        )
+        .await
+    }
+
+    /// Sends until acknowledged. Each failure is logged and retried with backoff; a record too
+    /// large for the topic is sent once more without its payload, so that it cannot block its
+    /// partition forever.
+    async fn deliver(
+        &self,
+        topic: &str,
+        key: Option<&[u8]>,
+        payload: &[u8],
+        headers: Option<OwnedHeaders>,
+        what: &'static str,
+    ) -> Result<(), FatalProducerError> {
+        let mut delays = ExponentialBuilder::default()
+            .with_jitter()
+            .with_min_delay(Duration::from_millis(200))
+            .with_max_delay(Duration::from_secs(30))
+            .without_max_times()
+            .build();
+        let mut payload = payload;
+        let mut headers = headers;
+        loop {
+            let mut record = FutureRecord::<[u8], [u8]>::to(topic).payload(payload);
+            if let Some(k) = key {
+                record = record.key(k);
+            }
+            if let Some(h) = headers.clone() {
+                record = record.headers(h);
+            }
+            let error = match self.producer.send(record, QUEUE_WAIT).await {
+                Ok(_) => return Ok(()),
+                Err((e, _)) => e,
+            };
+            if let Some((code, reason)) = self.producer.client().fatal_error() {
+                return Err(FatalProducerError { code, reason });
+            }
+            if error == KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge)
+                && !payload.is_empty()
+            {
+                tracing::error!(
+                    topic,
+                    bytes = payload.len(),
+                    "{what} is too large for the topic; sending it without its payload"
+                );
+                let size = payload.len().to_string();
+                headers = Some(headers.unwrap_or_default().insert(Header {
+                    key: header::PAYLOAD_OMITTED,
+                    value: Some(&size),
+                }));
+                payload = &[];
+                continue;
+            }
+            let delay = delays.next().unwrap_or(Duration::from_secs(30));
+            tracing::warn!(topic, error = %error, retry_in = ?delay, "{what} not delivered; sending again");
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    /// Waits up to `timeout` for queued records to be delivered.
+    pub fn flush(&self, timeout: Duration) {
+        if let Err(e) = self.producer.flush(timeout) {
+            tracing::warn!(error = %e, "records still queued at shutdown");
+        }
+    }
+}
