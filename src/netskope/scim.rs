@@ -326,7 +326,11 @@ impl NetskopeClient {
         if let Some(id) = self.groups.get(&key) {
             return Ok(Some(id));
         }
-        self.lookup_group(display_name).await
+        let found = self.lookup_group(display_name).await?;
+        if let Some(id) = &found {
+            self.groups.insert(key, id.clone());
+        }
+        Ok(found)
     }
 
     async fn lookup_group(&self, display_name: &str) -> Result<Option<String>, NetskopeError> {

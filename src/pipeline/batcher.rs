@@ -28,7 +28,8 @@ pub enum Change {
 /// What a member's request became.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Applied {
-    pub group_id: String,
+    /// `None` for a removal from a group that does not exist: nothing was sent.
+    pub group_id: Option<String>,
     /// Members in the PATCH that carried this one (1 when sent alone).
     pub batch_size: usize,
 }
@@ -147,25 +148,42 @@ async fn flush(client: &NetskopeClient, group: &str, batch: Vec<Request>) {
     }
 }
 
-/// Ensures the group and sends the PATCH. A group deleted behind our back (404 on PATCH) is
-/// looked up, or created, once more.
+/// Finds the group and sends the PATCH. A group deleted behind our back (404 on PATCH) is
+/// looked up once more.
 async fn send(
     client: &NetskopeClient,
     group: &str,
     change: Change,
     ids: &[String],
-) -> Result<String, NetskopeError> {
-    let group_id = client.ensure_group(group).await?;
+) -> Result<Option<String>, NetskopeError> {
+    let Some(group_id) = target(client, group, change).await? else {
+        return Ok(None);
+    };
     match patch(client, &group_id, change, ids).await {
         Err(NetskopeError::NotFound { .. }) => {
             tracing::warn!(group, "the group is gone; looking it up again");
             client.forget_group(group);
-            let group_id = client.ensure_group(group).await?;
+            let Some(group_id) = target(client, group, change).await? else {
+                return Ok(None);
+            };
             patch(client, &group_id, change, ids)
                 .await
-                .map(|_| group_id)
+                .map(|_| Some(group_id))
         }
-        result => result.map(|_| group_id),
+        result => result.map(|_| Some(group_id)),
+    }
+}
+
+/// The group to PATCH. An add creates a missing group; a removal from a missing group has
+/// nothing to do, and must not create one.
+async fn target(
+    client: &NetskopeClient,
+    group: &str,
+    change: Change,
+) -> Result<Option<String>, NetskopeError> {
+    match change {
+        Change::Add => client.ensure_group(group).await.map(Some),
+        Change::Remove => client.find_group(group).await,
     }
 }
 

@@ -270,14 +270,7 @@ impl Executor {
                         "group {group} does not exist: it would be created, then the user added"
                     )),
                 ),
-                None => {
-                    return Ok(Done {
-                        status: Status::DryRun,
-                        user: Some(user.clone()),
-                        reason: Some(format!("group {group} does not exist: nothing to release")),
-                        request: None,
-                    });
-                }
+                None => return Ok(nothing_to_release(user, group)),
             };
             return Ok(Done {
                 status: Status::DryRun,
@@ -287,6 +280,9 @@ impl Executor {
             });
         }
         let applied = self.batcher(group).submit(change, user.id.clone()).await?;
+        let Some(group_id) = applied.group_id else {
+            return Ok(nothing_to_release(user, group));
+        };
         match change {
             Change::Add => self.quarantined.insert(memory_key, ()),
             Change::Remove => self.quarantined.remove(&memory_key),
@@ -297,7 +293,7 @@ impl Executor {
             status: Status::Applied,
             user: Some(user.clone()),
             reason,
-            request: Some(body(&applied.group_id)),
+            request: Some(body(&group_id)),
         })
     }
 
@@ -314,5 +310,16 @@ impl Executor {
                 )
             })
             .clone()
+    }
+}
+
+/// A release from a group that does not exist: the user is in no such group, so nothing is
+/// sent, and no group is created just to remove someone from it.
+fn nothing_to_release(user: &UserRef, group: &str) -> Done {
+    Done {
+        status: Status::Skipped,
+        user: Some(user.clone()),
+        reason: Some(format!("group {group} does not exist: nothing to release")),
+        request: None,
     }
 }

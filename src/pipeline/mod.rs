@@ -433,7 +433,9 @@ impl Pipeline {
         tracing::info!(?topics, group = self.kafka.group_id, "consuming");
         let handle = self.core.handle.clone();
         let max = self.settings.max_in_flight;
-        let resume_below = (max - max / 4).max(1);
+        // Resume at half the bound: a resumed partition's first fetch takes a round trip (up
+        // to fetch.wait.max.ms), and the events still open keep the lanes busy meanwhile.
+        let resume_below = max.div_ceil(2);
         let mut received = 0u64;
         loop {
             self.apply_backpressure(max, resume_below);
