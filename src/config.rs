@@ -130,6 +130,23 @@ mod tests {
     }
 
     #[test]
+    fn env_overrides_reach_every_section() {
+        // Keys that no other test asserts on, since tests run in parallel in one process.
+        // SAFETY: the variable names are unique to this test.
+        unsafe {
+            std::env::set_var("OFFBOARDER_KAFKA__CONNECT_TIMEOUT", "7s");
+            std::env::set_var("OFFBOARDER_PIPELINE__QUARANTINE_MEMORY", "2h");
+        }
+        let c = Config::from_toml("[kafka]\nconnect_timeout = \"1s\"\n").unwrap();
+        unsafe {
+            std::env::remove_var("OFFBOARDER_KAFKA__CONNECT_TIMEOUT");
+            std::env::remove_var("OFFBOARDER_PIPELINE__QUARANTINE_MEMORY");
+        }
+        assert_eq!(c.kafka.connect_timeout, Duration::from_secs(7));
+        assert_eq!(c.pipeline.quarantine_memory, Duration::from_secs(7200));
+    }
+
+    #[test]
     fn typos_are_errors() {
         assert!(Config::from_toml("[netskope]\ntenant_ulr = \"https://x\"\n").is_err());
         assert!(Config::from_toml("[netskop]\n").is_err());
@@ -140,6 +157,12 @@ mod tests {
         let c = Config::from_toml(include_str!("../offboarder.example.toml")).unwrap();
         let e = c.netskope.endpoints().unwrap();
         assert_eq!(e.scim_base.as_str(), "https://acme.goskope.com/api/v2/scim");
+        c.kafka.validate().unwrap();
+        c.pipeline.validate().unwrap();
+        let policy = crate::policy::Policy::new(c.policy.clone()).unwrap();
+        assert!(!policy.dry_run());
+        assert_eq!(c.kafka.topics.outcomes, "offboarder.outcomes");
+        assert_eq!(c.pipeline.batch_window, Duration::from_millis(200));
     }
 
     #[test]

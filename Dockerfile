@@ -1,0 +1,28 @@
+# offboarder: the worker and the tenant simulator in one small image.
+#   docker build -t offboarder .
+#   docker run --rm offboarder --help
+
+FROM rust:1-bookworm AS build
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends cmake pkg-config libssl-dev zlib1g-dev \
+ && rm -rf /var/lib/apt/lists/*
+WORKDIR /src
+COPY Cargo.toml Cargo.lock ./
+COPY src ./src
+COPY schemas ./schemas
+COPY examples ./examples
+COPY offboarder.example.toml ./
+RUN cargo build --release --locked --bin offboarder
+
+FROM debian:bookworm-slim
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends ca-certificates libssl3 zlib1g \
+ && rm -rf /var/lib/apt/lists/* \
+ && useradd --system --uid 10001 --no-create-home offboarder
+COPY --from=build /src/target/release/offboarder /usr/local/bin/offboarder
+COPY offboarder.example.toml /etc/offboarder/offboarder.toml
+COPY schemas /usr/share/offboarder/schemas
+COPY examples /usr/share/offboarder/examples
+USER offboarder
+ENTRYPOINT ["/usr/local/bin/offboarder"]
+CMD ["run", "--config", "/etc/offboarder/offboarder.toml"]

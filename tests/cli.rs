@@ -1,0 +1,205 @@
+//! The `offboarder` binary as an operator runs it: `check-config` and `run` against an
+//! in-process Kafka cluster and tenant simulator, with tokens from the environment, SIGTERM for
+//! a clean stop, and exit codes that tell configuration faults apart.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use offboarder::sandbox::{self, Sandbox};
+use offboarder::sim::SimArgs;
+use serde_json::{Value, json};
+use tokio::io::AsyncReadExt;
+use tokio::process::Command;
+
+const BIN: &str = env!("CARGO_BIN_EXE_offboarder");
+
+async fn sandbox() -> Sandbox {
+    Sandbox::start(
+        SimArgs {
+            users: 5,
+            rate_limit_per_min: 0,
+            ..SimArgs::default()
+        },
+        1,
+    )
+    .await
+    .expect("sandbox")
+}
+
+/// Writes a config file for the sandbox; `extra` is appended as TOML.
+fn config_file(sandbox: &Sandbox, name: &str, extra: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("offboarder-cli-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("offboarder.toml");
+    let text = format!(
+        r#"
+[netskope]
+tenant_url = "{tenant}"
+allow_insecure_http = true
+scim_token = {{ env = "TEST_SCIM_TOKEN" }}
+events_token = {{ env = "TEST_EVENTS_TOKEN" }}
+
+[kafka]
+brokers = "{brokers}"
+group_id = "cli-{name}"
+connect_timeout = "5s"
+
+[kafka.consumer_properties]
+"group.protocol" = "consumer"
+{extra}
+"#,
+        tenant = sandbox.sim.base_url(),
+        brokers = sandbox.bootstrap_servers(),
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn command(args: &[&str]) -> Command {
+    let mut c = Command::new(BIN);
+    c.args(args)
+        .env("TEST_SCIM_TOKEN", "sim-scim-token")
+        .env("TEST_EVENTS_TOKEN", "sim-events-token")
+        .env("OFFBOARDER_LOG_FORMAT", "json")
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    c
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_config_probes_kafka_and_netskope() {
+    let sandbox = sandbox().await;
+    let good = config_file(&sandbox, "good", "");
+    let out = command(&["check-config", "--config", good.to_str().unwrap()])
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("all four topics exist"), "{stdout}");
+    assert!(stdout.contains("SCIM (GET /Users): reachable"), "{stdout}");
+    assert!(
+        stdout.contains("audit (GET events/data/audit): reachable"),
+        "{stdout}"
+    );
+
+    let typo = config_file(
+        &sandbox,
+        "typo",
+        "[kafka.topics]\noutcomes = \"offboarder.outcome\"\n",
+    );
+    let out = command(&["check-config", "--config", typo.to_str().unwrap()])
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "a missing topic is a configuration fault: {stdout}"
+    );
+    assert!(
+        stdout.contains("offboarder.outcome (kafka.topics.outcomes)"),
+        "{stdout}"
+    );
+    // check-config acts on nothing.
+    let mutating = sandbox
+        .sim
+        .stats()
+        .requests
+        .keys()
+        .filter(|e| !e.starts_with("GET "))
+        .count();
+    assert_eq!(mutating, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_acts_then_stops_cleanly_on_sigterm() {
+    let sandbox = sandbox().await;
+    let records: Vec<(String, String, Vec<u8>)> = (1..=3)
+        .map(|n| {
+            let user = format!("user{n}@example.com");
+            let event = json!({"event_id": format!("hr-{n}"), "occurred_at": "2026-11-25T09:00:00Z",
+                               "user": {"user_name": user}});
+            (
+                sandbox.topics.terminations.clone(),
+                user,
+                event.to_string().into_bytes(),
+            )
+        })
+        .collect();
+    sandbox.publish(&records).await.unwrap();
+    let path = config_file(&sandbox, "run", "");
+    let mut child = command(&["run", "--config", path.to_str().unwrap()])
+        .spawn()
+        .unwrap();
+
+    let outcomes = sandbox
+        .read(&sandbox.topics.outcomes, Duration::from_secs(60), |r| {
+            r.len() >= 3
+        })
+        .await
+        .unwrap();
+    assert_eq!(outcomes.len(), 3);
+    for m in &outcomes {
+        let o: Value = serde_json::from_str(&sandbox::text(m)).unwrap();
+        assert_eq!(o["status"], "applied", "{o}");
+    }
+    let pid = child.id().expect("running").to_string();
+    let sent = Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .await
+        .unwrap();
+    assert!(sent.success());
+    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .expect("exits after SIGTERM")
+        .unwrap();
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .await
+        .unwrap();
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("signal received"), "{stderr}");
+    assert!(stderr.contains("\"message\":\"stopped\""), "{stderr}");
+    assert!(!stderr.contains("sim-scim-token") && !stderr.contains("sim-events-token"));
+    for n in 1..=3 {
+        assert!(
+            !sandbox
+                .sim
+                .user(&format!("user{n}@example.com"))
+                .unwrap()
+                .active
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_refuses_a_bad_config_with_exit_code_2() {
+    let sandbox = sandbox().await;
+    let path = config_file(
+        &sandbox,
+        "bad",
+        "[policy]\nprotected_users = [\"adm*@corp.com\"]\n",
+    );
+    let out = command(&["run", "--config", path.to_str().unwrap()])
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("protected_users"), "{stderr}");
+}
