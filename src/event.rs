@@ -350,6 +350,21 @@ fn violations_detail<'a>(violations: impl Iterator<Item = ValidationError<'a>>) 
 /// the explanation that a cut-off quote would lose, and for objects and arrays, where the quote
 /// would be the event itself and the instance path already says which part is meant.
 fn violation_message(violation: &ValidationError<'_>) -> String {
+    // "not valid under any of the schemas listed in 'anyOf'" does not say what is missing; the
+    // branches' own errors do ("\"risk_score\" is a required property").
+    if let jsonschema::error::ValidationErrorKind::AnyOf { context } = violation.kind() {
+        let branches: Vec<String> = context
+            .iter()
+            .filter_map(|errors| errors.first())
+            .map(|e| bounded(&e.masked()))
+            .collect();
+        if !branches.is_empty() {
+            return bounded(&format_args!(
+                "one of these must hold: {}",
+                branches.join(", or ")
+            ));
+        }
+    }
     let is_structure = matches!(
         violation.instance().as_ref(),
         Value::Object(_) | Value::Array(_)
@@ -829,7 +844,10 @@ mod tests {
         );
         let rejection = rejection(EventKind::RiskSignal, &value);
         assert!(!rejection.detail.contains("ppp"), "{}", rejection.detail);
-        assert!(rejection.detail.contains("anyOf"), "{}", rejection.detail);
+        // It names what is missing instead.
+        for field in ["risk_score", "severity"] {
+            assert!(rejection.detail.contains(field), "{}", rejection.detail);
+        }
     }
 
     #[test]
