@@ -107,7 +107,7 @@ async fn check_config_probes_kafka_and_netskope() {
         "a missing topic is a configuration fault: {stdout}"
     );
     assert!(
-        stdout.contains("offboarder.outcome (kafka.topics.outcomes)"),
+        stdout.contains("offboarder.outcome (kafka.topics.outcomes): does not exist"),
         "{stdout}"
     );
     // check-config acts on nothing.

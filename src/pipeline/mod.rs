@@ -663,30 +663,35 @@ pub async fn check_topics(
                     humantime::format_duration(timeout)
                 ))
             })?;
-    let present: std::collections::HashSet<&str> = metadata
-        .topics()
-        .iter()
-        .filter(|t| t.error().is_none())
-        .map(|t| t.name())
-        .collect();
     let t = &kafka.topics;
-    let missing: Vec<String> = [
+    let problems: Vec<String> = [
         ("terminations", &t.terminations),
         ("risk_signals", &t.risk_signals),
         ("outcomes", &t.outcomes),
         ("dead_letter", &t.dead_letter),
     ]
     .into_iter()
-    .filter(|(_, name)| !present.contains(name.as_str()))
-    .map(|(key, name)| format!("{name} (kafka.topics.{key})"))
+    .filter_map(|(key, name)| {
+        let problem = match metadata.topics().iter().find(|m| m.name() == name.as_str()) {
+            None => "does not exist".to_string(),
+            Some(m) => match m.error() {
+                None => return None,
+                Some(e) => match RDKafkaErrorCode::from(e) {
+                    RDKafkaErrorCode::UnknownTopicOrPartition => "does not exist".to_string(),
+                    code => format!("{code}"),
+                },
+            },
+        };
+        Some(format!("{name} (kafka.topics.{key}): {problem}"))
+    })
     .collect();
-    if missing.is_empty() {
+    if problems.is_empty() {
         Ok(())
     } else {
         Err(PipelineError::Config(format!(
-            "kafka: these topics do not exist on {}: {}. Create them, or fix the names in [kafka.topics]",
+            "kafka: topics unusable on {}: {}. Create them, grant access, or fix the names in [kafka.topics]",
             kafka.brokers,
-            missing.join(", ")
+            problems.join("; ")
         )))
     }
 }
