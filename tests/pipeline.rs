@@ -83,6 +83,16 @@ fn xdr(sandbox: &Sandbox, user: &str, payload: Vec<u8>) -> (String, String, Vec<
     )
 }
 
+/// One termination for each of these users, with event ids `hr-<n>`.
+fn terminations(
+    sandbox: &Sandbox,
+    users: std::ops::RangeInclusive<usize>,
+) -> Vec<(String, String, Vec<u8>)> {
+    users
+        .map(|n| hr(sandbox, &user(n), termination(&format!("hr-{n}"), &user(n))))
+        .collect()
+}
+
 fn json_of(m: &OwnedMessage) -> Value {
     serde_json::from_str(&sandbox::text(m)).expect("outcome is JSON")
 }
@@ -136,14 +146,7 @@ fn outcome_validator() -> jsonschema::Validator {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mixed_events_get_one_outcome_each_and_the_tenant_matches() {
     let sandbox = sandbox_with(60, |_| {}).await;
-    let mut records = Vec::new();
-    for n in 1..=20 {
-        records.push(hr(
-            &sandbox,
-            &user(n),
-            termination(&format!("hr-{n}"), &user(n)),
-        ));
-    }
+    let mut records = terminations(&sandbox, 1..=20);
     for n in 21..=40 {
         let e = signal(&format!("q-{n}"), &user(n), json!({"risk_score": 95}));
         records.push(xdr(&sandbox, &user(n), e));
@@ -365,14 +368,7 @@ async fn events_for_one_user_are_applied_in_arrival_order() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_abrupt_stop_loses_nothing_and_repeats_only_idempotent_requests() {
     let sandbox = sandbox_with(200, |args| args.latency_ms = 5).await;
-    let mut records = Vec::new();
-    for n in 1..=100 {
-        records.push(hr(
-            &sandbox,
-            &user(n),
-            termination(&format!("hr-{n}"), &user(n)),
-        ));
-    }
+    let mut records = terminations(&sandbox, 1..=100);
     for n in 101..=200 {
         let e = signal(&format!("q-{n}"), &user(n), json!({"severity": "critical"}));
         records.push(xdr(&sandbox, &user(n), e));
@@ -520,15 +516,7 @@ async fn dry_run_sends_no_mutating_request() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rejected_token_stops_the_worker_and_keeps_the_events() {
     let sandbox = sandbox_with(5, |_| {}).await;
-    let records: Vec<_> = (1..=3)
-        .map(|n| {
-            hr(
-                &sandbox,
-                &user(n),
-                termination(&format!("hr-{n}"), &user(n)),
-            )
-        })
-        .collect();
+    let records = terminations(&sandbox, 1..=3);
     sandbox.publish(&records).await.unwrap();
     let config = config(&sandbox, "revoked");
     let wrong = NetskopeClient::builder(&config.netskope)
@@ -574,15 +562,7 @@ async fn a_rejected_token_stops_the_worker_and_keeps_the_events() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consumption_pauses_at_the_in_flight_bound() {
     let sandbox = sandbox_with(60, |args| args.latency_ms = 10).await;
-    let records: Vec<_> = (1..=60)
-        .map(|n| {
-            hr(
-                &sandbox,
-                &user(n),
-                termination(&format!("hr-{n}"), &user(n)),
-            )
-        })
-        .collect();
+    let records = terminations(&sandbox, 1..=60);
     sandbox.publish(&records).await.unwrap();
     let mut config = config(&sandbox, "bounded");
     config.pipeline.max_in_flight = 8;
@@ -634,15 +614,7 @@ async fn server_errors_are_waited_out_without_failing_events() {
         args.seed = Some(7);
     })
     .await;
-    let records: Vec<_> = (1..=30)
-        .map(|n| {
-            hr(
-                &sandbox,
-                &user(n),
-                termination(&format!("hr-{n}"), &user(n)),
-            )
-        })
-        .collect();
+    let records = terminations(&sandbox, 1..=30);
     sandbox.publish(&records).await.unwrap();
     let mut config = config(&sandbox, "faults");
     config.netskope.retry.initial_delay = Duration::from_millis(10);
