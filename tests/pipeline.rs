@@ -638,3 +638,35 @@ async fn server_errors_are_waited_out_without_failing_events() {
         assert!(!sandbox.sim.user(&user(n)).unwrap().active);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_longer_than_transient_retry_for_fails_the_event_and_keeps_it_for_replay() {
+    let sandbox = sandbox_with(3, |args| args.fault_rate = 1.0).await;
+    let records = terminations(&sandbox, 1..=1);
+    sandbox.publish(&records).await.unwrap();
+    let mut config = config(&sandbox, "outage");
+    config.netskope.retry.max_attempts = 1;
+    config.pipeline.transient_retry_for = Duration::from_secs(1);
+    let client = sandbox.client(&config).unwrap();
+
+    let (summary, outcomes) = run_until(&sandbox, &config, client, 1).await;
+
+    let o = json_of(&outcomes[0]);
+    assert_eq!(o["status"], "failed", "{o}");
+    assert_eq!(o["error"]["kind"], "transient", "{o}");
+    assert!(o["reason"].as_str().unwrap().contains("dead-letter"), "{o}");
+    assert_eq!(summary.dead_letters, 1);
+    let dead = sandbox
+        .read(&sandbox.topics.dead_letter, WAIT, |r| !r.is_empty())
+        .await
+        .unwrap();
+    assert_eq!(
+        dead[0].payload(),
+        Some(records[0].2.as_slice()),
+        "replayable as is"
+    );
+    assert_eq!(
+        sandbox::header(&dead[0], "offboarder-reason").as_deref(),
+        Some("retries_exhausted")
+    );
+}

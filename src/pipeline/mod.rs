@@ -238,19 +238,14 @@ impl Core {
             Err(e) => return self.fail(PipelineError::Netskope(e)),
         };
         if report.retries_exhausted {
-            let detail = report
-                .error
-                .as_ref()
-                .map(|e| e.to_string())
-                .unwrap_or_default();
-            if let Err(e) = self
-                .publisher
-                .dead_letter(&job.message, "retries_exhausted", &detail)
+            let detail = report.error.as_ref().map(|e| e.to_string());
+            let detail = detail.unwrap_or_default();
+            if !self
+                .send_dead_letter(&job.message, "retries_exhausted", &detail)
                 .await
             {
-                return self.fail(e.into());
+                return;
             }
-            self.dead_letters.fetch_add(1, Ordering::Relaxed);
         }
         let outcome = Outcome {
             outcome_id: outcome::new_outcome_id(),
@@ -279,8 +274,7 @@ impl Core {
             },
             trace_id: job.trace_id,
         };
-        let level_error = outcome.status == Status::Failed;
-        if level_error {
+        if outcome.status == Status::Failed {
             tracing::warn!(
                 source_event_id = outcome.source_event_id,
                 user = outcome.user_name,
@@ -311,7 +305,23 @@ impl Core {
         self.finish(&job.ticket);
     }
 
-    async fn dead_letter(
+    /// Publishes a dead letter; `false` when the producer failed for good and the worker is
+    /// stopping.
+    async fn send_dead_letter(&self, message: &OwnedMessage, reason: &str, detail: &str) -> bool {
+        match self.publisher.dead_letter(message, reason, detail).await {
+            Ok(()) => {
+                self.dead_letters.fetch_add(1, Ordering::Relaxed);
+                true
+            }
+            Err(e) => {
+                self.fail(e.into());
+                false
+            }
+        }
+    }
+
+    /// Sends an event that failed decoding or validation to the dead-letter topic.
+    async fn reject(
         self: Arc<Self>,
         message: OwnedMessage,
         ticket: Ticket,
@@ -326,11 +336,9 @@ impl Core {
             detail,
             "invalid event sent to the dead-letter topic"
         );
-        if let Err(e) = self.publisher.dead_letter(&message, reason, &detail).await {
-            return self.fail(e.into());
+        if self.send_dead_letter(&message, reason, &detail).await {
+            self.finish(&ticket);
         }
-        self.dead_letters.fetch_add(1, Ordering::Relaxed);
-        self.finish(&ticket);
     }
 }
 
@@ -533,13 +541,12 @@ impl Pipeline {
             }
             Err(rejection) => {
                 let core = self.core.clone();
-                self.tasks
-                    .spawn(kill.run_until_cancelled_owned(core.dead_letter(
-                        message,
-                        ticket,
-                        rejection.reason.as_str(),
-                        rejection.detail,
-                    )));
+                self.tasks.spawn(kill.run_until_cancelled_owned(core.reject(
+                    message,
+                    ticket,
+                    rejection.reason.as_str(),
+                    rejection.detail,
+                )));
             }
         }
     }
