@@ -14,12 +14,19 @@ use serde::Deserialize;
 use crate::netskope::NetskopeConfig;
 use crate::pipeline::config::{KafkaConfig, PipelineConfig};
 use crate::policy::PolicyConfig;
+use crate::verify::VerifyConfig;
 
 /// Prefix of environment overrides.
 pub const ENV_PREFIX: &str = "OFFBOARDER_";
 /// Sections that environment variables may override. Other `OFFBOARDER_*` variables (the
 /// simulator's, say) are not config keys and are left alone.
-const SECTIONS: &[&str] = &["netskope__", "kafka__", "policy__", "pipeline__"];
+const SECTIONS: &[&str] = &[
+    "netskope__",
+    "kafka__",
+    "policy__",
+    "pipeline__",
+    "verify__",
+];
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -32,6 +39,8 @@ pub struct Config {
     pub policy: PolicyConfig,
     #[serde(default)]
     pub pipeline: PipelineConfig,
+    #[serde(default)]
+    pub verify: VerifyConfig,
 }
 
 /// The config file could not be read or does not fit the schema.
@@ -159,6 +168,7 @@ mod tests {
         assert_eq!(e.scim_base.as_str(), "https://acme.goskope.com/api/v2/scim");
         c.kafka.validate().unwrap();
         c.pipeline.validate().unwrap();
+        c.verify.validate().unwrap();
         let policy = crate::policy::Policy::new(c.policy.clone()).unwrap();
         assert!(!policy.dry_run());
         assert_eq!(c.kafka.topics.outcomes, "offboarder.outcomes");

@@ -3,7 +3,9 @@
 //! It starts librdkafka's in-process mock Kafka cluster and the Netskope tenant simulator (ten
 //! seeded users), publishes a set of sample events (terminations, risk signals above and below
 //! the threshold, a repeat, a cleared signal, a protected user, invalid events), runs the real
-//! pipeline until every event has its outcome or dead letter, and prints what happened.
+//! pipeline until every event has its final outcome (applied actions: verified against the
+//! simulator's audit trail, which indexes with a one-second lag) or dead letter, and prints
+//! what happened.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -15,6 +17,14 @@ use crate::sandbox::{self, Sandbox};
 use crate::sim::SimArgs;
 
 const GROUP: &str = "Quarantine_HighRisk";
+
+/// The outcomes of one input event: its action phase and, for applied actions, its
+/// verification.
+#[derive(Default)]
+struct Row {
+    action: Option<Value>,
+    verification: Option<Value>,
+}
 
 /// One sample event.
 struct Sample {
@@ -142,6 +152,7 @@ pub async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let sandbox = Sandbox::start(
         SimArgs {
             users: 10,
+            audit_lag_secs: 1,
             ..SimArgs::default()
         },
         3,
@@ -182,9 +193,12 @@ pub async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let handle = pipeline.handle();
     let worker = tokio::spawn(pipeline.run());
 
+    // Applied actions get a second outcome once verified; every other outcome is final.
+    let is_final =
+        |m: &rdkafka::message::OwnedMessage| !sandbox::text(m).contains(r#""status":"applied""#);
     let outcomes = sandbox
-        .read(&sandbox.topics.outcomes, Duration::from_secs(30), |read| {
-            read.len() >= valid
+        .read(&sandbox.topics.outcomes, Duration::from_secs(60), |read| {
+            read.iter().filter(|m| is_final(m)).count() >= valid
         })
         .await?;
     let dead = sandbox
@@ -198,11 +212,12 @@ pub async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let summary = worker.await??;
 
     println!(
-        "{:<10} {:<24} {:<11} {:<8} detail",
-        "event", "user", "action", "status"
+        "{:<10} {:<24} {:<11} {:<8} {:<60} verification",
+        "event", "user", "action", "result", "detail"
     );
-    // In publication order of the samples: by event id, then by input position.
-    let mut rows: BTreeMap<(String, i32, i64), Value> = BTreeMap::new();
+    // One row per input event, in sample order (event id, then position), with its action
+    // outcome and its verification outcome side by side.
+    let mut rows: BTreeMap<(String, i32, i64), Row> = BTreeMap::new();
     for m in &outcomes {
         let o: Value = serde_json::from_str(&sandbox::text(m))?;
         let key = (
@@ -213,9 +228,15 @@ pub async fn run() -> Result<(), Box<dyn std::error::Error>> {
             o["source"]["partition"].as_i64().unwrap_or_default() as i32,
             o["source"]["offset"].as_i64().unwrap_or_default(),
         );
-        rows.insert(key, o);
+        let row = rows.entry(key).or_default();
+        if o.get("verification").is_some() {
+            row.verification = Some(o);
+        } else {
+            row.action = Some(o);
+        }
     }
-    for o in rows.values() {
+    for row in rows.values() {
+        let Some(o) = &row.action else { continue };
         let detail = o["error"]["message"]
             .as_str()
             .or(o["reason"].as_str())
@@ -226,13 +247,21 @@ pub async fn run() -> Result<(), Box<dyn std::error::Error>> {
                     .map(|m| format!("{m} {}", o["request"]["path"].as_str().unwrap_or("")))
             })
             .unwrap_or_default();
+        let verification = row.verification.as_ref().map_or("-".to_string(), |v| {
+            format!(
+                "{} by {}",
+                v["status"].as_str().unwrap_or(""),
+                v["verification"]["method"].as_str().unwrap_or("")
+            )
+        });
         println!(
-            "{:<10} {:<24} {:<11} {:<8} {}",
+            "{:<10} {:<24} {:<11} {:<8} {:<60} {}",
             o["source_event_id"].as_str().unwrap_or(""),
             o["user_name"].as_str().unwrap_or(""),
             o["action"].as_str().unwrap_or(""),
             o["status"].as_str().unwrap_or(""),
-            short(&detail, 90)
+            short(&detail, 60),
+            verification
         );
     }
     println!("\nDead letters:");
@@ -281,10 +310,10 @@ pub async fn run() -> Result<(), Box<dyn std::error::Error>> {
         summary.dead_letters,
         summary.left_open
     );
-    if outcomes.len() < valid || dead.len() < invalid {
+    let finals = outcomes.iter().filter(|m| is_final(m)).count();
+    if finals < valid || dead.len() < invalid {
         return Err(format!(
-            "expected {valid} outcomes and {invalid} dead letters, got {} and {}",
-            outcomes.len(),
+            "expected {valid} final outcomes and {invalid} dead letters, got {finals} and {}",
             dead.len()
         )
         .into());

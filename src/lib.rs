@@ -11,6 +11,7 @@
 //! | [`pipeline`] | Kafka in, per-user lanes, outcomes and dead letters out, offsets stored only behind final outcomes |
 //! | [`event`] | inbound events: size bound, JSON, schema validation against `schemas/` |
 //! | [`policy`] | event → decision: deactivate, delete, quarantine, release, or skip (protected, below threshold) |
+//! | [`verify`] | one shared audit poller per tenant, and read-back, confirm each applied action |
 //! | [`netskope`] | the Netskope client: SCIM users and groups, audit-event pages, one rate limiter per token, retries, typed errors |
 //! | [`outcome`] | the outcome record published per event |
 //! | [`sim`] | a Netskope tenant simulator (SCIM + audit + scopes + rate limits + faults) for the demo, tests and benchmarks |
@@ -31,3 +32,4 @@ pub mod sandbox;
 pub mod secret;
 pub mod sim;
 pub mod telemetry;
+pub mod verify;

@@ -49,6 +49,10 @@ pub enum Status {
     Skipped,
     /// `dry_run` is on: `request` shows what would have been sent.
     DryRun,
+    /// The verification phase: Netskope's audit trail, or a read-back, shows the change.
+    Verified,
+    /// The verification phase: no witness showed the change; `verification` says what was seen.
+    Unverified,
 }
 
 impl Status {
@@ -58,6 +62,8 @@ impl Status {
             Status::Failed => "failed",
             Status::Skipped => "skipped",
             Status::DryRun => "dry_run",
+            Status::Verified => "verified",
+            Status::Unverified => "unverified",
         }
     }
 }
@@ -100,6 +106,22 @@ pub struct RequestDescription {
     pub body: Option<Value>,
 }
 
+/// The evidence of the verification phase.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct VerificationEvidence {
+    /// `audit` (Netskope's audit trail) or `readback` (the resource read back).
+    pub method: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub audit_event_id: Option<String>,
+    #[serde(
+        with = "time::serde::rfc3339::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub audit_timestamp: Option<OffsetDateTime>,
+    /// What was seen, in words.
+    pub evidence: String,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Timestamps {
     #[serde(with = "time::serde::rfc3339")]
@@ -137,6 +159,9 @@ pub struct Outcome {
     pub error: Option<OutcomeError>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub request: Option<RequestDescription>,
+    /// Present on `verified` and `unverified` outcomes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verification: Option<VerificationEvidence>,
     /// How many times the worker tried the action; each try may include several HTTP
     /// attempts by the client's own retries.
     pub attempts: u32,
@@ -197,6 +222,7 @@ mod tests {
             reason: None,
             error: None,
             request: None,
+            verification: None,
             attempts: 1,
             timestamps: Timestamps {
                 received: OffsetDateTime::UNIX_EPOCH,
@@ -227,7 +253,22 @@ mod tests {
         let mut skipped = base(Status::Skipped, Action::None);
         skipped.reason = Some("risk score 30 is below 80".into());
         let dry = base(Status::DryRun, Action::Delete);
-        for o in [applied, failed, skipped, dry] {
+        let mut verified = base(Status::Verified, Action::Deactivate);
+        verified.timestamps.verified = Some(OffsetDateTime::UNIX_EPOCH);
+        verified.verification = Some(VerificationEvidence {
+            method: "audit",
+            audit_event_id: Some("6b0711f90000000000000001".into()),
+            audit_timestamp: Some(OffsetDateTime::UNIX_EPOCH),
+            evidence: "audit event 6b07: PATCH /api/v2/scim/Users/u1 answered 2xx".into(),
+        });
+        let mut unverified = base(Status::Unverified, Action::Quarantine);
+        unverified.verification = Some(VerificationEvidence {
+            method: "readback",
+            audit_event_id: None,
+            audit_timestamp: None,
+            evidence: "user u1 is not a member of group g1".into(),
+        });
+        for o in [applied, failed, skipped, dry, verified, unverified] {
             let json: Value = serde_json::from_slice(&o.to_json()).expect("json");
             let errors: Vec<String> = v.iter_errors(&json).map(|e| e.to_string()).collect();
             assert!(errors.is_empty(), "{json}: {errors:?}");

@@ -88,6 +88,9 @@ impl Sandbox {
         c.kafka
             .consumer_properties
             .insert("group.protocol".into(), "consumer".into());
+        // The simulator's audit lag is seconds, not Netskope's minutes: poll accordingly.
+        c.verify.poll_interval = Duration::from_secs(1);
+        c.verify.timeout = Duration::from_secs(30);
         c
     }
 

@@ -40,6 +40,9 @@ allow_insecure_http = true
 scim_token = {{ env = "TEST_SCIM_TOKEN" }}
 events_token = {{ env = "TEST_EVENTS_TOKEN" }}
 
+[verify]
+poll_interval = "1s"
+
 [kafka]
 brokers = "{brokers}"
 group_id = "cli-{name}"
@@ -142,17 +145,26 @@ async fn run_acts_then_stops_cleanly_on_sigterm() {
         .spawn()
         .unwrap();
 
+    // Each event: "applied", then "verified" once the audit trail shows the PATCH.
     let outcomes = sandbox
         .read(&sandbox.topics.outcomes, Duration::from_secs(60), |r| {
-            r.len() >= 3
+            r.len() >= 6
         })
         .await
         .unwrap();
-    assert_eq!(outcomes.len(), 3);
-    for m in &outcomes {
-        let o: Value = serde_json::from_str(&sandbox::text(m)).unwrap();
-        assert_eq!(o["status"], "applied", "{o}");
-    }
+    let statuses: Vec<String> = outcomes
+        .iter()
+        .map(|m| {
+            let o: Value = serde_json::from_str(&sandbox::text(m)).unwrap();
+            o["status"].as_str().unwrap().to_string()
+        })
+        .collect();
+    let count = |s: &str| statuses.iter().filter(|x| *x == s).count();
+    assert_eq!(
+        (count("applied"), count("verified")),
+        (3, 3),
+        "{statuses:?}"
+    );
     let pid = child.id().expect("running").to_string();
     let sent = Command::new("kill")
         .args(["-TERM", &pid])

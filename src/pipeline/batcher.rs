@@ -32,6 +32,9 @@ pub struct Applied {
     pub group_id: Option<String>,
     /// Members in the PATCH that carried this one (1 when sent alone).
     pub batch_size: usize,
+    /// The same for every member of that PATCH, and for no other request: its audit event
+    /// verifies them all.
+    pub request_seq: u64,
 }
 
 struct Request {
@@ -113,10 +116,12 @@ async fn flush(client: &NetskopeClient, group: &str, batch: Vec<Request>) {
         match send(client, group, change, &ids).await {
             Ok(group_id) => {
                 let batch_size = ids.len();
+                let request_seq = crate::verify::next_request_seq();
                 for r in part {
                     let _ = r.reply.send(Ok(Applied {
                         group_id: group_id.clone(),
                         batch_size,
+                        request_seq,
                     }));
                 }
             }
@@ -135,6 +140,7 @@ async fn flush(client: &NetskopeClient, group: &str, batch: Vec<Request>) {
                             .map(|group_id| Applied {
                                 group_id,
                                 batch_size: 1,
+                                request_seq: crate::verify::next_request_seq(),
                             });
                     let _ = r.reply.send(result);
                 }

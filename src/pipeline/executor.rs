@@ -26,6 +26,7 @@ use crate::netskope::scim::{GROUP_SCHEMA, add_members_patch, deactivate_patch};
 use crate::netskope::{ErrorClass, NetskopeClient, NetskopeError, UserRef};
 use crate::outcome::{RequestDescription, Status};
 use crate::policy::Decision;
+use crate::verify::{Check, Expected, RequestKey, next_request_seq};
 
 /// Remembered quarantines: a repeat signal within this time sends no second PATCH.
 const QUARANTINE_MEMORY_SIZE: usize = 100_000;
@@ -43,6 +44,8 @@ pub struct Report {
     pub request: Option<RequestDescription>,
     pub attempts: u32,
     pub acted_at: Option<OffsetDateTime>,
+    /// For an applied action: what would show it took effect.
+    pub expected: Option<Expected>,
     /// Transient faults outlasted `transient_retry_for`: the event is `failed`, and its bytes
     /// go to the dead-letter topic so that an operator can replay it.
     pub retries_exhausted: bool,
@@ -58,6 +61,7 @@ impl Report {
             request: None,
             attempts: 0,
             acted_at: None,
+            expected: None,
             retries_exhausted: false,
         }
     }
@@ -69,6 +73,7 @@ struct Done {
     user: Option<UserRef>,
     reason: Option<String>,
     request: Option<RequestDescription>,
+    expected: Option<Expected>,
 }
 
 pub struct Executor {
@@ -126,6 +131,7 @@ impl Executor {
                         request: done.request,
                         attempts,
                         acted_at: Some(self.clock.now_datetime()),
+                        expected: done.expected,
                         retries_exhausted: false,
                     });
                 }
@@ -163,6 +169,7 @@ impl Executor {
                 request: None,
                 attempts,
                 acted_at: None,
+                expected: None,
                 retries_exhausted: exhausted,
             });
         }
@@ -188,12 +195,14 @@ impl Executor {
 
     async fn act(&self, user: &UserRef, decision: &Decision) -> Result<Done, NetskopeError> {
         let user_path = format!("/Users/{}", user.id);
-        let done = |status, reason: Option<String>, request| Done {
+        let done = |status, request: RequestDescription, check| Done {
             status,
             user: Some(user.clone()),
-            reason,
+            reason: None,
+            expected: (status == Status::Applied).then(|| self.expected(&request, 0, check)),
             request: Some(request),
         };
+        let user_id = user.id.clone();
         match decision {
             Decision::Deactivate => {
                 let request = RequestDescription {
@@ -201,11 +210,12 @@ impl Executor {
                     path: user_path,
                     body: Some(deactivate_patch()),
                 };
+                let check = Check::UserInactive { user_id };
                 if self.dry_run {
-                    return Ok(done(Status::DryRun, None, request));
+                    return Ok(done(Status::DryRun, request, check));
                 }
                 self.client.deactivate(&user.id).await?;
-                Ok(done(Status::Applied, None, request))
+                Ok(done(Status::Applied, request, check))
             }
             Decision::Delete => {
                 let request = RequestDescription {
@@ -213,12 +223,13 @@ impl Executor {
                     path: user_path,
                     body: None,
                 };
+                let check = Check::UserGone { user_id };
                 if self.dry_run {
-                    return Ok(done(Status::DryRun, None, request));
+                    return Ok(done(Status::DryRun, request, check));
                 }
                 self.client.delete_user(&user.id).await?;
                 self.client.forget_user(&user.user_name);
-                Ok(done(Status::Applied, None, request))
+                Ok(done(Status::Applied, request, check))
             }
             Decision::Quarantine { group } => self.membership(user, group, Change::Add).await,
             Decision::Release { group } => self.membership(user, group, Change::Remove).await,
@@ -227,7 +238,27 @@ impl Executor {
                 user: None,
                 reason: Some(reason.clone()),
                 request: None,
+                expected: None,
             }),
+        }
+    }
+
+    /// What verifies `request` (a path below the SCIM base): its audit event shows the full
+    /// path. `seq` 0 asks for a fresh request number.
+    fn expected(&self, request: &RequestDescription, seq: u64, check: Check) -> Expected {
+        let base = self
+            .client
+            .endpoints()
+            .scim_base
+            .path()
+            .trim_end_matches('/');
+        Expected {
+            request: RequestKey {
+                method: request.method,
+                path: format!("{base}{}", request.path),
+                seq: if seq == 0 { next_request_seq() } else { seq },
+            },
+            check,
         }
     }
 
@@ -246,6 +277,7 @@ impl Executor {
                     "already quarantined in {group} by this worker; no second PATCH"
                 )),
                 request: None,
+                expected: None,
             });
         }
         let ids = std::slice::from_ref(&user.id);
@@ -277,6 +309,7 @@ impl Executor {
                 user: Some(user.clone()),
                 reason,
                 request: Some(request),
+                expected: None,
             });
         }
         let applied = self.batcher(group).submit(change, user.id.clone()).await?;
@@ -289,11 +322,18 @@ impl Executor {
         }
         let reason = (applied.batch_size > 1)
             .then(|| format!("sent in one PATCH with {} members", applied.batch_size));
+        let request = body(&group_id);
+        let user_id = user.id.clone();
+        let check = match change {
+            Change::Add => Check::InGroup { group_id, user_id },
+            Change::Remove => Check::NotInGroup { group_id, user_id },
+        };
         Ok(Done {
             status: Status::Applied,
             user: Some(user.clone()),
             reason,
-            request: Some(body(&group_id)),
+            expected: Some(self.expected(&request, applied.request_seq, check)),
+            request: Some(request),
         })
     }
 
@@ -321,5 +361,6 @@ fn nothing_to_release(user: &UserRef, group: &str) -> Done {
         user: Some(user.clone()),
         reason: Some(format!("group {group} does not exist: nothing to release")),
         request: None,
+        expected: None,
     }
 }

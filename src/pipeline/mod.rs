@@ -41,8 +41,11 @@ use crate::clock::WallClock;
 use crate::config::Config;
 use crate::event::{Event, EventKind, Schemas};
 use crate::netskope::{NetskopeClient, NetskopeError};
-use crate::outcome::{self, Outcome, OutcomeError, SourceRef, Status, Timestamps};
+use crate::outcome::{
+    self, Outcome, OutcomeError, SourceRef, Status, Timestamps, VerificationEvidence,
+};
 use crate::policy::{Decision, Policy};
+use crate::verify::{self, Pending, Verification, Verifier};
 use config::{KafkaConfig, PipelineConfig};
 use executor::Executor;
 use lanes::Lanes;
@@ -190,6 +193,11 @@ struct Core {
     shared: Arc<Shared>,
     publisher: Publisher,
     executor: Executor,
+    /// `None` when `verify.mode = "off"`: the action outcome is then the final one.
+    verifier: Option<Verifier>,
+    /// Verification waits and dead-letter sends, waited for at shutdown.
+    tasks: TaskTracker,
+    clock: WallClock,
     policy: Policy,
     handle: PipelineHandle,
     fatal: Mutex<Option<PipelineError>>,
@@ -266,6 +274,7 @@ impl Core {
             reason: report.reason,
             error: report.error.as_ref().map(OutcomeError::from),
             request: report.request,
+            verification: None,
             attempts: report.attempts,
             timestamps: Timestamps {
                 received: job.received,
@@ -293,8 +302,36 @@ impl Core {
                 "event done"
             );
         }
-        if let Err(e) = self.publisher.outcome(&outcome).await {
-            return self.fail(e.into());
+        if !self.publish(&outcome).await {
+            return;
+        }
+        let awaiting = match (&self.verifier, report.expected) {
+            (Some(verifier), Some(expected)) if outcome.status == Status::Applied => {
+                let acted_at = report
+                    .acted_at
+                    .map_or(0, |t| t.unix_timestamp().max(0) as u64);
+                Some(verifier.submit(Pending { expected, acted_at }).await)
+            }
+            _ => None,
+        };
+        match awaiting {
+            // The offset waits for the verification outcome; the lane moves on meanwhile.
+            Some(answer) => {
+                let core = self.clone();
+                let kill = self.handle.kill.clone();
+                self.tasks.spawn(
+                    kill.run_until_cancelled_owned(core.verified(outcome, answer, job.ticket)),
+                );
+            }
+            None => self.finish(&job.ticket),
+        }
+    }
+
+    /// Publishes an outcome and counts it; `false` when the producer failed for good.
+    async fn publish(&self, outcome: &Outcome) -> bool {
+        if let Err(e) = self.publisher.outcome(outcome).await {
+            self.fail(e.into());
+            return false;
         }
         *self
             .outcomes
@@ -302,7 +339,64 @@ impl Core {
             .unwrap_or_else(|p| p.into_inner())
             .entry(outcome.status.as_str())
             .or_default() += 1;
-        self.finish(&job.ticket);
+        true
+    }
+
+    /// Waits for an applied action's verification and publishes it as the event's final
+    /// outcome. If the verifier stops first (shutdown), the event stays open and is delivered
+    /// again.
+    async fn verified(
+        self: Arc<Self>,
+        applied: Outcome,
+        answer: tokio::sync::oneshot::Receiver<Verification>,
+        ticket: Ticket,
+    ) {
+        let Ok(v) = answer.await else { return };
+        let status = if v.verified {
+            Status::Verified
+        } else {
+            Status::Unverified
+        };
+        let audit_timestamp = v
+            .audit_timestamp
+            .and_then(|ts| time::OffsetDateTime::from_unix_timestamp(i64::try_from(ts).ok()?).ok());
+        let outcome = Outcome {
+            outcome_id: outcome::new_outcome_id(),
+            status,
+            reason: None,
+            verification: Some(VerificationEvidence {
+                method: v.method,
+                audit_event_id: v.audit_event_id,
+                audit_timestamp,
+                evidence: v.evidence,
+            }),
+            timestamps: Timestamps {
+                verified: Some(self.clock.now_datetime()),
+                ..applied.timestamps
+            },
+            ..applied
+        };
+        let evidence = outcome.verification.as_ref().map(|v| v.evidence.as_str());
+        if status == Status::Unverified {
+            tracing::warn!(
+                source_event_id = outcome.source_event_id,
+                user = outcome.user_name,
+                action = outcome.action.as_str(),
+                evidence,
+                "action unverified"
+            );
+        } else {
+            tracing::info!(
+                source_event_id = outcome.source_event_id,
+                user = outcome.user_name,
+                action = outcome.action.as_str(),
+                evidence,
+                "action verified"
+            );
+        }
+        if self.publish(&outcome).await {
+            self.finish(&ticket);
+        }
     }
 
     /// Publishes a dead letter; `false` when the producer failed for good and the worker is
@@ -350,6 +444,7 @@ pub struct Pipeline {
     schemas: Schemas,
     kafka: KafkaConfig,
     settings: PipelineConfig,
+    max_pending: usize,
     clock: WallClock,
 }
 
@@ -380,17 +475,28 @@ impl Pipeline {
             shared: shared.clone(),
             ..PipelineHandle::default()
         };
+        config.verify.validate().map_err(cfg)?;
+        let verifier = if config.verify.enabled() && !policy.dry_run() {
+            let mode = verify::effective_mode(&client, &config.verify).await;
+            Some(Verifier::spawn(client.clone(), config.verify.clone(), mode))
+        } else {
+            None
+        };
         let executor = Executor::new(client, policy.dry_run(), &config.pipeline);
         let publisher = Publisher::new(
             producer,
             kafka.topics.outcomes.clone(),
             kafka.topics.dead_letter.clone(),
         );
+        let tasks = TaskTracker::new();
         let core = Arc::new(Core {
             consumer,
             shared,
             publisher,
             executor,
+            verifier,
+            tasks: tasks.clone(),
+            clock: WallClock::new(),
             policy,
             handle,
             fatal: Mutex::new(None),
@@ -398,7 +504,6 @@ impl Pipeline {
             dead_letters: AtomicU64::new(0),
             outcomes: Mutex::new(BTreeMap::new()),
         });
-        let tasks = TaskTracker::new();
         let lanes = {
             let core = core.clone();
             Lanes::new(
@@ -420,6 +525,7 @@ impl Pipeline {
             schemas,
             kafka,
             settings: config.pipeline.clone(),
+            max_pending: config.verify.max_pending,
             clock: WallClock::new(),
         })
     }
@@ -440,13 +546,9 @@ impl Pipeline {
         })?;
         tracing::info!(?topics, group = self.kafka.group_id, "consuming");
         let handle = self.core.handle.clone();
-        let max = self.settings.max_in_flight;
-        // Resume at half the bound: a resumed partition's first fetch takes a round trip (up
-        // to fetch.wait.max.ms), and the events still open keep the lanes busy meanwhile.
-        let resume_below = max.div_ceil(2);
         let mut received = 0u64;
         loop {
-            self.apply_backpressure(max, resume_below);
+            self.apply_backpressure();
             let paused = self.core.shared.paused.load(Ordering::SeqCst);
             tokio::select! {
                 biased;
@@ -470,15 +572,21 @@ impl Pipeline {
         self.drain(received).await
     }
 
-    /// Pauses every assigned partition when `max_in_flight` events are open, and resumes
-    /// them when enough have finished. The loop keeps polling while paused, so the consumer
-    /// stays in its group however long Netskope takes.
-    fn apply_backpressure(&self, max: usize, resume_below: usize) {
+    /// Pauses every assigned partition when `max_in_flight` events are being acted on, or
+    /// `verify.max_pending` applied actions wait for verification, and resumes them when both
+    /// have fallen to half. The loop keeps polling while paused, so the consumer stays in its
+    /// group however long Netskope takes.
+    fn apply_backpressure(&self) {
         let open = self.core.shared.tracker().open();
+        let pending = self.core.verifier.as_ref().map_or(0, Verifier::pending);
+        let acting = open.saturating_sub(pending);
+        let (max, max_pending) = (self.settings.max_in_flight, self.max_pending);
         let paused = self.core.shared.paused.load(Ordering::SeqCst);
-        let change = if !paused && open >= max {
+        // Resume at half the bounds: a resumed partition's first fetch takes a round trip (up
+        // to fetch.wait.max.ms), and the events still open keep the lanes busy meanwhile.
+        let change = if !paused && (acting >= max || pending >= max_pending) {
             Some(true)
-        } else if paused && open < resume_below {
+        } else if paused && acting < max.div_ceil(2) && pending < max_pending.div_ceil(2) {
             Some(false)
         } else {
             None
@@ -494,8 +602,16 @@ impl Pipeline {
             }
         });
         match result {
-            Ok(()) if pause => tracing::info!(open, "in-flight limit reached; consumption paused"),
-            Ok(()) => tracing::info!(open, "consumption resumed"),
+            Ok(()) if pause => tracing::info!(
+                acting,
+                pending_verification = pending,
+                "in-flight limit reached; consumption paused"
+            ),
+            Ok(()) => tracing::info!(
+                acting,
+                pending_verification = pending,
+                "consumption resumed"
+            ),
             Err(e) => tracing::warn!(error = %e, pause, "cannot pause or resume partitions"),
         }
     }

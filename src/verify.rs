@@ -1,0 +1,557 @@
+//! Verification: did Netskope record the change? One shared audit poller, read-back as the
+//! second witness.
+//!
+//! A 204 says Netskope accepted a request, not that it took effect. Netskope audits every REST
+//! API v2 call (`Rest API V2 Call`, with `[status, method, path, trid]` in `data_values`), after
+//! an indexing delay of minutes. So every applied action waits here, and ONE poller serves all
+//! of them: each poll reads the audit events of one time window (from the oldest pending action,
+//! minus a skew allowance, to now) page by page, and matches them against everything pending.
+//! Verification therefore costs about one request per poll interval, however many actions wait.
+//!
+//! An action still unmatched at `timeout` is read back, when read-back is on: the user's
+//! `active` flag, its absence after a delete, or the group's members. Read-back alone
+//! (`mode = "readback"`) reads back at the first poll after the action.
+//!
+//! Paging is defensive, because audit pages shift while events are indexed and a tenant may
+//! ignore the paging parameter: events are de-duplicated by `_id`, a page identical to the one
+//! before ends the poll, and so does `max_pages`.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use serde::Deserialize;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::clock::WallClock;
+use crate::netskope::{AuditEvent, AuditWindow, ErrorClass, NetskopeClient, NetskopeError};
+
+/// Transient read-back failures of one action before it is reported unverified.
+const MAX_READBACK_FAILURES: u32 = 5;
+
+/// Which witnesses verify an action.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+pub enum VerifyMode {
+    #[serde(rename = "audit")]
+    Audit,
+    #[serde(rename = "readback")]
+    Readback,
+    #[default]
+    #[serde(rename = "audit+readback")]
+    AuditThenReadback,
+    #[serde(rename = "off")]
+    Off,
+}
+
+impl VerifyMode {
+    fn uses_audit(self) -> bool {
+        matches!(self, VerifyMode::Audit | VerifyMode::AuditThenReadback)
+    }
+}
+
+/// The `[verify]` table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VerifyConfig {
+    pub mode: VerifyMode,
+    /// How often the audit trail is read (and read-backs are due).
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+    /// How long an action waits for its audit event before it is read back (or, in audit-only
+    /// mode, reported unverified).
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Audit events per page (Netskope allows up to 5,000).
+    pub page_limit: u32,
+    /// Pages read per poll at most, so that a tenant ignoring the paging parameter, or a very
+    /// busy window, cannot hold the poller.
+    pub max_pages: u32,
+    /// Actions waiting for verification. At the bound, consumption pauses.
+    pub max_pending: usize,
+    /// Allowance for the difference between this host's clock and Netskope's: the audit window
+    /// starts this long before the oldest pending action.
+    #[serde(with = "humantime_serde")]
+    pub clock_skew: Duration,
+    /// `audit_log_event` values that record a REST API call.
+    pub audit_events: Vec<String>,
+    /// When set, only audit events whose `user` is this name (the API token's name as Netskope
+    /// shows it) count, so an administrator's own change cannot verify ours.
+    pub audit_user: Option<String>,
+}
+
+impl Default for VerifyConfig {
+    fn default() -> Self {
+        Self {
+            mode: VerifyMode::default(),
+            poll_interval: Duration::from_secs(15),
+            timeout: Duration::from_secs(600),
+            page_limit: 1000,
+            max_pages: 20,
+            max_pending: 50_000,
+            clock_skew: Duration::from_secs(120),
+            audit_events: vec!["Rest API V2 Call".into()],
+            audit_user: None,
+        }
+    }
+}
+
+impl VerifyConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if !(1..=crate::netskope::audit::MAX_PAGE_LIMIT).contains(&self.page_limit) {
+            return Err("verify.page_limit: must be between 1 and 5000".into());
+        }
+        if self.poll_interval.is_zero() {
+            return Err("verify.poll_interval: must be more than 0s".into());
+        }
+        if self.max_pages == 0 || self.max_pending == 0 {
+            return Err("verify.max_pages and verify.max_pending: must be at least 1".into());
+        }
+        if self.mode.uses_audit() && self.audit_events.is_empty() {
+            return Err("verify.audit_events: name at least one audit event".into());
+        }
+        Ok(())
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.mode != VerifyMode::Off
+    }
+}
+
+/// What read-back must see for an action to be verified.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Check {
+    /// The user reads `active: false`.
+    UserInactive {
+        user_id: String,
+    },
+    /// The user is gone (404).
+    UserGone {
+        user_id: String,
+    },
+    InGroup {
+        group_id: String,
+        user_id: String,
+    },
+    NotInGroup {
+        group_id: String,
+        user_id: String,
+    },
+}
+
+/// The request whose audit event verifies an action. Actions carried by one PATCH share it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct RequestKey {
+    pub method: &'static str,
+    /// The full request path as the audit trail shows it, e.g. `/api/v2/scim/Users/<id>`.
+    pub path: String,
+    /// Distinguishes two requests with the same method and path (a redelivery, two batches).
+    pub seq: u64,
+}
+
+static REQUEST_SEQ: AtomicU64 = AtomicU64::new(1);
+
+/// A number no other request of this process has.
+pub fn next_request_seq() -> u64 {
+    REQUEST_SEQ.fetch_add(1, Ordering::Relaxed)
+}
+
+/// What would show that an applied action took effect.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Expected {
+    /// The request whose audit event is the first witness.
+    pub request: RequestKey,
+    /// What read-back must see, the second witness.
+    pub check: Check,
+}
+
+/// An applied action waiting for its witness.
+#[derive(Debug, Clone)]
+pub struct Pending {
+    pub expected: Expected,
+    /// When the request was answered, epoch seconds.
+    pub acted_at: u64,
+}
+
+/// How an action was verified, or what was seen instead.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verification {
+    pub verified: bool,
+    /// `audit` or `readback`; `none` when no witness could be asked.
+    pub method: &'static str,
+    pub audit_event_id: Option<String>,
+    /// The audit event's timestamp, epoch seconds.
+    pub audit_timestamp: Option<u64>,
+    /// What was seen, in words.
+    pub evidence: String,
+}
+
+/// The handle through which the pipeline submits actions. Cheap to clone.
+#[derive(Clone)]
+pub struct Verifier {
+    tx: mpsc::Sender<(Pending, oneshot::Sender<Verification>)>,
+    pending: Arc<AtomicUsize>,
+}
+
+impl Verifier {
+    /// Starts the poller. `mode` may be narrower than the config's (read-back only, when the
+    /// events token lacks the audit scope).
+    pub fn spawn(client: Arc<NetskopeClient>, config: VerifyConfig, mode: VerifyMode) -> Self {
+        let (tx, rx) = mpsc::channel(1024);
+        let pending = Arc::new(AtomicUsize::new(0));
+        let poller = Poller {
+            client,
+            mode,
+            config,
+            clock: WallClock::new(),
+            waiting: Vec::new(),
+            seen: HashMap::new(),
+            pending: pending.clone(),
+        };
+        tokio::spawn(poller.run(rx));
+        Self { tx, pending }
+    }
+
+    /// Queues an action; the answer comes once its witness is found or its time is up.
+    pub async fn submit(&self, action: Pending) -> oneshot::Receiver<Verification> {
+        let (reply, answer) = oneshot::channel();
+        self.pending.fetch_add(1, Ordering::SeqCst);
+        if self.tx.send((action, reply)).await.is_err() {
+            // The poller is gone (shutdown): the receiver reports a closed channel.
+            self.pending.fetch_sub(1, Ordering::SeqCst);
+        }
+        answer
+    }
+
+    /// Actions waiting for verification.
+    pub fn pending(&self) -> usize {
+        self.pending.load(Ordering::SeqCst)
+    }
+}
+
+/// Checks once, at start, whether the events token may read the audit trail. Returns the mode
+/// to run in: read-back only, with one clear warning, when it may not.
+pub async fn effective_mode(client: &NetskopeClient, config: &VerifyConfig) -> VerifyMode {
+    if !config.mode.uses_audit() {
+        return config.mode;
+    }
+    match client.probe_audit().await {
+        Ok(()) => config.mode,
+        Err(e) if e.class() == ErrorClass::Config => {
+            tracing::warn!(
+                error = %e,
+                "verification cannot read the audit trail; verifying by read-back only"
+            );
+            VerifyMode::Readback
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "the audit trail did not answer at start; will keep trying");
+            config.mode
+        }
+    }
+}
+
+struct Waiting {
+    action: Pending,
+    reply: oneshot::Sender<Verification>,
+    /// The audit event that matched, while read-back is not needed.
+    matched: Option<(String, u64)>,
+    /// Read-back attempts that failed with a transient error.
+    readback_failures: u32,
+}
+
+struct Poller {
+    client: Arc<NetskopeClient>,
+    mode: VerifyMode,
+    config: VerifyConfig,
+    clock: WallClock,
+    waiting: Vec<Waiting>,
+    /// Audit `_id`s already used to verify a request, with their timestamps, so that one event
+    /// never verifies two requests; pruned as the window moves on.
+    seen: HashMap<String, u64>,
+    pending: Arc<AtomicUsize>,
+}
+
+impl Poller {
+    async fn run(mut self, mut rx: mpsc::Receiver<(Pending, oneshot::Sender<Verification>)>) {
+        let mut tick = tokio::time::interval(self.config.poll_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                submitted = rx.recv() => match submitted {
+                    Some((action, reply)) => self.waiting.push(Waiting {
+                        action,
+                        reply,
+                        matched: None,
+                        readback_failures: 0,
+                    }),
+                    // The pipeline is gone, and with it everyone waiting for an answer.
+                    None => return,
+                },
+                _ = tick.tick() => self.poll().await,
+            }
+        }
+    }
+
+    async fn poll(&mut self) {
+        if self.waiting.is_empty() {
+            return;
+        }
+        let now = self.clock.now_secs();
+        if self.mode.uses_audit() && self.waiting.iter().any(|w| w.matched.is_none()) {
+            self.read_audit(now).await;
+        }
+        let timeout = self.config.timeout.as_secs();
+        // Read back what is due, reading each group's members once per poll.
+        let mut members: HashMap<String, Result<HashSet<String>, NetskopeError>> = HashMap::new();
+        let mut done: BTreeMap<usize, Verification> = BTreeMap::new();
+        for (index, w) in self.waiting.iter_mut().enumerate() {
+            let timed_out = now.saturating_sub(w.action.acted_at) >= timeout;
+            let request = &w.action.expected.request;
+            let readback_due = match (&w.matched, self.mode) {
+                (Some((id, ts)), _) => {
+                    done.insert(index, Verification::by_audit(id, *ts, request));
+                    continue;
+                }
+                (None, VerifyMode::Audit) if timed_out => {
+                    let evidence = format!(
+                        "no audit event for {} {} within {}",
+                        request.method,
+                        request.path,
+                        humantime::format_duration(self.config.timeout)
+                    );
+                    done.insert(index, Verification::unverified("audit", evidence));
+                    continue;
+                }
+                (None, VerifyMode::Readback) => true,
+                (None, VerifyMode::AuditThenReadback) => timed_out,
+                _ => false,
+            };
+            if !readback_due {
+                continue;
+            }
+            match read_back(&self.client, &w.action.expected.check, &mut members).await {
+                Ok(v) => {
+                    done.insert(index, v);
+                }
+                Err(e) if e.is_transient() && w.readback_failures < MAX_READBACK_FAILURES => {
+                    w.readback_failures += 1;
+                    tracing::warn!(error = %e, "read-back failed; trying again at the next poll");
+                }
+                Err(e) => {
+                    let evidence = format!("read-back failed: {e}");
+                    done.insert(index, Verification::unverified("readback", evidence));
+                }
+            }
+        }
+        // Highest index first, so that swap_remove moves only entries already handled.
+        for (index, v) in done.into_iter().rev() {
+            let w = self.waiting.swap_remove(index);
+            self.pending.fetch_sub(1, Ordering::SeqCst);
+            let _ = w.reply.send(v);
+        }
+    }
+
+    /// Reads the audit window page by page and marks the requests its events verify.
+    async fn read_audit(&mut self, now: u64) {
+        let oldest = self
+            .waiting
+            .iter()
+            .filter(|w| w.matched.is_none())
+            .map(|w| w.action.acted_at)
+            .min()
+            .unwrap_or(now);
+        let skew = self.config.clock_skew.as_secs();
+        let window = AuditWindow {
+            start: oldest.saturating_sub(skew),
+            end: now + skew,
+        };
+        self.seen.retain(|_, ts| *ts >= window.start);
+        let limit = self.config.page_limit;
+        let mut events: Vec<AuditEvent> = Vec::new();
+        let mut ids: HashSet<String> = HashSet::new();
+        let mut previous_first: Option<String> = None;
+        let mut offset = 0u64;
+        for page_number in 0..self.config.max_pages {
+            let page = match self.client.audit_page(window, limit, offset).await {
+                Ok(page) => page,
+                Err(e) if e.class() == ErrorClass::Config => {
+                    tracing::warn!(
+                        error = %e,
+                        "the audit trail refused the token; verifying by read-back only from now on"
+                    );
+                    self.mode = VerifyMode::Readback;
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "audit poll failed; trying again at the next poll");
+                    break;
+                }
+            };
+            let first = page.first().map(|e| e.id.clone());
+            if page_number > 0 && first.is_some() && first == previous_first {
+                tracing::warn!(
+                    "the audit endpoint returned the same page twice: it ignores the paging parameter (check netskope.audit_paging_param)"
+                );
+                break;
+            }
+            previous_first = first;
+            let short = (page.len() as u32) < limit;
+            offset += page.len() as u64;
+            for e in page {
+                if ids.insert(e.id.clone()) {
+                    events.push(e);
+                }
+            }
+            if short {
+                break;
+            }
+            if page_number + 1 == self.config.max_pages {
+                tracing::warn!(
+                    pages = self.config.max_pages,
+                    "the audit window holds more events than verify.max_pages reads; unmatched actions will be read back"
+                );
+            }
+        }
+        events.sort_by_key(|e| e.timestamp);
+        for e in events {
+            if self.seen.contains_key(&e.id) {
+                continue;
+            }
+            let Some((method, path)) = self.api_call(&e) else {
+                continue;
+            };
+            // The oldest request with this method and path that the event can belong to.
+            let request = self
+                .waiting
+                .iter()
+                .filter(|w| {
+                    w.matched.is_none()
+                        && w.action.expected.request.method == method
+                        && w.action.expected.request.path == path
+                        && w.action.acted_at.saturating_sub(skew) <= e.timestamp
+                })
+                .min_by_key(|w| (w.action.acted_at, w.action.expected.request.seq))
+                .map(|w| w.action.expected.request.clone());
+            let Some(request) = request else { continue };
+            self.seen.insert(e.id.clone(), e.timestamp);
+            for w in self
+                .waiting
+                .iter_mut()
+                .filter(|w| w.action.expected.request == request)
+            {
+                w.matched = Some((e.id.clone(), e.timestamp));
+            }
+        }
+    }
+
+    /// `(method, path)` of an audit event that records a successful REST API call by us.
+    fn api_call<'e>(&self, e: &'e AuditEvent) -> Option<(&'e str, &'e str)> {
+        let name = e.audit_log_event.as_deref()?;
+        if !self.config.audit_events.iter().any(|n| n == name) {
+            return None;
+        }
+        if let Some(user) = &self.config.audit_user
+            && e.user.as_deref() != Some(user.as_str())
+        {
+            return None;
+        }
+        let values = &e.supporting_data.as_ref()?.data_values;
+        let status = values.first().and_then(|v| {
+            v.as_u64()
+                .or_else(|| v.as_str().and_then(|s| s.trim().parse().ok()))
+        })?;
+        if !(200..300).contains(&status) {
+            return None;
+        }
+        let method = values.get(1)?.as_str()?;
+        let path = values.get(2)?.as_str()?;
+        Some((method, path))
+    }
+}
+
+impl Verification {
+    fn by_audit(id: &str, timestamp: u64, request: &RequestKey) -> Self {
+        Self {
+            verified: true,
+            method: "audit",
+            audit_event_id: Some(id.to_string()),
+            audit_timestamp: Some(timestamp),
+            evidence: format!(
+                "audit event {id}: {} {} answered 2xx",
+                request.method, request.path
+            ),
+        }
+    }
+
+    fn unverified(method: &'static str, evidence: String) -> Self {
+        Self {
+            verified: false,
+            method,
+            audit_event_id: None,
+            audit_timestamp: None,
+            evidence,
+        }
+    }
+}
+
+async fn read_back(
+    client: &NetskopeClient,
+    check: &Check,
+    members: &mut HashMap<String, Result<HashSet<String>, NetskopeError>>,
+) -> Result<Verification, NetskopeError> {
+    let seen = |verified: bool, evidence: String| Verification {
+        verified,
+        method: "readback",
+        audit_event_id: None,
+        audit_timestamp: None,
+        evidence,
+    };
+    match check {
+        Check::UserInactive { user_id } => Ok(match client.get_user(user_id).await? {
+            Some(u) if u.active == Some(false) => {
+                seen(true, format!("user {user_id} reads active=false"))
+            }
+            Some(u) => seen(
+                false,
+                format!(
+                    "user {user_id} reads active={}",
+                    u.active.map_or("(absent)".to_string(), |a| a.to_string())
+                ),
+            ),
+            None => seen(false, format!("user {user_id} no longer exists (404)")),
+        }),
+        Check::UserGone { user_id } => Ok(match client.get_user(user_id).await? {
+            None => seen(true, format!("user {user_id} is gone (404)")),
+            Some(u) => seen(
+                false,
+                format!("user {user_id} still exists (active={:?})", u.active),
+            ),
+        }),
+        Check::InGroup { group_id, user_id } | Check::NotInGroup { group_id, user_id } => {
+            let want_member = matches!(check, Check::InGroup { .. });
+            if !members.contains_key(group_id) {
+                let read = client
+                    .group_members(group_id)
+                    .await
+                    .map(|m| m.into_iter().collect());
+                members.insert(group_id.clone(), read);
+            }
+            let group = members
+                .get(group_id)
+                .cloned()
+                .unwrap_or_else(|| Ok(HashSet::new()))?;
+            let is_member = group.contains(user_id);
+            let state = if is_member {
+                "a member"
+            } else {
+                "not a member"
+            };
+            Ok(seen(
+                is_member == want_member,
+                format!("user {user_id} is {state} of group {group_id}"),
+            ))
+        }
+    }
+}

@@ -1,0 +1,520 @@
+//! Verification: one shared audit poller and read-back as the second witness.
+//!
+//! The verifier is driven against the tenant simulator over HTTP, and against `wiremock` for
+//! paging quirks, under paused time: minutes of audit lag and poll intervals pass in
+//! milliseconds. The last test runs the whole pipeline on the mock Kafka cluster to show that an
+//! event's offset waits for its verification.
+
+use std::collections::HashSet;
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use offboarder::clock::WallClock;
+use offboarder::netskope::{NetskopeClient, NetskopeConfig, Tokens};
+use offboarder::pipeline::Pipeline;
+use offboarder::sandbox::{self, Sandbox};
+use offboarder::sim::{self, SimArgs, SimHandle};
+use offboarder::verify::{
+    self, Check, Expected, Pending, RequestKey, Verification, Verifier, VerifyConfig, VerifyMode,
+};
+use rdkafka::message::OwnedMessage;
+use secrecy::SecretString;
+use serde_json::{Value, json};
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+use tracing_subscriber::fmt::MakeWriter;
+use wiremock::matchers::{method, path, query_param};
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+const POLL: Duration = Duration::from_secs(15);
+
+/// Under paused time the runtime jumps to the next timer whenever it waits for a socket; this
+/// keeps every jump to a millisecond, so that a poll interval is not skipped past while a
+/// request is in flight.
+fn fine_grained_clock() {
+    tokio::spawn(async {
+        loop {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    });
+}
+
+fn client_for(base: &str, scim: &str, events: Option<&str>) -> Arc<NetskopeClient> {
+    let config = NetskopeConfig {
+        tenant_url: Some(base.to_string()),
+        allow_insecure_http: true,
+        requests_per_minute: 600_000,
+        ..NetskopeConfig::default()
+    };
+    let client = NetskopeClient::builder(&config)
+        .tokens(Tokens {
+            scim: SecretString::from(scim.to_string()),
+            events: events.map(|e| SecretString::from(e.to_string())),
+        })
+        .without_request_timeout()
+        .build()
+        .unwrap();
+    Arc::new(client)
+}
+
+async fn simulator(users: usize, audit_lag_secs: u64) -> (SimHandle, Arc<NetskopeClient>) {
+    let args = SimArgs {
+        users,
+        audit_lag_secs,
+        rate_limit_per_min: 0,
+        ..SimArgs::default()
+    };
+    let (scim, events) = (args.scim_token.clone(), args.events_token.clone());
+    let sim = sim::start(args).await.unwrap();
+    let client = client_for(&sim.base_url(), &scim, Some(&events));
+    (sim, client)
+}
+
+fn config(mode: VerifyMode) -> VerifyConfig {
+    VerifyConfig {
+        mode,
+        poll_interval: POLL,
+        ..VerifyConfig::default()
+    }
+}
+
+/// Deactivates a sim user through the client, as the executor would, and returns what the
+/// verifier needs.
+async fn deactivate(client: &NetskopeClient, user_name: &str) -> Pending {
+    let user = client.resolve_user(user_name).await.unwrap();
+    client.deactivate(&user.id).await.unwrap();
+    Pending {
+        expected: Expected {
+            request: RequestKey {
+                method: "PATCH",
+                path: format!("/api/v2/scim/Users/{}", user.id),
+                seq: verify::next_request_seq(),
+            },
+            check: Check::UserInactive { user_id: user.id },
+        },
+        acted_at: WallClock::new().now_secs(),
+    }
+}
+
+fn user(n: usize) -> String {
+    format!("user{n}@example.com")
+}
+
+async fn answers(receivers: Vec<oneshot::Receiver<Verification>>) -> Vec<Verification> {
+    let mut out = Vec::new();
+    for r in receivers {
+        out.push(r.await.expect("an answer"));
+    }
+    out
+}
+
+#[tokio::test(start_paused = true)]
+async fn five_hundred_actions_cost_one_audit_poll_per_interval() {
+    fine_grained_clock();
+    let (sim, client) = simulator(500, 60).await;
+    let mut cfg = config(VerifyMode::AuditThenReadback);
+    cfg.page_limit = 200;
+    let verifier = Verifier::spawn(client.clone(), cfg.clone(), cfg.mode);
+    let started = Instant::now();
+    let mut receivers = Vec::new();
+    for n in 1..=500 {
+        let pending = deactivate(&client, &user(n)).await;
+        receivers.push(verifier.submit(pending).await);
+    }
+    assert_eq!(verifier.pending(), 500);
+
+    let results = answers(receivers).await;
+    let elapsed = started.elapsed();
+
+    assert!(
+        results.iter().all(|v| v.verified && v.method == "audit"),
+        "{:?}",
+        results.iter().find(|v| !v.verified)
+    );
+    let ids: HashSet<&str> = results
+        .iter()
+        .filter_map(|v| v.audit_event_id.as_deref())
+        .collect();
+    assert_eq!(ids.len(), 500, "each action has its own audit event");
+    let audit_requests = sim.stats().count("GET /api/v2/events/data/audit");
+    // 500 events in pages of 200: at most 3 pages per poll.
+    let polls = elapsed.as_secs().div_ceil(POLL.as_secs());
+    println!(
+        "500 actions verified in {elapsed:?} of simulated time (audit lag 60 s) with {audit_requests} audit requests; bound {polls} polls x 3 pages"
+    );
+    assert!(
+        elapsed >= Duration::from_secs(60),
+        "not before the audit lag"
+    );
+    assert!(
+        audit_requests <= polls * 3,
+        "{audit_requests} > {polls} x 3"
+    );
+    assert!(
+        audit_requests < 50,
+        "one poll serves every action, not one request per action"
+    );
+    assert_eq!(verifier.pending(), 0);
+}
+
+/// Serves the audit endpoint from a script of pages keyed by offset; events are
+/// `Rest API V2 Call`s for `PATCH /api/v2/scim/Users/<user>`.
+fn audit_event(id: &str, user_id: &str, now: u64) -> Value {
+    json!({
+        "_id": id, "timestamp": now, "type": "admin_audit_logs", "user": "offboarder",
+        "audit_log_event": "Rest API V2 Call",
+        "supporting_data": {"data_type": "api",
+            "data_values": [204, "PATCH", format!("/api/v2/scim/Users/{user_id}"), "trid=1"]}
+    })
+}
+
+fn pending_for(user_id: &str, now: u64) -> Pending {
+    Pending {
+        expected: Expected {
+            request: RequestKey {
+                method: "PATCH",
+                path: format!("/api/v2/scim/Users/{user_id}"),
+                seq: verify::next_request_seq(),
+            },
+            check: Check::UserInactive {
+                user_id: user_id.to_string(),
+            },
+        },
+        acted_at: now,
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn paging_with_duplicates_finds_every_match_and_ends() {
+    fine_grained_clock();
+    let server = MockServer::start().await;
+    let now = WallClock::new().now_secs();
+    // Page 2 repeats the last event of page 1: events shifted while the pages were read.
+    let pages = [
+        (
+            "0",
+            vec![
+                audit_event("a", "x1", now),
+                audit_event("b", "other", now),
+                audit_event("c", "x2", now),
+            ],
+        ),
+        (
+            "3",
+            vec![
+                audit_event("c", "x2", now),
+                audit_event("d", "x3", now),
+                audit_event("e", "other", now),
+            ],
+        ),
+        ("6", vec![audit_event("f", "x4", now)]),
+    ];
+    for (offset, events) in pages {
+        Mock::given(method("GET"))
+            .and(path("/api/v2/events/data/audit"))
+            .and(query_param("offset", offset))
+            .and(query_param("limit", "3"))
+            .respond_with(
+                ResponseTemplate::new(200).set_body_json(json!({"ok": 1, "result": events})),
+            )
+            .expect(1)
+            .mount(&server)
+            .await;
+    }
+    let client = client_for(&server.uri(), "t", None);
+    let mut cfg = config(VerifyMode::Audit);
+    cfg.page_limit = 3;
+    let verifier = Verifier::spawn(client, cfg.clone(), cfg.mode);
+    let mut receivers = Vec::new();
+    for id in ["x1", "x2", "x3", "x4"] {
+        receivers.push(verifier.submit(pending_for(id, now)).await);
+    }
+    let results = answers(receivers).await;
+    let ids: Vec<Option<&str>> = results
+        .iter()
+        .map(|v| v.audit_event_id.as_deref())
+        .collect();
+    assert_eq!(ids, [Some("a"), Some("c"), Some("d"), Some("f")]);
+    // One poll: three pages, the last one short; the mocks' `expect(1)` check that on drop.
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_tenant_that_ignores_the_offset_cannot_make_a_poll_loop() {
+    fine_grained_clock();
+    let server = MockServer::start().await;
+    let now = WallClock::new().now_secs();
+    let page = vec![audit_event("a", "x1", now), audit_event("b", "x2", now)];
+    Mock::given(method("GET"))
+        .and(path("/api/v2/events/data/audit"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"ok": 1, "result": page})))
+        .mount(&server)
+        .await;
+    let client = client_for(&server.uri(), "t", None);
+    let mut cfg = config(VerifyMode::Audit);
+    cfg.page_limit = 2;
+    cfg.timeout = Duration::from_secs(60);
+    let verifier = Verifier::spawn(client, cfg.clone(), cfg.mode);
+    let found = verifier.submit(pending_for("x2", now)).await;
+    let missing = verifier.submit(pending_for("x9", now)).await;
+    let results = answers(vec![found, missing]).await;
+    assert_eq!(results[0].audit_event_id.as_deref(), Some("b"));
+    assert!(
+        !results[1].verified,
+        "never in the trail: unverified at the timeout"
+    );
+    assert!(
+        results[1].evidence.contains("no audit event"),
+        "{}",
+        results[1].evidence
+    );
+    let requests = server.received_requests().await.unwrap().len();
+    // Each poll stops at the second, identical page; the timeout is 4 polls away.
+    println!("audit requests with the offset ignored: {requests}");
+    assert!(requests <= 2 * 5, "{requests}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn without_an_audit_event_read_back_decides() {
+    fine_grained_clock();
+    // The audit trail lags by a day: nothing shows up within the timeout.
+    let (sim, client) = simulator(3, 86_400).await;
+    let mut cfg = config(VerifyMode::AuditThenReadback);
+    cfg.timeout = Duration::from_secs(60);
+    let verifier = Verifier::spawn(client.clone(), cfg.clone(), cfg.mode);
+    let kept = deactivate(&client, &user(1)).await;
+    let undone = deactivate(&client, &user(2)).await;
+    // Someone re-activates user2 behind our back.
+    assert!(sim.set_user_active(&user(2), true));
+    let started = Instant::now();
+    let results = answers(vec![
+        verifier.submit(kept).await,
+        verifier.submit(undone).await,
+    ])
+    .await;
+
+    assert!(
+        started.elapsed() >= Duration::from_secs(60),
+        "audit first, until the timeout"
+    );
+    assert!(results[0].verified, "{:?}", results[0]);
+    assert_eq!(results[0].method, "readback");
+    assert!(
+        results[0].evidence.contains("active=false"),
+        "{}",
+        results[0].evidence
+    );
+    assert!(!results[1].verified, "{:?}", results[1]);
+    assert_eq!(results[1].method, "readback");
+    assert!(
+        results[1].evidence.contains("active=true"),
+        "{}",
+        results[1].evidence
+    );
+}
+
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> MakeWriter<'a> for Captured {
+    type Writer = Captured;
+    fn make_writer(&'a self) -> Self::Writer {
+        self.clone()
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_token_without_the_audit_scope_falls_back_to_read_back_with_one_warning() {
+    let logs = Captured::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(logs.clone())
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    fine_grained_clock();
+    let args = SimArgs {
+        users: 3,
+        rate_limit_per_min: 0,
+        ..SimArgs::default()
+    };
+    let scim_only = args.scim_token.clone();
+    let sim = sim::start(args).await.unwrap();
+    let client = client_for(&sim.base_url(), &scim_only, None);
+    let cfg = config(VerifyMode::AuditThenReadback);
+
+    let mode = verify::effective_mode(&client, &cfg).await;
+    assert_eq!(mode, VerifyMode::Readback);
+    let verifier = Verifier::spawn(client.clone(), cfg, mode);
+    let mut receivers = Vec::new();
+    for n in 1..=3 {
+        let pending = deactivate(&client, &user(n)).await;
+        receivers.push(verifier.submit(pending).await);
+    }
+    let results = answers(receivers).await;
+
+    assert!(results.iter().all(|v| v.verified && v.method == "readback"));
+    let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    let warnings: Vec<&str> = text.lines().filter(|l| l.contains("WARN")).collect();
+    assert_eq!(warnings.len(), 1, "{text}");
+    assert!(warnings[0].contains("read-back only"), "{}", warnings[0]);
+    assert!(
+        warnings[0].contains("/api/v2/events/data/audit"),
+        "names the scope: {}",
+        warnings[0]
+    );
+    assert_eq!(
+        sim.stats().count("GET /api/v2/events/data/audit"),
+        1,
+        "only the probe"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn group_changes_are_read_back_from_the_members() {
+    fine_grained_clock();
+    let (sim, client) = simulator(3, 86_400).await;
+    let cfg = config(VerifyMode::Readback);
+    let verifier = Verifier::spawn(client.clone(), cfg.clone(), cfg.mode);
+    let group_id = client.ensure_group("Q").await.unwrap();
+    let u1 = client.resolve_user(&user(1)).await.unwrap();
+    let u2 = client.resolve_user(&user(2)).await.unwrap();
+    client
+        .add_members(&group_id, std::slice::from_ref(&u1.id))
+        .await
+        .unwrap();
+    let expect = |check| Pending {
+        expected: Expected {
+            request: RequestKey {
+                method: "PATCH",
+                path: format!("/api/v2/scim/Groups/{group_id}"),
+                seq: verify::next_request_seq(),
+            },
+            check,
+        },
+        acted_at: WallClock::new().now_secs(),
+    };
+    let results = answers(vec![
+        verifier
+            .submit(expect(Check::InGroup {
+                group_id: group_id.clone(),
+                user_id: u1.id.clone(),
+            }))
+            .await,
+        verifier
+            .submit(expect(Check::InGroup {
+                group_id: group_id.clone(),
+                user_id: u2.id.clone(),
+            }))
+            .await,
+        verifier
+            .submit(expect(Check::NotInGroup {
+                group_id: group_id.clone(),
+                user_id: u2.id.clone(),
+            }))
+            .await,
+    ])
+    .await;
+    assert_eq!(
+        results.iter().map(|v| v.verified).collect::<Vec<_>>(),
+        [true, false, true]
+    );
+    // Three checks on one group read its members once.
+    assert_eq!(sim.stats().count("GET /api/v2/scim/Groups/{id}"), 1);
+}
+
+fn status_of(m: &OwnedMessage) -> String {
+    let o: Value = serde_json::from_str(&sandbox::text(m)).unwrap();
+    o["status"].as_str().unwrap().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offsets_wait_for_verification_so_a_restart_re_verifies() {
+    // The audit trail lags by an hour: nothing is verified before the first worker stops.
+    let sandbox = Sandbox::start(
+        SimArgs {
+            users: 5,
+            rate_limit_per_min: 0,
+            audit_lag_secs: 3600,
+            ..SimArgs::default()
+        },
+        3,
+    )
+    .await
+    .unwrap();
+    let records: Vec<(String, String, Vec<u8>)> = (1..=5)
+        .map(|n| {
+            let event = json!({"event_id": format!("hr-{n}"), "occurred_at": "2026-11-25T09:00:00Z",
+                               "user": {"user_name": user(n)}});
+            (
+                sandbox.topics.terminations.clone(),
+                user(n),
+                event.to_string().into_bytes(),
+            )
+        })
+        .collect();
+    sandbox.publish(&records).await.unwrap();
+    let mut config = sandbox.config("verify-restart");
+    config.verify.mode = VerifyMode::Audit;
+    config.verify.timeout = Duration::from_secs(3600);
+    config.pipeline.shutdown_grace = Duration::from_secs(1);
+
+    let first = Pipeline::new(&config, sandbox.client(&config).unwrap())
+        .await
+        .unwrap();
+    let handle = first.handle();
+    let worker = tokio::spawn(first.run());
+    let applied = sandbox
+        .read(&sandbox.topics.outcomes, Duration::from_secs(60), |r| {
+            r.len() >= 5
+        })
+        .await
+        .unwrap();
+    assert!(applied.iter().all(|m| status_of(m) == "applied"));
+    handle.stop();
+    let summary = worker.await.unwrap().unwrap();
+    assert_eq!(
+        summary.left_open, 5,
+        "applied but unverified: offsets not stored"
+    );
+
+    // The second worker reads back instead: the same events come again and end verified.
+    config.verify.mode = VerifyMode::Readback;
+    let second = Pipeline::new(&config, sandbox.client(&config).unwrap())
+        .await
+        .unwrap();
+    let handle = second.handle();
+    let worker = tokio::spawn(second.run());
+    let all = sandbox
+        .read(&sandbox.topics.outcomes, Duration::from_secs(60), |r| {
+            r.iter().filter(|m| status_of(m) == "verified").count() >= 5
+        })
+        .await
+        .unwrap();
+    handle.stop();
+    let summary = worker.await.unwrap().unwrap();
+    assert_eq!(summary.left_open, 0);
+    let verified: HashSet<String> = all
+        .iter()
+        .filter(|m| status_of(m) == "verified")
+        .map(|m| {
+            let o: Value = serde_json::from_str(&sandbox::text(m)).unwrap();
+            assert_eq!(o["verification"]["method"], "readback");
+            o["source_event_id"].as_str().unwrap().to_string()
+        })
+        .collect();
+    assert_eq!(verified.len(), 5, "every event verified after the restart");
+    println!(
+        "outcomes across both runs: {} (5 applied twice, 5 verified)",
+        all.len()
+    );
+}
