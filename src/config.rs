@@ -11,6 +11,7 @@ use figment::Figment;
 use figment::providers::{Env, Format, Toml};
 use serde::Deserialize;
 
+use crate::admin::AdminConfig;
 use crate::netskope::NetskopeConfig;
 use crate::pipeline::config::{KafkaConfig, PipelineConfig};
 use crate::policy::PolicyConfig;
@@ -26,6 +27,7 @@ const SECTIONS: &[&str] = &[
     "policy__",
     "pipeline__",
     "verify__",
+    "admin__",
 ];
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -41,6 +43,8 @@ pub struct Config {
     pub pipeline: PipelineConfig,
     #[serde(default)]
     pub verify: VerifyConfig,
+    #[serde(default)]
+    pub admin: AdminConfig,
 }
 
 /// The config file could not be read or does not fit the schema.

@@ -20,10 +20,12 @@
 //! | [`telemetry`] | log setup (human on a terminal, JSON otherwise) |
 //! | [`clock`] | wall and monotonic clocks that follow tokio's (pausable) clock |
 
+pub mod admin;
 pub mod clock;
 pub mod config;
 pub mod demo;
 pub mod event;
+pub mod metrics;
 pub mod netskope;
 pub mod outcome;
 pub mod pipeline;

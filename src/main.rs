@@ -61,7 +61,7 @@ async fn main() -> ExitCode {
         Command::Demo => "warn",
         _ => "info",
     };
-    telemetry::init(cli.log_format, default_level);
+    let _telemetry = telemetry::init(cli.log_format, default_level);
     match cli.command {
         Command::Run { config } => run(&config).await,
         Command::Demo => match offboarder::demo::run().await {
@@ -100,13 +100,25 @@ async fn run(path: &Path) -> ExitCode {
     if config.policy.dry_run {
         tracing::warn!("policy.dry_run is on: no change will be made in Netskope");
     }
-    let pipeline = match Pipeline::new(&config, client).await {
+    let pipeline = match Pipeline::new(&config, client.clone()).await {
         Ok(p) => p,
         Err(e) => {
             tracing::error!("{e}");
             return ExitCode::from(if e.is_config() { EXIT_CONFIG } else { 1 });
         }
     };
+    let metrics = match offboarder::metrics::install() {
+        Ok(handle) => Some(handle),
+        Err(e) => {
+            tracing::warn!(error = %e, "metrics are off: the recorder could not be installed");
+            None
+        }
+    };
+    let readiness = pipeline.handle().readiness();
+    if let Err(e) = offboarder::admin::serve(&config.admin, readiness, client, metrics).await {
+        tracing::error!(listen = %config.admin.listen, error = %e, "cannot open the admin listener (admin.listen)");
+        return ExitCode::from(EXIT_CONFIG);
+    }
     tokio::spawn(stop_on_signal(pipeline.handle()));
     match pipeline.run().await {
         Ok(summary) => {

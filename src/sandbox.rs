@@ -122,6 +122,33 @@ impl Sandbox {
         Ok(())
     }
 
+    /// Publishes one record with headers and waits for its acknowledgement.
+    pub async fn publish_with_headers(
+        &self,
+        topic: &str,
+        key: &str,
+        payload: &[u8],
+        headers: &[(&str, &str)],
+    ) -> Result<(), rdkafka::error::KafkaError> {
+        use rdkafka::message::{Header, OwnedHeaders};
+        let mut owned = OwnedHeaders::new();
+        for (key, value) in headers {
+            owned = owned.insert(Header {
+                key,
+                value: Some(*value),
+            });
+        }
+        let record = FutureRecord::to(topic)
+            .key(key)
+            .payload(payload)
+            .headers(owned);
+        self.producer
+            .send(record, Duration::from_secs(5))
+            .await
+            .map(|_| ())
+            .map_err(|(e, _)| e)
+    }
+
     /// Reads `topic` from the beginning, without a consumer group, until `enough` says the
     /// records read so far suffice or `timeout` passes. Returns what was read.
     pub async fn read(

@@ -25,6 +25,7 @@ use serde::Deserialize;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::clock::WallClock;
+use crate::metrics as names;
 use crate::netskope::{AuditEvent, AuditWindow, ErrorClass, NetskopeClient, NetskopeError};
 
 /// Transient read-back failures of one action before it is reported unverified.
@@ -215,7 +216,8 @@ impl Verifier {
     /// Queues an action; the answer comes once its witness is found or its time is up.
     pub async fn submit(&self, action: Pending) -> oneshot::Receiver<Verification> {
         let (reply, answer) = oneshot::channel();
-        self.pending.fetch_add(1, Ordering::SeqCst);
+        let n = self.pending.fetch_add(1, Ordering::SeqCst) + 1;
+        metrics::gauge!(names::PENDING_VERIFICATIONS).set(n as f64);
         if self.tx.send((action, reply)).await.is_err() {
             // The poller is gone (shutdown): the receiver reports a closed channel.
             self.pending.fetch_sub(1, Ordering::SeqCst);
@@ -348,7 +350,17 @@ impl Poller {
         // Highest index first, so that swap_remove moves only entries already handled.
         for (index, v) in done.into_iter().rev() {
             let w = self.waiting.swap_remove(index);
-            self.pending.fetch_sub(1, Ordering::SeqCst);
+            let left = self
+                .pending
+                .fetch_sub(1, Ordering::SeqCst)
+                .saturating_sub(1);
+            metrics::gauge!(names::PENDING_VERIFICATIONS).set(left as f64);
+            metrics::histogram!(
+                names::VERIFICATION_LATENCY,
+                "method" => v.method,
+                "result" => if v.verified { "verified" } else { "unverified" }
+            )
+            .record(now.saturating_sub(w.action.acted_at) as f64);
             let _ = w.reply.send(v);
         }
     }

@@ -4,6 +4,7 @@
 
 use std::path::PathBuf;
 use std::process::Stdio;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use offboarder::sandbox::{self, Sandbox};
@@ -42,6 +43,9 @@ events_token = {{ env = "TEST_EVENTS_TOKEN" }}
 
 [verify]
 poll_interval = "1s"
+
+[admin]
+listen = "127.0.0.1:0"
 
 [kafka]
 brokers = "{brokers}"
@@ -214,4 +218,101 @@ async fn run_refuses_a_bad_config_with_exit_code_2() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("protected_users"), "{stderr}");
+}
+
+/// A stand-in OpenTelemetry collector: records the bodies POSTed to `/v1/traces`.
+async fn fake_collector() -> (String, Arc<Mutex<Vec<Vec<u8>>>>) {
+    let received: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
+    let app = axum::Router::new().route(
+        "/v1/traces",
+        axum::routing::post({
+            let received = received.clone();
+            move |body: axum::body::Bytes| {
+                let received = received.clone();
+                async move {
+                    received.lock().unwrap().push(body.to_vec());
+                    (
+                        [("content-type", "application/x-protobuf")],
+                        Vec::<u8>::new(),
+                    )
+                }
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (format!("http://{addr}"), received)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_exports_the_event_span_over_otlp_in_the_input_trace() {
+    let (endpoint, received) = fake_collector().await;
+    let sandbox = sandbox().await;
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let event = json!({"event_id": "hr-otel", "occurred_at": "2026-11-25T09:00:00Z",
+                       "user": {"user_name": "user1@example.com"}});
+    sandbox
+        .publish_with_headers(
+            &sandbox.topics.terminations,
+            "user1@example.com",
+            event.to_string().as_bytes(),
+            &[("traceparent", &format!("00-{trace_id}-00f067aa0ba902b7-01"))],
+        )
+        .await
+        .unwrap();
+    let path = config_file(&sandbox, "otel", "");
+    let mut child = command(&["run", "--config", path.to_str().unwrap()])
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)
+        .env("OTEL_SERVICE_NAME", "offboarder-test")
+        .env("OTEL_BSP_SCHEDULE_DELAY", "100")
+        .spawn()
+        .unwrap();
+    let outcomes = sandbox
+        .read(&sandbox.topics.outcomes, Duration::from_secs(60), |r| {
+            r.len() >= 2
+        })
+        .await
+        .unwrap();
+    for m in &outcomes {
+        let o: Value = serde_json::from_str(&sandbox::text(m)).unwrap();
+        assert_eq!(o["trace_id"], trace_id, "{o}");
+    }
+    let pid = child.id().expect("running").to_string();
+    Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .await
+        .unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .expect("exits")
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+
+    // The spans arrive as OTLP protobuf, where a trace id is its 16 raw bytes.
+    let raw: Vec<u8> = (0..16)
+        .map(|i| u8::from_str_radix(&trace_id[2 * i..2 * i + 2], 16).unwrap())
+        .collect();
+    let bodies = received.lock().unwrap().clone();
+    assert!(!bodies.is_empty(), "spans were exported");
+    let in_trace = bodies
+        .iter()
+        .filter(|b| b.windows(16).any(|w| w == raw.as_slice()))
+        .count();
+    assert!(
+        in_trace > 0,
+        "the event's spans belong to the input's trace"
+    );
+    let all: Vec<u8> = bodies.concat();
+    for name in ["offboarder.event", "PATCH /Users/{id}", "offboarder-test"] {
+        assert!(
+            all.windows(name.len()).any(|w| w == name.as_bytes()),
+            "{name} in the exported spans"
+        );
+    }
+    assert!(
+        !all.windows(14).any(|w| w == b"sim-scim-token"),
+        "no token in any span"
+    );
 }

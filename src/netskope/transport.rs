@@ -16,6 +16,7 @@ use tracing::{Instrument, debug, warn};
 use super::config::{AuthHeader, RetryConfig};
 use super::error::{NetskopeError, Op, TokenRole};
 use super::limiter::TokenLimiter;
+use crate::metrics as names;
 
 const NETSKOPE_TOKEN_HEADER: HeaderName = HeaderName::from_static("netskope-api-token");
 /// Longest piece of a server's error text kept in an error message.
@@ -178,12 +179,15 @@ impl Transport {
             .with_max_delay(self.retry.max_delay)
             .with_max_times(self.retry.max_attempts.saturating_sub(1) as usize);
         let max_retry_after = self.retry.max_retry_after;
+        // OpenTelemetry's HTTP client conventions: the route template, never an id or token.
         let span = tracing::info_span!(
             "netskope.request",
+            otel.name = %format_args!("{} {}", op.method(), op.route()),
+            otel.kind = "client",
             op = op.name(),
-            method = op.method(),
-            route = op.route(),
-            status = tracing::field::Empty,
+            http.request.method = op.method(),
+            url.template = op.route(),
+            http.response.status_code = tracing::field::Empty,
             attempts = tracing::field::Empty,
         );
         let result = (|| {
@@ -207,13 +211,13 @@ impl Transport {
         span.record("attempts", attempts);
         match result {
             Ok(mut reply) => {
-                span.record("status", reply.status);
+                span.record("http.response.status_code", reply.status);
                 reply.attempts = attempts;
                 Ok(reply)
             }
             Err(a) => {
                 if let Some(s) = a.error.http_status() {
-                    span.record("status", s);
+                    span.record("http.response.status_code", s);
                 }
                 Err(match a.error {
                     NetskopeError::Transient {
@@ -234,21 +238,28 @@ impl Transport {
     where
         F: Fn(&reqwest::Client) -> reqwest::RequestBuilder,
     {
-        token.limiter.acquire().await;
+        let waited = token.limiter.acquire().await;
+        let role = token.role.to_string();
+        metrics::histogram!(names::LIMITER_WAIT, "token" => role.clone())
+            .record(waited.as_secs_f64());
         let request = build(&self.http)
             .header(ACCEPT, "application/scim+json, application/json")
             .header(self.auth_name(), self.auth_value(token));
-        let response = request
-            .send()
-            .await
-            .map_err(|e| Attempt::from(transient(op, None, describe(&e))))?;
+        let response = request.send().await.map_err(|e| {
+            metrics::counter!(names::SCIM_REQUESTS, "op" => op.name(), "status" => "error")
+                .increment(1);
+            Attempt::from(transient(op, None, describe(&e)))
+        })?;
         let status = response.status().as_u16();
+        metrics::counter!(names::SCIM_REQUESTS, "op" => op.name(), "status" => status.to_string())
+            .increment(1);
         let headers = response.headers().clone();
         let (remaining, reset) = rate_headers(&headers);
         token.limiter.on_rate_headers(remaining, reset);
         debug!(op = op.name(), status, "response");
         match status {
             429 => {
+                metrics::counter!(names::THROTTLED, "token" => role).increment(1);
                 let retry_after = retry_after(&headers);
                 token.limiter.on_throttled(retry_after);
                 return Err(Attempt {

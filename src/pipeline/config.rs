@@ -212,10 +212,14 @@ impl KafkaConfig {
             .set("enable.partition.eof", "false");
         // A new group starts at the oldest retained event: a termination published before the
         // first deployment must still be acted on. Overridable.
-        if !self.consumer_properties.contains_key("auto.offset.reset")
-            && !self.properties.contains_key("auto.offset.reset")
-        {
+        let unset =
+            |k: &str| !self.consumer_properties.contains_key(k) && !self.properties.contains_key(k);
+        if unset("auto.offset.reset") {
             c.set("auto.offset.reset", "earliest");
+        }
+        // Consumer lag for the metrics comes from librdkafka's statistics.
+        if unset("statistics.interval.ms") {
+            c.set("statistics.interval.ms", "15000");
         }
         for (k, v) in &self.consumer_properties {
             c.set(k, v);

@@ -30,27 +30,31 @@ use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{BorrowedMessage, Headers, OwnedMessage};
+use rdkafka::message::{BorrowedMessage, OwnedMessage};
 use rdkafka::producer::{FutureProducer, Producer};
 use rdkafka::{ClientContext, Message};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::admin::Readiness;
 use crate::clock::WallClock;
 use crate::config::Config;
 use crate::event::{Event, EventKind, Schemas};
+use crate::metrics as m_names;
 use crate::netskope::{NetskopeClient, NetskopeError};
 use crate::outcome::{
     self, Outcome, OutcomeError, SourceRef, Status, Timestamps, VerificationEvidence,
 };
 use crate::policy::{Decision, Policy};
+use crate::telemetry::{self, EventTrace};
 use crate::verify::{self, Pending, Verification, Verifier};
 use config::{KafkaConfig, PipelineConfig};
 use executor::Executor;
 use lanes::Lanes;
 use offsets::{OffsetTracker, Ticket};
 use publish::{FatalProducerError, Publisher};
+use tracing::Instrument;
 
 /// Why the worker stopped, or could not start.
 #[derive(Debug, thiserror::Error)]
@@ -108,7 +112,13 @@ impl PipelineHandle {
 
     /// Stop fetching, let in-flight events finish up to `shutdown_grace`, commit, return.
     pub fn stop(&self) {
+        self.shared.readiness.set_stopping();
         self.stop.cancel();
+    }
+
+    /// What `/readyz` reports.
+    pub fn readiness(&self) -> Arc<Readiness> {
+        self.shared.readiness.clone()
     }
 
     /// Stop at once, as a crash would: nothing more is published or stored. Offsets stored
@@ -122,6 +132,7 @@ impl PipelineHandle {
 /// State shared by the consumer loop, the rebalance callbacks and the lanes.
 #[derive(Default)]
 struct Shared {
+    readiness: Arc<Readiness>,
     tracker: Mutex<OffsetTracker>,
     /// Consumption is paused because `max_in_flight` events are open.
     paused: AtomicBool,
@@ -141,7 +152,24 @@ struct Context {
     shared: Arc<Shared>,
 }
 
-impl ClientContext for Context {}
+impl ClientContext for Context {
+    /// librdkafka's statistics (every `statistics.interval.ms`): the lag of each assigned
+    /// partition.
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        for (topic, t) in &statistics.topics {
+            for (partition, p) in &t.partitions {
+                if *partition >= 0 && p.consumer_lag >= 0 {
+                    metrics::gauge!(
+                        m_names::CONSUMER_LAG,
+                        "topic" => topic.clone(),
+                        "partition" => partition.to_string()
+                    )
+                    .set(p.consumer_lag as f64);
+                }
+            }
+        }
+    }
+}
 
 impl ConsumerContext for Context {
     fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -159,6 +187,8 @@ impl ConsumerContext for Context {
     }
 
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let assigned = consumer.assignment().map_or(0, |a| a.count());
+        self.shared.readiness.set_assigned(assigned);
         if let Rebalance::Assign(list) = rebalance {
             for p in list.elements() {
                 tracing::info!(
@@ -184,7 +214,9 @@ struct Job {
     message: OwnedMessage,
     ticket: Ticket,
     received: time::OffsetDateTime,
-    trace_id: String,
+    trace: EventTrace,
+    /// The event's span: lane work, SCIM calls and the verification wait run inside it.
+    span: tracing::Span,
 }
 
 /// What the lanes and dead-letter tasks need, shared behind one `Arc`.
@@ -219,8 +251,14 @@ impl Core {
             // The partition was revoked meanwhile; its new owner re-delivers.
             tracing::debug!(topic = ticket.topic, partition = ticket.partition, offset, error = %e, "offset not stored");
         }
+        let open = tracker.open();
         drop(tracker);
+        metrics::gauge!(m_names::IN_FLIGHT).set(open as f64);
         self.shared.progress.notify_one();
+    }
+
+    fn gauge_in_flight(&self) {
+        metrics::gauge!(m_names::IN_FLIGHT).set(self.shared.tracker().open() as f64);
     }
 
     /// Records the first fatal error and stops the pipeline. Events not yet finished keep
@@ -241,6 +279,7 @@ impl Core {
         }
         let user_name = job.event.user_name().to_string();
         let decision = self.policy.decide(&job.event);
+        tracing::Span::current().record("action", decision.action().as_str());
         let report = match self.executor.execute(&user_name, &decision).await {
             Ok(report) => report,
             Err(e) => return self.fail(PipelineError::Netskope(e)),
@@ -249,7 +288,12 @@ impl Core {
             let detail = report.error.as_ref().map(|e| e.to_string());
             let detail = detail.unwrap_or_default();
             if !self
-                .send_dead_letter(&job.message, "retries_exhausted", &detail)
+                .send_dead_letter(
+                    &job.message,
+                    "retries_exhausted",
+                    &detail,
+                    &job.trace.traceparent,
+                )
                 .await
             {
                 return;
@@ -281,7 +325,7 @@ impl Core {
                 acted: report.acted_at,
                 verified: None,
             },
-            trace_id: job.trace_id,
+            trace_id: job.trace.trace_id.clone(),
         };
         if outcome.status == Status::Failed {
             tracing::warn!(
@@ -302,7 +346,7 @@ impl Core {
                 "event done"
             );
         }
-        if !self.publish(&outcome).await {
+        if !self.publish(&outcome, &job.trace.traceparent).await {
             return;
         }
         let awaiting = match (&self.verifier, report.expected) {
@@ -319,20 +363,28 @@ impl Core {
             Some(answer) => {
                 let core = self.clone();
                 let kill = self.handle.kill.clone();
-                self.tasks.spawn(
-                    kill.run_until_cancelled_owned(core.verified(outcome, answer, job.ticket)),
-                );
+                let work = core
+                    .verified(outcome, answer, job.ticket, job.trace)
+                    .instrument(job.span);
+                self.tasks.spawn(kill.run_until_cancelled_owned(work));
             }
             None => self.finish(&job.ticket),
         }
     }
 
     /// Publishes an outcome and counts it; `false` when the producer failed for good.
-    async fn publish(&self, outcome: &Outcome) -> bool {
-        if let Err(e) = self.publisher.outcome(outcome).await {
+    async fn publish(&self, outcome: &Outcome, traceparent: &str) -> bool {
+        if let Err(e) = self.publisher.outcome(outcome, traceparent).await {
             self.fail(e.into());
             return false;
         }
+        tracing::Span::current().record("outcome", outcome.status.as_str());
+        metrics::counter!(
+            m_names::OUTCOMES,
+            "action" => outcome.action.as_str(),
+            "status" => outcome.status.as_str()
+        )
+        .increment(1);
         *self
             .outcomes
             .lock()
@@ -350,6 +402,7 @@ impl Core {
         applied: Outcome,
         answer: tokio::sync::oneshot::Receiver<Verification>,
         ticket: Ticket,
+        trace: EventTrace,
     ) {
         let Ok(v) = answer.await else { return };
         let status = if v.verified {
@@ -394,17 +447,29 @@ impl Core {
                 "action verified"
             );
         }
-        if self.publish(&outcome).await {
+        if self.publish(&outcome, &trace.traceparent).await {
             self.finish(&ticket);
         }
     }
 
     /// Publishes a dead letter; `false` when the producer failed for good and the worker is
     /// stopping.
-    async fn send_dead_letter(&self, message: &OwnedMessage, reason: &str, detail: &str) -> bool {
-        match self.publisher.dead_letter(message, reason, detail).await {
+    async fn send_dead_letter(
+        &self,
+        message: &OwnedMessage,
+        reason: &str,
+        detail: &str,
+        traceparent: &str,
+    ) -> bool {
+        match self
+            .publisher
+            .dead_letter(message, reason, detail, traceparent)
+            .await
+        {
             Ok(()) => {
                 self.dead_letters.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!(m_names::DEAD_LETTERS, "reason" => reason.to_string())
+                    .increment(1);
                 true
             }
             Err(e) => {
@@ -421,6 +486,7 @@ impl Core {
         ticket: Ticket,
         reason: &'static str,
         detail: String,
+        trace: EventTrace,
     ) {
         tracing::warn!(
             topic = ticket.topic,
@@ -430,7 +496,10 @@ impl Core {
             detail,
             "invalid event sent to the dead-letter topic"
         );
-        if self.send_dead_letter(&message, reason, &detail).await {
+        if self
+            .send_dead_letter(&message, reason, &detail, &trace.traceparent)
+            .await
+        {
             self.finish(&ticket);
         }
     }
@@ -630,19 +699,25 @@ impl Pipeline {
         } else {
             EventKind::RiskSignal
         };
-        let trace_id = m
-            .headers()
-            .and_then(|h| h.iter().find(|h| h.key.eq_ignore_ascii_case("traceparent")))
-            .and_then(|h| h.value)
-            .and_then(trace_id_of)
-            .unwrap_or_else(outcome::new_trace_id);
+        let (span, trace) =
+            telemetry::event_span(m.headers(), m.topic(), m.partition(), m.offset());
         let decoded = self
             .schemas
             .decode(kind, m.payload(), self.settings.max_event_bytes);
         let message = m.detach();
         let kill = self.core.handle.kill.clone();
+        let result = if decoded.is_ok() {
+            "accepted"
+        } else {
+            "dead_letter"
+        };
+        metrics::counter!(m_names::EVENTS_CONSUMED, "topic" => m.topic().to_string(), "result" => result)
+            .increment(1);
+        self.core.gauge_in_flight();
         match decoded {
             Ok(event) => {
+                span.record("source_event_id", event.event_id());
+                span.record("user", event.user_name());
                 let key = event.user_name().to_lowercase();
                 self.lanes.submit(
                     key,
@@ -651,18 +726,23 @@ impl Pipeline {
                         message,
                         ticket,
                         received,
-                        trace_id,
+                        trace,
+                        span,
                     },
                 );
             }
             Err(rejection) => {
                 let core = self.core.clone();
-                self.tasks.spawn(kill.run_until_cancelled_owned(core.reject(
-                    message,
-                    ticket,
-                    rejection.reason.as_str(),
-                    rejection.detail,
-                )));
+                let work = core
+                    .reject(
+                        message,
+                        ticket,
+                        rejection.reason.as_str(),
+                        rejection.detail,
+                        trace,
+                    )
+                    .instrument(span);
+                self.tasks.spawn(kill.run_until_cancelled_owned(work));
             }
         }
     }
@@ -735,18 +815,6 @@ impl Pipeline {
     }
 }
 
-/// The trace id of a W3C `traceparent` header (`00-<32 hex>-<16 hex>-<2 hex>`).
-fn trace_id_of(value: &[u8]) -> Option<String> {
-    let text = std::str::from_utf8(value).ok()?;
-    let mut parts = text.trim().split('-');
-    let (_version, trace, _parent, _flags) =
-        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
-    let valid = trace.len() == 32
-        && trace.chars().all(|c| c.is_ascii_hexdigit())
-        && trace.chars().any(|c| c != '0');
-    valid.then(|| trace.to_ascii_lowercase())
-}
-
 /// Consumer errors no retry can fix: the worker stops with the reason instead of logging the
 /// same error forever.
 fn fatal_consumer_error(e: &KafkaError) -> Option<String> {
@@ -816,24 +884,5 @@ pub async fn check_topics(
             kafka.brokers,
             problems.join("; ")
         )))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn traceparent_gives_the_trace_id() {
-        assert_eq!(
-            trace_id_of(b"00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01").as_deref(),
-            Some("4bf92f3577b34da6a3ce929d0e0e4736")
-        );
-        assert_eq!(
-            trace_id_of(b"00-00000000000000000000000000000000-00f067aa0ba902b7-01"),
-            None
-        );
-        assert_eq!(trace_id_of(b"garbage"), None);
-        assert_eq!(trace_id_of(&[0xff, 0xfe]), None);
     }
 }

@@ -30,6 +30,9 @@ pub mod header {
     pub const PAYLOAD_OMITTED: &str = "offboarder-payload-omitted-bytes";
 }
 
+/// The W3C trace-context header.
+const TRACEPARENT: &str = "traceparent";
+
 /// How long one send may wait for room in the producer's local queue before it is retried.
 const QUEUE_WAIT: Duration = Duration::from_secs(5);
 
@@ -60,33 +63,52 @@ impl Publisher {
         }
     }
 
-    /// Publishes an outcome, keyed by the lower-cased user name.
-    pub async fn outcome(&self, outcome: &Outcome) -> Result<(), FatalProducerError> {
+    /// Publishes an outcome, keyed by the lower-cased user name, with the event's W3C
+    /// `traceparent`.
+    pub async fn outcome(
+        &self,
+        outcome: &Outcome,
+        traceparent: &str,
+    ) -> Result<(), FatalProducerError> {
         let payload = outcome.to_json();
         let key = outcome.key();
+        let headers = OwnedHeaders::new().insert(Header {
+            key: TRACEPARENT,
+            value: Some(traceparent),
+        });
         self.deliver(
             &self.outcomes_topic,
             Some(key.as_bytes()),
             &payload,
-            None,
+            Some(headers),
             "outcome",
         )
         .await
     }
 
     /// Publishes `original` unchanged to the dead-letter topic, with the reason in headers.
+    /// Its headers are kept, but for `traceparent`, which becomes the event's own span (a child
+    /// of the original).
     pub async fn dead_letter(
         &self,
         original: &OwnedMessage,
         reason: &str,
         error: &str,
+        traceparent: &str,
     ) -> Result<(), FatalProducerError> {
         let mut headers = OwnedHeaders::new();
         if let Some(h) = original.headers() {
-            for header in h.iter() {
+            for header in h
+                .iter()
+                .filter(|h| !h.key.eq_ignore_ascii_case(TRACEPARENT))
+            {
                 headers = headers.insert(header);
             }
         }
+        headers = headers.insert(Header {
+            key: TRACEPARENT,
+            value: Some(traceparent),
+        });
         let partition = original.partition().to_string();
         let offset = original.offset().to_string();
         headers = headers

@@ -1,0 +1,91 @@
+//! The worker's Prometheus metrics: names, help texts, buckets, and the recorder.
+//!
+//! Instrumented code calls the `metrics` crate's macros with the names below; until a recorder
+//! is installed (by `offboarder run`, or a test) those calls cost almost nothing and record
+//! nothing. Labels carry route templates, operation names and statuses, never an id, a user
+//! name or a token, so their number stays small.
+
+use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
+
+/// Events read from an input topic; `result` = `accepted` or `dead_letter`.
+pub const EVENTS_CONSUMED: &str = "offboarder_events_consumed_total";
+/// Outcomes published, by `action` and `status`.
+pub const OUTCOMES: &str = "offboarder_outcomes_total";
+/// Records sent to the dead-letter topic, by `reason`.
+pub const DEAD_LETTERS: &str = "offboarder_dead_letters_total";
+/// HTTP attempts to Netskope, by `op` and `status` (the HTTP status, or `error`).
+pub const SCIM_REQUESTS: &str = "offboarder_scim_requests_total";
+/// 429 answers, by `token` (`SCIM` or `events`).
+pub const THROTTLED: &str = "offboarder_scim_throttled_total";
+/// Time a request waited for its token's budget, by `token`.
+pub const LIMITER_WAIT: &str = "offboarder_rate_limiter_wait_seconds";
+/// Events received and not yet finished (acting, or waiting for verification).
+pub const IN_FLIGHT: &str = "offboarder_in_flight_events";
+/// Applied actions waiting for verification.
+pub const PENDING_VERIFICATIONS: &str = "offboarder_pending_verifications";
+/// From an action's answer to its verification, by `method` and `result`.
+pub const VERIFICATION_LATENCY: &str = "offboarder_verification_latency_seconds";
+/// Messages behind the partition's end, by `topic` and `partition`, from librdkafka's
+/// statistics.
+pub const CONSUMER_LAG: &str = "offboarder_consumer_lag";
+/// 1 when `/readyz` answers ready, else 0.
+pub const READY: &str = "offboarder_ready";
+
+const WAIT_BUCKETS: &[f64] = &[0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
+const VERIFY_BUCKETS: &[f64] = &[
+    1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 900.0, 1200.0, 1800.0,
+];
+
+/// Installs the global recorder and describes every metric. Call once per process.
+pub fn install() -> Result<PrometheusHandle, BuildError> {
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Full(LIMITER_WAIT.into()), WAIT_BUCKETS)?
+        .set_buckets_for_metric(Matcher::Full(VERIFICATION_LATENCY.into()), VERIFY_BUCKETS)?
+        .install_recorder()?;
+    describe();
+    Ok(handle)
+}
+
+fn describe() {
+    describe_counter!(
+        EVENTS_CONSUMED,
+        "Events read from an input topic, by topic and result (accepted or dead_letter)."
+    );
+    describe_counter!(OUTCOMES, "Outcomes published, by action and status.");
+    describe_counter!(
+        DEAD_LETTERS,
+        "Records sent to the dead-letter topic, by reason."
+    );
+    describe_counter!(
+        SCIM_REQUESTS,
+        "HTTP attempts to Netskope, by operation and status."
+    );
+    describe_counter!(THROTTLED, "HTTP 429 answers from Netskope, by token.");
+    describe_histogram!(
+        LIMITER_WAIT,
+        Unit::Seconds,
+        "Time a request waited for its token's request budget."
+    );
+    describe_gauge!(
+        IN_FLIGHT,
+        "Events received and not yet finished (acting, or waiting for verification)."
+    );
+    describe_gauge!(
+        PENDING_VERIFICATIONS,
+        "Applied actions waiting for verification."
+    );
+    describe_histogram!(
+        VERIFICATION_LATENCY,
+        Unit::Seconds,
+        "Time from an action's answer to its verification, by method and result."
+    );
+    describe_gauge!(
+        CONSUMER_LAG,
+        "Messages between the consumer's position and the partition's end."
+    );
+    describe_gauge!(
+        READY,
+        "1 when the worker is ready (partitions assigned, Netskope reachable), else 0."
+    );
+}
