@@ -44,7 +44,89 @@ pub fn install() -> Result<PrometheusHandle, BuildError> {
         .set_buckets_for_metric(Matcher::Full(VERIFICATION_LATENCY.into()), VERIFY_BUCKETS)?
         .install_recorder()?;
     describe();
+    zero_counters();
     Ok(handle)
+}
+
+/// Every series: a name and its type, for the drift test against the dashboard's list.
+#[cfg(test)]
+const ALL: &[(&str, &str)] = &[
+    (EVENTS_CONSUMED, "counter"),
+    (OUTCOMES, "counter"),
+    (DEAD_LETTERS, "counter"),
+    (SCIM_REQUESTS, "counter"),
+    (THROTTLED, "counter"),
+    (LIMITER_WAIT, "histogram"),
+    (IN_FLIGHT, "gauge"),
+    (PENDING_VERIFICATIONS, "gauge"),
+    (VERIFICATION_LATENCY, "histogram"),
+    (CONSUMER_LAG, "gauge"),
+    (READY, "gauge"),
+];
+
+/// Creates the alert-worthy counters at 0. A counter whose first sample is already 1 (the first
+/// failure after a restart) is invisible to `increase()` and `rate()`, so the dashboard's red
+/// panels would miss it.
+fn zero_counters() {
+    use crate::outcome::{Action, Status};
+    for action in [
+        Action::Deactivate,
+        Action::Delete,
+        Action::Quarantine,
+        Action::Release,
+        Action::None,
+    ] {
+        for status in [
+            Status::Applied,
+            Status::Failed,
+            Status::Skipped,
+            Status::DryRun,
+            Status::Verified,
+            Status::Unverified,
+        ] {
+            metrics::counter!(OUTCOMES, "action" => action.as_str(), "status" => status.as_str())
+                .absolute(0);
+        }
+    }
+    use crate::event::RejectReason;
+    let rejected = [
+        RejectReason::Empty,
+        RejectReason::Oversized,
+        RejectReason::NotUtf8Json,
+        RejectReason::SchemaViolation,
+    ]
+    .map(RejectReason::as_str);
+    for reason in rejected
+        .into_iter()
+        .chain([crate::pipeline::publish::RETRIES_EXHAUSTED])
+    {
+        metrics::counter!(DEAD_LETTERS, "reason" => reason).absolute(0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The dashboard's validator only accepts the metrics listed in its allowed-metrics file;
+    /// that list and this module must name the same series.
+    #[test]
+    fn the_dashboard_knows_every_metric_and_no_other() {
+        let listed: Vec<(&str, &str)> =
+            include_str!("../deploy/grafana/validate/allowed-metrics.txt")
+                .lines()
+                .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+                .filter_map(|l| {
+                    let mut parts = l.split_whitespace();
+                    Some((parts.next()?, parts.next()?))
+                })
+                .collect();
+        let mut listed_sorted = listed.clone();
+        listed_sorted.sort();
+        let mut ours = ALL.to_vec();
+        ours.sort();
+        assert_eq!(listed_sorted, ours);
+    }
 }
 
 fn describe() {

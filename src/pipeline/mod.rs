@@ -290,7 +290,7 @@ impl Core {
             if !self
                 .send_dead_letter(
                     &job.message,
-                    "retries_exhausted",
+                    publish::RETRIES_EXHAUSTED,
                     &detail,
                     &job.trace.traceparent,
                 )

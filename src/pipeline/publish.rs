@@ -15,6 +15,10 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 
 use crate::outcome::Outcome;
 
+/// The dead-letter reason of an event whose transient faults outlasted `transient_retry_for`
+/// (the other reasons are [`crate::event::RejectReason`]s).
+pub const RETRIES_EXHAUSTED: &str = "retries_exhausted";
+
 /// Dead-letter headers. The record itself is the original, byte for byte.
 pub mod header {
     /// Why the event was not processed: `empty`, `oversized`, `invalid_json`,
