@@ -104,31 +104,6 @@ fn zero_counters() {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The dashboard's validator only accepts the metrics listed in its allowed-metrics file;
-    /// that list and this module must name the same series.
-    #[test]
-    fn the_dashboard_knows_every_metric_and_no_other() {
-        let listed: Vec<(&str, &str)> =
-            include_str!("../deploy/grafana/validate/allowed-metrics.txt")
-                .lines()
-                .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
-                .filter_map(|l| {
-                    let mut parts = l.split_whitespace();
-                    Some((parts.next()?, parts.next()?))
-                })
-                .collect();
-        let mut listed_sorted = listed.clone();
-        listed_sorted.sort();
-        let mut ours = ALL.to_vec();
-        ours.sort();
-        assert_eq!(listed_sorted, ours);
-    }
-}
-
 fn describe() {
     describe_counter!(
         EVENTS_CONSUMED,
@@ -170,4 +145,29 @@ fn describe() {
         READY,
         "1 when the worker is ready (partitions assigned, Netskope reachable), else 0."
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The dashboard's validator only accepts the metrics listed in its allowed-metrics file;
+    /// that list and this module must name the same series.
+    #[test]
+    fn the_dashboard_knows_every_metric_and_no_other() {
+        let listed: Vec<(&str, &str)> =
+            include_str!("../deploy/grafana/validate/allowed-metrics.txt")
+                .lines()
+                .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+                .filter_map(|l| {
+                    let mut parts = l.split_whitespace();
+                    Some((parts.next()?, parts.next()?))
+                })
+                .collect();
+        let mut listed_sorted = listed.clone();
+        listed_sorted.sort();
+        let mut ours = ALL.to_vec();
+        ours.sort();
+        assert_eq!(listed_sorted, ours);
+    }
 }
