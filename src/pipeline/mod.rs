@@ -582,7 +582,9 @@ impl Pipeline {
                     let core = core.clone();
                     let kill = core.handle.kill.clone();
                     async move {
-                        kill.run_until_cancelled_owned(core.process(job)).await;
+                        let span = job.span.clone();
+                        let work = core.process(job).instrument(span);
+                        kill.run_until_cancelled_owned(work).await;
                     }
                 },
             )
