@@ -17,6 +17,9 @@ use crate::netskope::{NetskopeClient, Tokens};
 use crate::pipeline::config::Topics;
 use crate::sim::{self, SimArgs, SimHandle};
 
+const SCIM_TOKEN_ENV: &str = "OFFBOARDER_SANDBOX_SCIM_TOKEN";
+const EVENTS_TOKEN_ENV: &str = "OFFBOARDER_SANDBOX_EVENTS_TOKEN";
+
 /// A sandbox could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum SandboxError {
@@ -75,23 +78,53 @@ impl Sandbox {
         &self.kafka
     }
 
-    /// A worker config for this sandbox, consumer group `group_id`. The consumer uses the
+    /// A worker config file for this sandbox, consumer group `group_id`. The consumer uses the
     /// KIP-848 group protocol, which the mock cluster supports and which joins in a tenth of a
-    /// second instead of three.
+    /// second instead of three. Tokens come from the variables of [`Sandbox::token_env`];
+    /// anything else can be changed with `OFFBOARDER_<SECTION>__<KEY>` variables.
+    pub fn config_toml(&self, group_id: &str) -> String {
+        format!(
+            r#"[netskope]
+tenant_url = "{tenant}"
+allow_insecure_http = true
+scim_token = {{ env = "{SCIM_TOKEN_ENV}" }}
+events_token = {{ env = "{EVENTS_TOKEN_ENV}" }}
+
+# The simulator's audit lag is seconds, not Netskope's minutes: poll accordingly.
+[verify]
+poll_interval = "1s"
+timeout = "30s"
+
+[admin]
+listen = "127.0.0.1:0"
+
+[kafka]
+brokers = "{brokers}"
+group_id = "{group_id}"
+connect_timeout = "5s"
+
+[kafka.consumer_properties]
+"group.protocol" = "consumer"
+"#,
+            tenant = self.sim.base_url(),
+            brokers = self.bootstrap_servers(),
+        )
+    }
+
+    /// The environment variables that hand the simulator's tokens to a worker process started
+    /// with [`Sandbox::config_toml`].
+    pub fn token_env(&self) -> [(&'static str, String); 2] {
+        [
+            (SCIM_TOKEN_ENV, self.sim_tokens.0.clone()),
+            (EVENTS_TOKEN_ENV, self.sim_tokens.1.clone()),
+        ]
+    }
+
+    /// The same config, parsed, for a worker in this process (use [`Sandbox::client`] for its
+    /// Netskope client).
     pub fn config(&self, group_id: &str) -> Config {
-        let mut c = Config::default();
-        c.netskope.tenant_url = Some(self.sim.base_url());
-        c.netskope.allow_insecure_http = true;
-        c.kafka.brokers = self.bootstrap_servers();
-        c.kafka.group_id = group_id.to_string();
-        c.kafka.topics = self.topics.clone();
-        c.kafka
-            .consumer_properties
-            .insert("group.protocol".into(), "consumer".into());
-        // The simulator's audit lag is seconds, not Netskope's minutes: poll accordingly.
-        c.verify.poll_interval = Duration::from_secs(1);
-        c.verify.timeout = Duration::from_secs(30);
-        c
+        // The text is ours; a parse failure is a bug in this function, not an input problem.
+        Config::from_toml(&self.config_toml(group_id)).expect("the sandbox config parses")
     }
 
     /// A Netskope client for `config` with the simulator's tokens (no env vars needed).

@@ -28,46 +28,20 @@ async fn sandbox() -> Sandbox {
     .expect("sandbox")
 }
 
-/// Writes a config file for the sandbox; `extra` is appended as TOML.
+/// Writes the sandbox's config file; `extra` is appended as TOML (tables it does not have yet).
 fn config_file(sandbox: &Sandbox, name: &str, extra: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("offboarder-cli-{}-{name}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("offboarder.toml");
-    let text = format!(
-        r#"
-[netskope]
-tenant_url = "{tenant}"
-allow_insecure_http = true
-scim_token = {{ env = "TEST_SCIM_TOKEN" }}
-events_token = {{ env = "TEST_EVENTS_TOKEN" }}
-
-[verify]
-poll_interval = "1s"
-
-[admin]
-listen = "127.0.0.1:0"
-
-[kafka]
-brokers = "{brokers}"
-group_id = "cli-{name}"
-connect_timeout = "5s"
-
-[kafka.consumer_properties]
-"group.protocol" = "consumer"
-{extra}
-"#,
-        tenant = sandbox.sim.base_url(),
-        brokers = sandbox.bootstrap_servers(),
-    );
+    let text = format!("{}\n{extra}", sandbox.config_toml(&format!("cli-{name}")));
     std::fs::write(&path, text).unwrap();
     path
 }
 
-fn command(args: &[&str]) -> Command {
+fn command(sandbox: &Sandbox, args: &[&str]) -> Command {
     let mut c = Command::new(BIN);
     c.args(args)
-        .env("TEST_SCIM_TOKEN", "sim-scim-token")
-        .env("TEST_EVENTS_TOKEN", "sim-events-token")
+        .envs(sandbox.token_env())
         .env("OFFBOARDER_LOG_FORMAT", "json")
         .env_remove("RUST_LOG")
         .stdout(Stdio::piped())
@@ -80,10 +54,13 @@ fn command(args: &[&str]) -> Command {
 async fn check_config_probes_kafka_and_netskope() {
     let sandbox = sandbox().await;
     let good = config_file(&sandbox, "good", "");
-    let out = command(&["check-config", "--config", good.to_str().unwrap()])
-        .output()
-        .await
-        .unwrap();
+    let out = command(
+        &sandbox,
+        &["check-config", "--config", good.to_str().unwrap()],
+    )
+    .output()
+    .await
+    .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(
         out.status.code(),
@@ -103,10 +80,13 @@ async fn check_config_probes_kafka_and_netskope() {
         "typo",
         "[kafka.topics]\noutcomes = \"offboarder.outcome\"\n",
     );
-    let out = command(&["check-config", "--config", typo.to_str().unwrap()])
-        .output()
-        .await
-        .unwrap();
+    let out = command(
+        &sandbox,
+        &["check-config", "--config", typo.to_str().unwrap()],
+    )
+    .output()
+    .await
+    .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(
         out.status.code(),
@@ -145,7 +125,7 @@ async fn run_acts_then_stops_cleanly_on_sigterm() {
         .collect();
     sandbox.publish(&records).await.unwrap();
     let path = config_file(&sandbox, "run", "");
-    let mut child = command(&["run", "--config", path.to_str().unwrap()])
+    let mut child = command(&sandbox, &["run", "--config", path.to_str().unwrap()])
         .spawn()
         .unwrap();
 
@@ -211,7 +191,7 @@ async fn run_refuses_a_bad_config_with_exit_code_2() {
         "bad",
         "[policy]\nprotected_users = [\"adm*@corp.com\"]\n",
     );
-    let out = command(&["run", "--config", path.to_str().unwrap()])
+    let out = command(&sandbox, &["run", "--config", path.to_str().unwrap()])
         .output()
         .await
         .unwrap();
@@ -262,7 +242,7 @@ async fn run_exports_the_event_span_over_otlp_in_the_input_trace() {
         .await
         .unwrap();
     let path = config_file(&sandbox, "otel", "");
-    let mut child = command(&["run", "--config", path.to_str().unwrap()])
+    let mut child = command(&sandbox, &["run", "--config", path.to_str().unwrap()])
         .env("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)
         .env("OTEL_SERVICE_NAME", "offboarder-test")
         .env("OTEL_BSP_SCHEDULE_DELAY", "100")
