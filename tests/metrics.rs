@@ -11,15 +11,7 @@ use offboarder::sandbox::{self, Sandbox};
 use offboarder::sim::SimArgs;
 use serde_json::{Value, json};
 
-/// Sums every sample of a metric whose labels contain all of `labels`.
-fn sum(text: &str, name: &str, labels: &[&str]) -> f64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
-        .filter(|l| labels.iter().all(|want| l.contains(want)))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
+use offboarder::sandbox::prometheus_sum as sum;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_agree_with_the_outcomes_of_a_run() {

@@ -53,7 +53,7 @@ use config::{KafkaConfig, PipelineConfig};
 use executor::Executor;
 use lanes::Lanes;
 use offsets::{OffsetTracker, Ticket};
-use publish::{FatalProducerError, Publisher};
+use publish::{Delivery, FatalProducerError, Publisher};
 use tracing::Instrument;
 
 /// Why the worker stopped, or could not start.
@@ -346,35 +346,65 @@ impl Core {
                 "event done"
             );
         }
-        if !self.publish(&outcome, &job.trace.traceparent).await {
-            return;
-        }
-        let awaiting = match (&self.verifier, report.expected) {
+        // Handed to the producer here, in lane order; acknowledged in a task of its own, so the
+        // lane moves on to the user's next event instead of waiting out linger.ms and a round
+        // trip per event.
+        let delivery = self
+            .publisher
+            .enqueue_outcome(&outcome, &job.trace.traceparent)
+            .await;
+        let verify = match (&self.verifier, report.expected) {
             (Some(verifier), Some(expected)) if outcome.status == Status::Applied => {
                 let acted_at = report
                     .acted_at
                     .map_or(0, |t| t.unix_timestamp().max(0) as u64);
-                Some(verifier.submit(Pending { expected, acted_at }).await)
+                Some((verifier.clone(), Pending { expected, acted_at }))
             }
             _ => None,
         };
-        match awaiting {
-            // The offset waits for the verification outcome; the lane moves on meanwhile.
-            Some(answer) => {
-                let core = self.clone();
-                let kill = self.handle.kill.clone();
-                let work = core
-                    .verified(outcome, answer, job.ticket, job.trace)
-                    .instrument(job.span);
-                self.tasks.spawn(kill.run_until_cancelled_owned(work));
+        let core = self.clone();
+        let kill = self.handle.kill.clone();
+        let work = core
+            .complete(outcome, delivery, verify, job.ticket, job.trace)
+            .instrument(job.span);
+        self.tasks.spawn(kill.run_until_cancelled_owned(work));
+    }
+
+    /// After the lane: waits for the outcome's acknowledgement, then either finishes the event
+    /// or, for an applied action, waits for its verification and publishes that as the final
+    /// outcome. If the verifier stops first (shutdown), the event stays open and is delivered
+    /// again.
+    async fn complete(
+        self: Arc<Self>,
+        outcome: Outcome,
+        delivery: Delivery,
+        verify: Option<(Verifier, Pending)>,
+        ticket: Ticket,
+        trace: EventTrace,
+    ) {
+        if !self.acknowledged(&outcome, delivery).await {
+            return;
+        }
+        match verify {
+            Some((verifier, pending)) => {
+                let answer = verifier.submit(pending).await;
+                self.verified(outcome, answer, ticket, trace).await;
             }
-            None => self.finish(&job.ticket),
+            None => self.finish(&ticket),
         }
     }
 
-    /// Publishes an outcome and counts it; `false` when the producer failed for good.
+    /// Publishes an outcome and waits for its acknowledgement; `false` when the producer
+    /// failed for good.
     async fn publish(&self, outcome: &Outcome, traceparent: &str) -> bool {
-        if let Err(e) = self.publisher.outcome(outcome, traceparent).await {
+        let delivery = self.publisher.enqueue_outcome(outcome, traceparent).await;
+        self.acknowledged(outcome, delivery).await
+    }
+
+    /// Waits for an outcome's acknowledgement and counts it; `false` when the producer failed
+    /// for good.
+    async fn acknowledged(&self, outcome: &Outcome, delivery: Delivery) -> bool {
+        if let Err(e) = delivery.acknowledged().await {
             self.fail(e.into());
             return false;
         }

@@ -11,7 +11,7 @@ use backon::{BackoffBuilder, ExponentialBuilder};
 use rdkafka::Message;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Headers, OwnedHeaders, OwnedMessage};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 
 use crate::outcome::Outcome;
 
@@ -39,6 +39,53 @@ const TRACEPARENT: &str = "traceparent";
 
 /// How long one send may wait for room in the producer's local queue before it is retried.
 const QUEUE_WAIT: Duration = Duration::from_secs(5);
+/// Pause before trying again to hand a record to a full local queue.
+const QUEUE_FULL_WAIT: Duration = Duration::from_millis(5);
+
+/// A record the publisher owns, so that it can be sent again.
+struct Record {
+    topic: String,
+    key: Option<Vec<u8>>,
+    payload: Vec<u8>,
+    headers: Option<OwnedHeaders>,
+    what: &'static str,
+}
+
+impl Record {
+    fn future_record(&self) -> FutureRecord<'_, [u8], [u8]> {
+        let mut record = FutureRecord::<[u8], [u8]>::to(&self.topic).payload(&self.payload);
+        if let Some(k) = &self.key {
+            record = record.key(k);
+        }
+        if let Some(h) = &self.headers {
+            record = record.headers(h.clone());
+        }
+        record
+    }
+}
+
+/// A record handed to the producer. Its broker acknowledgement is awaited separately, so that
+/// a lane can move on to its user's next event while the acknowledgement travels.
+pub struct Delivery {
+    producer: FutureProducer,
+    record: Record,
+    first: Result<DeliveryFuture, KafkaError>,
+}
+
+impl Delivery {
+    /// Waits until the broker has acknowledged the record, sending it again after a failure.
+    pub async fn acknowledged(self) -> Result<(), FatalProducerError> {
+        let error = match self.first {
+            Ok(future) => match future.await {
+                Ok(Ok(_)) => return Ok(()),
+                Ok(Err((e, _))) => e,
+                Err(_) => KafkaError::Canceled,
+            },
+            Err(e) => e,
+        };
+        deliver(&self.producer, self.record, error).await
+    }
+}
 
 /// The producer gave up for good: the worker must stop.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -67,26 +114,21 @@ impl Publisher {
         }
     }
 
-    /// Publishes an outcome, keyed by the lower-cased user name, with the event's W3C
-    /// `traceparent`.
-    pub async fn outcome(
-        &self,
-        outcome: &Outcome,
-        traceparent: &str,
-    ) -> Result<(), FatalProducerError> {
-        let payload = outcome.to_json();
-        let key = outcome.key();
+    /// Hands an outcome (keyed by the lower-cased user name, with the event's W3C
+    /// `traceparent`) to the producer now, so that one user's outcomes keep their order, and
+    /// returns its [`Delivery`]. Waits only while the producer's local queue is full.
+    pub async fn enqueue_outcome(&self, outcome: &Outcome, traceparent: &str) -> Delivery {
         let headers = OwnedHeaders::new().insert(Header {
             key: TRACEPARENT,
             value: Some(traceparent),
         });
-        self.deliver(
-            &self.outcomes_topic,
-            Some(key.as_bytes()),
-            &payload,
-            Some(headers),
-            "outcome",
-        )
+        self.enqueue(Record {
+            topic: self.outcomes_topic.clone(),
+            key: Some(outcome.key().into_bytes()),
+            payload: outcome.to_json(),
+            headers: Some(headers),
+            what: "outcome",
+        })
         .await
     }
 
@@ -136,70 +178,30 @@ impl Publisher {
                 key: header::SOURCE_OFFSET,
                 value: Some(&offset),
             });
-        let payload = original.payload().unwrap_or_default();
-        self.deliver(
-            &self.dead_letter_topic,
-            original.key(),
-            payload,
-            Some(headers),
-            "dead letter",
-        )
-        .await
+        let record = Record {
+            topic: self.dead_letter_topic.clone(),
+            key: original.key().map(<[u8]>::to_vec),
+            payload: original.payload().unwrap_or_default().to_vec(),
+            headers: Some(headers),
+            what: "dead letter",
+        };
+        self.enqueue(record).await.acknowledged().await
     }
 
-    /// Sends until acknowledged. Each failure is logged and retried with backoff; a record too
-    /// large for the topic is sent once more without its payload, so that it cannot block its
-    /// partition forever.
-    async fn deliver(
-        &self,
-        topic: &str,
-        key: Option<&[u8]>,
-        payload: &[u8],
-        headers: Option<OwnedHeaders>,
-        what: &'static str,
-    ) -> Result<(), FatalProducerError> {
-        let mut delays = ExponentialBuilder::default()
-            .with_jitter()
-            .with_min_delay(Duration::from_millis(200))
-            .with_max_delay(Duration::from_secs(30))
-            .without_max_times()
-            .build();
-        let mut payload = payload;
-        let mut headers = headers;
-        loop {
-            let mut record = FutureRecord::<[u8], [u8]>::to(topic).payload(payload);
-            if let Some(k) = key {
-                record = record.key(k);
+    async fn enqueue(&self, record: Record) -> Delivery {
+        let first = loop {
+            match self.producer.send_result(record.future_record()) {
+                Ok(delivery) => break Ok(delivery),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                    tokio::time::sleep(QUEUE_FULL_WAIT).await;
+                }
+                Err((e, _)) => break Err(e),
             }
-            if let Some(h) = headers.clone() {
-                record = record.headers(h);
-            }
-            let error = match self.producer.send(record, QUEUE_WAIT).await {
-                Ok(_) => return Ok(()),
-                Err((e, _)) => e,
-            };
-            if let Some((code, reason)) = self.producer.client().fatal_error() {
-                return Err(FatalProducerError { code, reason });
-            }
-            if error == KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge)
-                && !payload.is_empty()
-            {
-                tracing::error!(
-                    topic,
-                    bytes = payload.len(),
-                    "{what} is too large for the topic; sending it without its payload"
-                );
-                let size = payload.len().to_string();
-                headers = Some(headers.unwrap_or_default().insert(Header {
-                    key: header::PAYLOAD_OMITTED,
-                    value: Some(&size),
-                }));
-                payload = &[];
-                continue;
-            }
-            let delay = delays.next().unwrap_or(Duration::from_secs(30));
-            tracing::warn!(topic, error = %error, retry_in = ?delay, "{what} not delivered; sending again");
-            tokio::time::sleep(delay).await;
+        };
+        Delivery {
+            producer: self.producer.clone(),
+            record,
+            first,
         }
     }
 
@@ -208,5 +210,51 @@ impl Publisher {
         if let Err(e) = self.producer.flush(timeout) {
             tracing::warn!(error = %e, "records still queued at shutdown");
         }
+    }
+}
+
+/// After a failed first attempt: sends until acknowledged. Each failure is logged and retried
+/// with backoff; a record too large for the topic is sent once more without its payload, so
+/// that it cannot block its partition forever. Only a fatal producer error ends the loop.
+async fn deliver(
+    producer: &FutureProducer,
+    mut record: Record,
+    first_error: KafkaError,
+) -> Result<(), FatalProducerError> {
+    let mut delays = ExponentialBuilder::default()
+        .with_jitter()
+        .with_min_delay(Duration::from_millis(200))
+        .with_max_delay(Duration::from_secs(30))
+        .without_max_times()
+        .build();
+    let mut error = first_error;
+    loop {
+        if let Some((code, reason)) = producer.client().fatal_error() {
+            return Err(FatalProducerError { code, reason });
+        }
+        let (topic, what) = (record.topic.clone(), record.what);
+        if error == KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge)
+            && !record.payload.is_empty()
+        {
+            tracing::error!(
+                topic,
+                bytes = record.payload.len(),
+                "{what} is too large for the topic; sending it without its payload"
+            );
+            let size = record.payload.len().to_string();
+            record.headers = Some(record.headers.take().unwrap_or_default().insert(Header {
+                key: header::PAYLOAD_OMITTED,
+                value: Some(&size),
+            }));
+            record.payload.clear();
+        } else {
+            let delay = delays.next().unwrap_or(Duration::from_secs(30));
+            tracing::warn!(topic, error = %error, retry_in = ?delay, "{what} not delivered; sending again");
+            tokio::time::sleep(delay).await;
+        }
+        error = match producer.send(record.future_record(), QUEUE_WAIT).await {
+            Ok(_) => return Ok(()),
+            Err((e, _)) => e,
+        };
     }
 }

@@ -1,0 +1,668 @@
+//! `cargo bench --bench pipeline`: the worker against its physical limit, Netskope's request
+//! budget.
+//!
+//! Every scenario runs the real `offboarder run` binary (release build) as its own process,
+//! against librdkafka's in-process mock cluster and the tenant simulator hosted by this harness,
+//! and reads the results back from the outcomes topic, the simulator's request counters and the
+//! worker's `/metrics`. Figures are ratios to the budget, so they hold on any machine; the budget
+//! is scaled to 3,000 requests a minute to keep runs short. The table is printed and written to
+//! `BENCHMARKS.md` with the machine, the date and the command.
+//!
+//! `cargo bench --bench pipeline -- <name>` runs only the scenarios whose name contains `<name>`.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use offboarder::sandbox::{self, Sandbox, prometheus_sum};
+use offboarder::sim::SimArgs;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::OwnedMessage;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use serde_json::{Value, json};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+use tokio::process::{Child, Command};
+
+/// Requests per minute per token, in the simulator and in the worker's limiter.
+const BUDGET: u32 = 3000;
+const BIN: &str = env!("CARGO_BIN_EXE_offboarder");
+
+/// One line of the results table.
+struct Row {
+    scenario: &'static str,
+    figure: &'static str,
+    value: String,
+    target: &'static str,
+    met: Option<bool>,
+    note: String,
+}
+
+type Records = Vec<(String, String, Vec<u8>)>;
+
+fn termination(n: usize) -> Vec<u8> {
+    json!({"event_id": format!("hr-{n}"), "occurred_at": "2026-11-25T09:00:00Z",
+           "user": {"user_name": format!("user{n}@example.com")}, "source": "workday"})
+    .to_string()
+    .into_bytes()
+}
+
+fn signal(id: usize, user: usize, score: u8) -> Vec<u8> {
+    json!({"event_id": format!("xdr-{id}"), "occurred_at": "2026-11-25T09:00:00Z",
+           "user": {"user_name": format!("user{user}@example.com")}, "source": "edr",
+           "risk_score": score})
+    .to_string()
+    .into_bytes()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// A worker process and its admin listener.
+struct Worker {
+    child: Child,
+    admin: String,
+}
+
+impl Worker {
+    /// Starts `offboarder run` on the sandbox's config, with `env` overrides
+    /// (`OFFBOARDER_<SECTION>__<KEY>`).
+    async fn start(sandbox: &Sandbox, group: &str, env: &[(&str, String)]) -> Worker {
+        let dir = std::env::temp_dir().join(format!("offboarder-bench-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let path: PathBuf = dir.join(format!("{group}.toml"));
+        std::fs::write(&path, sandbox.config_toml(group)).expect("config file");
+        let port = free_port();
+        let child = Command::new(BIN)
+            .args(["run", "--config"])
+            .arg(&path)
+            .envs(sandbox.token_env())
+            .env("OFFBOARDER_ADMIN__LISTEN", format!("127.0.0.1:{port}"))
+            .env(
+                "OFFBOARDER_NETSKOPE__REQUESTS_PER_MINUTE",
+                BUDGET.to_string(),
+            )
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .env("RUST_LOG", "error")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("the worker starts");
+        Worker {
+            child,
+            admin: format!("http://127.0.0.1:{port}"),
+        }
+    }
+
+    async fn metrics(&self) -> String {
+        match reqwest::get(format!("{}/metrics", self.admin)).await {
+            Ok(r) => r.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        }
+    }
+
+    /// Peak and current resident set size, in MiB, from /proc.
+    fn memory_mib(&self) -> Option<(f64, f64)> {
+        let pid = self.child.id()?;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let kib = |key: &str| {
+            status
+                .lines()
+                .find(|l| l.starts_with(key))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<f64>().ok())
+        };
+        Some((kib("VmHWM:")? / 1024.0, kib("VmRSS:")? / 1024.0))
+    }
+
+    async fn stop(mut self) {
+        if let Some(pid) = self.child.id() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status()
+                .await;
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(60), self.child.wait()).await;
+    }
+}
+
+fn json_of(m: &OwnedMessage) -> Value {
+    serde_json::from_str(&sandbox::text(m)).unwrap_or(Value::Null)
+}
+
+fn timestamp(o: &Value, which: &str) -> Option<OffsetDateTime> {
+    OffsetDateTime::parse(o["timestamps"][which].as_str()?, &Rfc3339).ok()
+}
+
+fn count_status(outcomes: &[OwnedMessage], status: &str) -> usize {
+    outcomes
+        .iter()
+        .filter(|m| sandbox::text(m).contains(&format!(r#""status":"{status}""#)))
+        .count()
+}
+
+/// Actions per minute over the run: from the first event received to the last answer.
+fn per_minute(outcomes: &[OwnedMessage], action: &str) -> f64 {
+    let applied: Vec<Value> = outcomes
+        .iter()
+        .map(json_of)
+        .filter(|o| o["status"] == "applied" && o["action"] == action)
+        .collect();
+    let first = applied
+        .iter()
+        .filter_map(|o| timestamp(o, "received"))
+        .min();
+    let last = applied.iter().filter_map(|o| timestamp(o, "acted")).max();
+    match (first, last) {
+        (Some(first), Some(last)) if last > first => {
+            applied.len() as f64 / ((last - first).as_seconds_f64() / 60.0)
+        }
+        _ => 0.0,
+    }
+}
+
+async fn sandbox(sim: SimArgs) -> Sandbox {
+    Sandbox::start(sim, 6).await.expect("sandbox")
+}
+
+/// 1,000 terminations at once: the budget allows budget/2 deactivations a minute.
+async fn terminations_burst(rows: &mut Vec<Row>) {
+    let n = 1000;
+    let sandbox = sandbox(SimArgs {
+        users: n,
+        rate_limit_per_min: BUDGET,
+        audit_lag_secs: 2,
+        ..SimArgs::default()
+    })
+    .await;
+    let records: Records = (1..=n)
+        .map(|i| {
+            let user = format!("user{i}@example.com");
+            (sandbox.topics.terminations.clone(), user, termination(i))
+        })
+        .collect();
+    sandbox.publish(&records).await.expect("publish");
+    let started = Instant::now();
+    let worker = Worker::start(&sandbox, "bench-burst", &[]).await;
+    let outcomes = sandbox
+        .read(&sandbox.topics.outcomes, Duration::from_secs(600), |r| {
+            count_status(r, "verified") >= n
+        })
+        .await
+        .expect("outcomes");
+    let elapsed = started.elapsed();
+    worker.stop().await;
+    let stats = sandbox.sim.stats();
+    let rate = per_minute(&outcomes, "deactivate");
+    let ratio = rate / (f64::from(BUDGET) / 2.0);
+    let throttled: u64 = stats.requests.values().filter_map(|by| by.get(&429)).sum();
+    rows.push(Row {
+        scenario: "1,000 terminations in one burst",
+        figure: "deactivations/min ÷ (budget/2)",
+        value: format!("{ratio:.2} ({rate:.0}/min)"),
+        target: "≥ 0.95",
+        met: Some(ratio >= 0.95),
+        note: format!(
+            "{} verified in {:.1} s; {throttled} answers were 429",
+            count_status(&outcomes, "verified"),
+            elapsed.as_secs_f64()
+        ),
+    });
+    let per = stats.total() as f64 / n as f64;
+    let audit = stats.count("GET /api/v2/events/data/audit");
+    rows.push(Row {
+        scenario: "same",
+        figure: "SCIM requests per deactivation, verification included",
+        value: format!("{per:.3}"),
+        target: "≤ 2.05",
+        met: Some(per <= 2.05),
+        note: format!(
+            "{} requests in all, {audit} of them audit pages",
+            stats.total()
+        ),
+    });
+}
+
+/// 5,000 risk signals, one in five over the threshold: quarantines share group PATCHes.
+async fn risk_signals(rows: &mut Vec<Row>) {
+    let n = 5000;
+    let over = n / 5;
+    let sandbox = sandbox(SimArgs {
+        users: over,
+        rate_limit_per_min: BUDGET,
+        audit_lag_secs: 2,
+        ..SimArgs::default()
+    })
+    .await;
+    let records: Records = (1..=n)
+        .map(|i| {
+            // Every fifth signal is over the threshold, for users 1..=1000.
+            let (user, score) = if i % 5 == 0 {
+                (i / 5, 95)
+            } else {
+                (over + i, 10)
+            };
+            let key = format!("user{user}@example.com");
+            (
+                sandbox.topics.risk_signals.clone(),
+                key,
+                signal(i, user, score),
+            )
+        })
+        .collect();
+    sandbox.publish(&records).await.expect("publish");
+    let worker = Worker::start(&sandbox, "bench-risk", &[]).await;
+    let outcomes = sandbox
+        .read(&sandbox.topics.outcomes, Duration::from_secs(600), |r| {
+            count_status(r, "verified") >= over && count_status(r, "skipped") >= n - over
+        })
+        .await
+        .expect("outcomes");
+    worker.stop().await;
+    let stats = sandbox.sim.stats();
+    let rate = per_minute(&outcomes, "quarantine");
+    let ratio = rate / f64::from(BUDGET);
+    let patches = stats.count("PATCH /api/v2/scim/Groups/{id}");
+    rows.push(Row {
+        scenario: "5,000 risk signals, 20 % over threshold",
+        figure: "quarantines/min ÷ budget",
+        value: format!("{ratio:.2} ({rate:.0}/min)"),
+        target: "≥ 0.9",
+        met: Some(ratio >= 0.9),
+        note: format!(
+            "{over} quarantines in {patches} group PATCHes; {} requests in all",
+            stats.total()
+        ),
+    });
+}
+
+/// Publishes `count` records fast: enqueue everything, then wait for the acknowledgements.
+async fn publish_many(
+    bootstrap: &str,
+    topic: &str,
+    count: usize,
+    payload: impl Fn(usize) -> (String, Vec<u8>),
+) {
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("linger.ms", "50")
+        .set("batch.num.messages", "10000")
+        .set("queue.buffering.max.messages", "1000000")
+        .set("queue.buffering.max.kbytes", "1048576")
+        .create()
+        .expect("producer");
+    let mut pending = Vec::new();
+    for i in 0..count {
+        let (key, value) = payload(i);
+        loop {
+            match producer.send_result(FutureRecord::to(topic).key(&key).payload(&value)) {
+                Ok(delivery) => {
+                    pending.push(delivery);
+                    break;
+                }
+                Err((_, _)) => {
+                    // The local queue is full: let deliveries drain.
+                    for d in pending.drain(..) {
+                        let _ = d.await;
+                    }
+                }
+            }
+        }
+        if pending.len() >= 200_000 {
+            for d in pending.drain(..) {
+                let _ = d.await;
+            }
+        }
+    }
+    for d in pending {
+        let _ = d.await;
+    }
+}
+
+/// Reads `count` records of `topic` with a bare consume loop (no group), returning events/s
+/// from the first record to the last.
+fn bare_consume(bootstrap: &str, topic: &str, partitions: i32, count: usize) -> f64 {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", "bench-bare")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    {
+        let mut list = TopicPartitionList::new();
+        for p in 0..partitions {
+            list.add_partition_offset(topic, p, Offset::Beginning)
+                .expect("partition");
+        }
+        consumer.assign(&list).expect("assign");
+    }
+    let mut seen = 0usize;
+    let mut first: Option<Instant> = None;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while seen < count && Instant::now() < deadline {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
+            first.get_or_insert_with(Instant::now);
+            // Touch the payload, as any consumer would.
+            seen += usize::from(!m.payload().unwrap_or_default().is_empty());
+        }
+    }
+    let secs = first.map_or(0.0, |f| f.elapsed().as_secs_f64());
+    if secs > 0.0 { seen as f64 / secs } else { 0.0 }
+}
+
+/// 1,000,000 risk signals below the threshold: the worker's own cost per event (decode,
+/// validate, decide, publish an outcome, store the offset) against a bare consume loop.
+async fn below_threshold_flood(rows: &mut Vec<Row>, n: usize) {
+    let sandbox = sandbox(SimArgs {
+        users: 0,
+        rate_limit_per_min: BUDGET,
+        ..SimArgs::default()
+    })
+    .await;
+    let bootstrap = sandbox.bootstrap_servers();
+    let topic = sandbox.topics.risk_signals.clone();
+    publish_many(&bootstrap, &topic, n, |i| {
+        let user = i % 50_000;
+        (format!("user{user}@example.com"), signal(i, user, 10))
+    })
+    .await;
+    let bare = {
+        let (bootstrap, topic) = (bootstrap.clone(), topic.clone());
+        tokio::task::spawn_blocking(move || bare_consume(&bootstrap, &topic, 6, n))
+            .await
+            .expect("bare loop")
+    };
+    let worker = Worker::start(&sandbox, "bench-flood", &[]).await;
+    let mut first: Option<(Instant, f64)> = None;
+    let mut done: Option<(Instant, f64)> = None;
+    let deadline = Instant::now() + Duration::from_secs(1200);
+    let mut peak_mib = 0.0f64;
+    while done.is_none() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let text = worker.metrics().await;
+        let outcomes = prometheus_sum(&text, "offboarder_outcomes_total", &[]);
+        if let Some((hwm, _)) = worker.memory_mib() {
+            peak_mib = peak_mib.max(hwm);
+        }
+        if outcomes > 0.0 && first.is_none() {
+            first = Some((Instant::now(), outcomes));
+        }
+        if outcomes >= n as f64 {
+            done = Some((Instant::now(), outcomes));
+        }
+    }
+    worker.stop().await;
+    let worker_rate = match (first, done) {
+        (Some((t0, c0)), Some((t1, c1))) if t1 > t0 => (c1 - c0) / (t1 - t0).as_secs_f64(),
+        _ => 0.0,
+    };
+    let ratio = if bare > 0.0 { worker_rate / bare } else { 0.0 };
+    rows.push(Row {
+        scenario: if n == 1_000_000 {
+            "1,000,000 signals below threshold"
+        } else {
+            "signals below threshold (reduced count)"
+        },
+        figure: "events/s of the worker ÷ events/s of a bare rdkafka consume loop",
+        value: format!("{ratio:.2} ({worker_rate:.0}/s vs {bare:.0}/s)"),
+        target: "≥ 0.5",
+        met: Some(ratio >= 0.5),
+        note: format!("{n} events; worker peak RSS {peak_mib:.0} MiB"),
+    });
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
+    sorted[rank.min(sorted.len() - 1)]
+}
+
+/// 1,000 terminations, no rate limit: how long from consuming an event to Netskope's answer to
+/// its PATCH (the resolve GET included). Events arrive at a steady 500/s, so that the figure
+/// is the worker's own latency, not a queue behind other users.
+async fn latency(rows: &mut Vec<Row>) {
+    let n = 1000;
+    let sandbox = sandbox(SimArgs {
+        users: n,
+        rate_limit_per_min: 0,
+        ..SimArgs::default()
+    })
+    .await;
+    let worker = Worker::start(
+        &sandbox,
+        "bench-latency",
+        &[
+            ("OFFBOARDER_NETSKOPE__REQUESTS_PER_MINUTE", "6000000".into()),
+            ("OFFBOARDER_VERIFY__MODE", "off".into()),
+        ],
+    )
+    .await;
+    // Wait until the worker has joined its group and probed Netskope.
+    for _ in 0..200 {
+        let ready = reqwest::get(format!("{}/readyz", worker.admin)).await;
+        if ready.is_ok_and(|r| r.status().is_success()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut tick = tokio::time::interval(Duration::from_millis(2));
+    for i in 1..=n {
+        tick.tick().await;
+        let user = format!("user{i}@example.com");
+        let record = [(sandbox.topics.terminations.clone(), user, termination(i))];
+        sandbox.publish(&record).await.expect("publish");
+    }
+    let outcomes = sandbox
+        .read(&sandbox.topics.outcomes, Duration::from_secs(120), |r| {
+            r.len() >= n
+        })
+        .await
+        .expect("outcomes");
+    worker.stop().await;
+    let mut ms: Vec<f64> = outcomes
+        .iter()
+        .map(json_of)
+        .filter_map(|o| {
+            Some((timestamp(&o, "acted")? - timestamp(&o, "received")?).as_seconds_f64() * 1000.0)
+        })
+        .collect();
+    ms.sort_by(f64::total_cmp);
+    let (p50, p99) = (percentile(&ms, 50.0), percentile(&ms, 99.0));
+    rows.push(Row {
+        scenario: "1,000 terminations, no rate limit, simulator on loopback",
+        figure: "consume → PATCH answered (resolve included), p50 / p99",
+        value: format!("{p50:.2} ms / {p99:.2} ms"),
+        target: "p99 ≤ 5 ms",
+        met: Some(p99 <= 5.0),
+        note: format!(
+            "{} samples, events at 500/s; max {:.2} ms",
+            ms.len(),
+            ms.last().copied().unwrap_or(0.0)
+        ),
+    });
+}
+
+/// 10,000 events in flight while Netskope takes 2 s per request: memory stays bounded.
+async fn memory(rows: &mut Vec<Row>) {
+    let n = 10_000;
+    let sandbox = sandbox(SimArgs {
+        users: n,
+        rate_limit_per_min: 0,
+        latency_ms: 2000,
+        ..SimArgs::default()
+    })
+    .await;
+    let records: Records = (1..=n)
+        .map(|i| {
+            let user = format!("user{i}@example.com");
+            (sandbox.topics.terminations.clone(), user, termination(i))
+        })
+        .collect();
+    sandbox.publish(&records).await.expect("publish");
+    let worker = Worker::start(
+        &sandbox,
+        "bench-memory",
+        &[
+            ("OFFBOARDER_PIPELINE__MAX_IN_FLIGHT", n.to_string()),
+            ("OFFBOARDER_NETSKOPE__REQUESTS_PER_MINUTE", "6000000".into()),
+        ],
+    )
+    .await;
+    let mut peak_in_flight = 0.0f64;
+    let mut held_since: Option<Instant> = None;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let text = worker.metrics().await;
+        let in_flight = prometheus_sum(&text, "offboarder_in_flight_events", &[]);
+        peak_in_flight = peak_in_flight.max(in_flight);
+        if in_flight >= n as f64 * 0.99 {
+            let since = *held_since.get_or_insert_with(Instant::now);
+            if since.elapsed() >= Duration::from_secs(5) {
+                break;
+            }
+        }
+    }
+    let (hwm, rss) = worker.memory_mib().unwrap_or((0.0, 0.0));
+    worker.stop().await;
+    rows.push(Row {
+        scenario: "10,000 in flight (simulator latency 2 s)",
+        figure: "peak RSS of the worker process",
+        value: format!("{hwm:.1} MiB"),
+        target: "≤ 64 MiB",
+        met: Some(hwm <= 64.0),
+        note: format!("peak in-flight {peak_in_flight:.0}; RSS {rss:.1} MiB at the end"),
+    });
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map_or("?".into(), |kb| format!("{:.0} GiB", kb / 1024.0 / 1024.0));
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|k| k.trim().to_string())
+        .unwrap_or_default();
+    format!("{cpu}, {cores} cores, {mem} RAM, Linux {kernel}")
+}
+
+fn table(rows: &[Row]) -> String {
+    let mut out = String::from(
+        "| scenario | figure | value | target | met | notes |\n|---|---|---|---|---|---|\n",
+    );
+    for r in rows {
+        let met = match r.met {
+            Some(true) => "yes",
+            Some(false) => "**no**",
+            None => "-",
+        };
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} | {} |",
+            r.scenario, r.figure, r.value, r.target, met, r.note
+        );
+    }
+    out
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; anything else filters the scenarios by name.
+    let filters: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    let wanted =
+        |name: &str| filters.is_empty() || filters.iter().any(|f| name.contains(f.as_str()));
+    let flood = std::env::var("BENCH_FLOOD_EVENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let started = OffsetDateTime::now_utc();
+    let rows = runtime.block_on(async {
+        let mut rows = Vec::new();
+        let scenarios: Vec<(&str, u8)> = vec![
+            ("burst", 0),
+            ("risk", 1),
+            ("flood", 2),
+            ("latency", 3),
+            ("memory", 4),
+        ];
+        for (name, id) in scenarios {
+            if !wanted(name) {
+                continue;
+            }
+            eprintln!("bench: {name} ...");
+            let t = Instant::now();
+            match id {
+                0 => terminations_burst(&mut rows).await,
+                1 => risk_signals(&mut rows).await,
+                2 => below_threshold_flood(&mut rows, flood).await,
+                3 => latency(&mut rows).await,
+                _ => memory(&mut rows).await,
+            }
+            eprintln!("bench: {name} done in {:.1} s", t.elapsed().as_secs_f64());
+        }
+        rows
+    });
+    let table = table(&rows);
+    println!("{table}");
+    let mut command = String::from("cargo bench --bench pipeline");
+    if !filters.is_empty() {
+        let _ = write!(command, " -- {}", filters.join(" "));
+    }
+    if flood != 1_000_000 {
+        command = format!("BENCH_FLOOD_EVENTS={flood} {command}");
+    }
+    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+    for r in &rows {
+        *counts
+            .entry(match r.met {
+                Some(true) => "met",
+                Some(false) => "missed",
+                None => "n/a",
+            })
+            .or_default() += 1;
+    }
+    let doc = format!(
+        "# Benchmarks\n\nGenerated by `{command}` on {date}.\n\nMachine: {machine}.\n\nThe worker runs as its own process (the release build of `offboarder run`) against librdkafka's in-process mock cluster and the tenant simulator; the budget is {BUDGET} requests/min per token in both the simulator and the worker. Targets are ratios to that budget, so they hold on any machine.\n\n{table}\nSummary: {counts:?}.\n\n{notes}",
+        date = started.format(&Rfc3339).unwrap_or_default(),
+        machine = machine(),
+        notes = std::fs::read_to_string("benches/NOTES.md").unwrap_or_default(),
+    );
+    if filters.is_empty() {
+        if let Err(e) = std::fs::write("BENCHMARKS.md", doc) {
+            eprintln!("cannot write BENCHMARKS.md: {e}");
+        }
+    } else {
+        eprintln!("filtered run: BENCHMARKS.md left as it was");
+    }
+}
