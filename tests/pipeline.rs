@@ -562,15 +562,18 @@ async fn a_rejected_token_stops_the_worker_and_keeps_the_events() {
     assert!(outcomes.iter().all(|m| json_of(m)["status"] == "applied"));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn consumption_pauses_at_the_in_flight_bound() {
-    let sandbox = sandbox_with(60, |args| args.latency_ms = 10).await;
-    let records = terminations(&sandbox, 1..=60);
-    sandbox.publish(&records).await.unwrap();
-    let mut config = config(&sandbox, "bounded");
+/// Runs `records` through a pipeline with `max_in_flight = 8` and two lanes, sampling the
+/// in-flight count; returns the peak, whether the partitions were ever paused, and the outcomes.
+async fn run_bounded(
+    sandbox: &Sandbox,
+    group: &str,
+    expected: usize,
+    pause_after: Duration,
+) -> (usize, bool, Vec<OwnedMessage>) {
+    let mut config = config(sandbox, group);
     config.pipeline.max_in_flight = 8;
     config.pipeline.max_concurrent_users = 2;
-
+    config.pipeline.pause_after = pause_after;
     let pipeline = Pipeline::new(&config, sandbox.client(&config).unwrap())
         .await
         .unwrap();
@@ -592,22 +595,60 @@ async fn consumption_pauses_at_the_in_flight_bound() {
     let worker = tokio::spawn(pipeline.run());
     let outcomes = sandbox
         .read(&sandbox.topics.outcomes, WAIT, |r| {
-            distinct_sources(r) >= records.len()
+            distinct_sources(r) >= expected
         })
         .await
         .unwrap();
     handle.stop();
     worker.await.unwrap().unwrap();
     sampler.abort();
+    (
+        peak.load(Ordering::SeqCst),
+        was_paused.load(Ordering::SeqCst),
+        outcomes,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reading_stops_at_the_in_flight_bound() {
+    let sandbox = sandbox_with(60, |args| args.latency_ms = 10).await;
+    let records = terminations(&sandbox, 1..=60);
+    sandbox.publish(&records).await.unwrap();
+
+    let (peak, paused, outcomes) =
+        run_bounded(&sandbox, "bounded", records.len(), Duration::from_secs(5)).await;
 
     assert_eq!(distinct_sources(&outcomes), records.len());
-    let peak = peak.load(Ordering::SeqCst);
     println!("peak in-flight events: {peak} (bound 8)");
+    assert_eq!(peak, 8, "the bound was reached and held");
     assert!(
-        was_paused.load(Ordering::SeqCst),
-        "the bound was reached and consumption paused"
+        !paused,
+        "events kept finishing: no need to pause the partitions"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stall_at_the_bound_pauses_the_partitions_and_loses_nothing() {
+    // Every request takes half a second: at the bound, nothing finishes for longer than
+    // pause_after.
+    let sandbox = sandbox_with(10, |args| args.latency_ms = 500).await;
+    let records = terminations(&sandbox, 1..=10);
+    sandbox.publish(&records).await.unwrap();
+
+    let (peak, paused, outcomes) = run_bounded(
+        &sandbox,
+        "stalled",
+        records.len(),
+        Duration::from_millis(300),
+    )
+    .await;
+
+    assert_eq!(distinct_sources(&outcomes), records.len());
     assert!(peak <= 8, "peak {peak}");
+    assert!(
+        paused,
+        "the partitions were paused while the worker stalled"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -217,6 +217,11 @@ impl KafkaConfig {
         if unset("auto.offset.reset") {
             c.set("auto.offset.reset", "earliest");
         }
+        // What librdkafka fetches ahead waits in its queue while the worker is at its bound:
+        // keep that queue small (the default is 64 MiB).
+        if unset("queued.max.messages.kbytes") {
+            c.set("queued.max.messages.kbytes", "8192");
+        }
         // Consumer lag for the metrics comes from librdkafka's statistics.
         if unset("statistics.interval.ms") {
             c.set("statistics.interval.ms", "15000");
@@ -255,8 +260,12 @@ fn check_name(table: &'static str, name: &str) -> Result<(), KafkaConfigError> {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PipelineConfig {
-    /// Events received and not yet finished. At the bound, consumption pauses.
+    /// Events received and being acted on. At the bound, reading stops until one finishes.
     pub max_in_flight: usize,
+    /// At the bound with no event finishing for this long (Netskope slow or down), the
+    /// partitions are paused, so that the consumer can go on polling and stay in its group.
+    #[serde(with = "humantime_serde")]
+    pub pause_after: Duration,
     /// Users whose events are processed at the same time.
     pub max_concurrent_users: usize,
     /// Largest event payload accepted; a bigger one goes to the dead-letter topic.
@@ -283,6 +292,7 @@ impl Default for PipelineConfig {
     fn default() -> Self {
         Self {
             max_in_flight: 1000,
+            pause_after: Duration::from_secs(5),
             max_concurrent_users: 64,
             max_event_bytes: 64 * 1024,
             batch_window: Duration::from_millis(200),

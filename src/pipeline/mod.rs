@@ -91,6 +91,26 @@ pub struct Summary {
     pub left_open: usize,
 }
 
+/// How full the worker is.
+struct Load {
+    acting: usize,
+    pending: usize,
+    max_acting: usize,
+    max_pending: usize,
+}
+
+impl Load {
+    /// At `max_in_flight` events being acted on, or `verify.max_pending` actions awaiting
+    /// verification: read no more.
+    fn full(&self) -> bool {
+        self.acting >= self.max_acting || self.pending >= self.max_pending
+    }
+
+    fn below_half(&self) -> bool {
+        self.acting < self.max_acting.div_ceil(2) && self.pending < self.max_pending.div_ceil(2)
+    }
+}
+
 /// Stops a running pipeline from outside, gracefully or (tests) abruptly, and reads its state.
 #[derive(Clone, Default)]
 pub struct PipelineHandle {
@@ -105,7 +125,7 @@ impl PipelineHandle {
         self.shared.tracker().open()
     }
 
-    /// Whether consumption is paused because `max_in_flight` events are open.
+    /// Whether the partitions are paused because the worker stalled at its in-flight bound.
     pub fn paused(&self) -> bool {
         self.shared.paused.load(Ordering::SeqCst)
     }
@@ -134,7 +154,7 @@ impl PipelineHandle {
 struct Shared {
     readiness: Arc<Readiness>,
     tracker: Mutex<OffsetTracker>,
-    /// Consumption is paused because `max_in_flight` events are open.
+    /// The partitions are paused: the worker stalled at its in-flight bound.
     paused: AtomicBool,
     /// Signalled whenever an event finishes, to wake a paused consumer loop.
     progress: Notify,
@@ -648,14 +668,25 @@ impl Pipeline {
         tracing::info!(?topics, group = self.kafka.group_id, "consuming");
         let handle = self.core.handle.clone();
         let mut received = 0u64;
+        let stall = self.settings.pause_after;
         loop {
-            self.apply_backpressure();
+            let load = self.load();
             let paused = self.core.shared.paused.load(Ordering::SeqCst);
+            if paused && load.below_half() {
+                self.set_paused(false, &load);
+            }
+            let paused = self.core.shared.paused.load(Ordering::SeqCst);
+            let full = load.full();
             tokio::select! {
                 biased;
                 _ = handle.stop.cancelled() => break,
-                _ = self.core.shared.progress.notified(), if paused => {}
-                message = self.core.consumer.recv() => match message {
+                // At the bound, reading stops; what librdkafka fetched waits in its own bounded
+                // queue and is read the moment an event finishes, with no refetch.
+                _ = self.core.shared.progress.notified(), if full || paused => {}
+                // No event finished for `pause_after` (Netskope is slow or down): pause the
+                // partitions and go on polling, so that the consumer stays in its group.
+                _ = tokio::time::sleep(stall), if full && !paused => self.set_paused(true, &load),
+                message = self.core.consumer.recv(), if !full || paused => match message {
                     Ok(m) => {
                         received += 1;
                         self.accept(&m);
@@ -673,26 +704,21 @@ impl Pipeline {
         self.drain(received).await
     }
 
-    /// Pauses every assigned partition when `max_in_flight` events are being acted on, or
-    /// `verify.max_pending` applied actions wait for verification, and resumes them when both
-    /// have fallen to half. The loop keeps polling while paused, so the consumer stays in its
-    /// group however long Netskope takes.
-    fn apply_backpressure(&self) {
+    /// Events being acted on and actions awaiting verification, against their bounds.
+    fn load(&self) -> Load {
         let open = self.core.shared.tracker().open();
         let pending = self.core.verifier.as_ref().map_or(0, Verifier::pending);
-        let acting = open.saturating_sub(pending);
-        let (max, max_pending) = (self.settings.max_in_flight, self.max_pending);
-        let paused = self.core.shared.paused.load(Ordering::SeqCst);
-        // Resume at half the bounds: a resumed partition's first fetch takes a round trip (up
-        // to fetch.wait.max.ms), and the events still open keep the lanes busy meanwhile.
-        let change = if !paused && (acting >= max || pending >= max_pending) {
-            Some(true)
-        } else if paused && acting < max.div_ceil(2) && pending < max_pending.div_ceil(2) {
-            Some(false)
-        } else {
-            None
-        };
-        let Some(pause) = change else { return };
+        Load {
+            acting: open.saturating_sub(pending),
+            pending,
+            max_acting: self.settings.max_in_flight,
+            max_pending: self.max_pending,
+        }
+    }
+
+    /// Pauses or resumes every assigned partition. A resumed partition's first fetch can take
+    /// up to a second in librdkafka, so this is the slow path, for stalls only.
+    fn set_paused(&self, pause: bool, load: &Load) {
         self.core.shared.paused.store(pause, Ordering::SeqCst);
         let consumer = &self.core.consumer;
         let result = consumer.assignment().and_then(|assignment| {
@@ -702,17 +728,15 @@ impl Pipeline {
                 consumer.resume(&assignment)
             }
         });
+        let (acting, pending) = (load.acting, load.pending);
         match result {
-            Ok(()) if pause => tracing::info!(
+            Ok(()) if pause => tracing::warn!(
                 acting,
                 pending_verification = pending,
-                "in-flight limit reached; consumption paused"
+                stalled_for = %humantime::format_duration(self.settings.pause_after),
+                "no event finished while at the in-flight limit; partitions paused"
             ),
-            Ok(()) => tracing::info!(
-                acting,
-                pending_verification = pending,
-                "consumption resumed"
-            ),
+            Ok(()) => tracing::info!(acting, pending_verification = pending, "partitions resumed"),
             Err(e) => tracing::warn!(error = %e, pause, "cannot pause or resume partitions"),
         }
     }
