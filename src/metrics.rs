@@ -16,6 +16,8 @@ pub const OUTCOMES: &str = "offboarder_outcomes_total";
 pub const DEAD_LETTERS: &str = "offboarder_dead_letters_total";
 /// HTTP attempts to Netskope, by `op` and `status` (the HTTP status, or `error`).
 pub const SCIM_REQUESTS: &str = "offboarder_scim_requests_total";
+/// Time from sending a request to Netskope's response headers, by `op`.
+pub const SCIM_REQUEST_DURATION: &str = "offboarder_scim_request_seconds";
 /// 429 answers, by `token` (`SCIM` or `events`).
 pub const THROTTLED: &str = "offboarder_scim_throttled_total";
 /// Time a request waited for its token's budget, by `token`.
@@ -33,6 +35,9 @@ pub const CONSUMER_LAG: &str = "offboarder_consumer_lag";
 pub const READY: &str = "offboarder_ready";
 
 const WAIT_BUCKETS: &[f64] = &[0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
+const REQUEST_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
 const VERIFY_BUCKETS: &[f64] = &[
     1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 900.0, 1200.0, 1800.0,
 ];
@@ -41,6 +46,7 @@ const VERIFY_BUCKETS: &[f64] = &[
 pub fn install() -> Result<PrometheusHandle, BuildError> {
     let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Full(LIMITER_WAIT.into()), WAIT_BUCKETS)?
+        .set_buckets_for_metric(Matcher::Full(SCIM_REQUEST_DURATION.into()), REQUEST_BUCKETS)?
         .set_buckets_for_metric(Matcher::Full(VERIFICATION_LATENCY.into()), VERIFY_BUCKETS)?
         .install_recorder()?;
     describe();
@@ -55,6 +61,7 @@ const ALL: &[(&str, &str)] = &[
     (OUTCOMES, "counter"),
     (DEAD_LETTERS, "counter"),
     (SCIM_REQUESTS, "counter"),
+    (SCIM_REQUEST_DURATION, "histogram"),
     (THROTTLED, "counter"),
     (LIMITER_WAIT, "histogram"),
     (IN_FLIGHT, "gauge"),
@@ -117,6 +124,11 @@ fn describe() {
     describe_counter!(
         SCIM_REQUESTS,
         "HTTP attempts to Netskope, by operation and status."
+    );
+    describe_histogram!(
+        SCIM_REQUEST_DURATION,
+        Unit::Seconds,
+        "Time from sending a request to Netskope's response headers, by operation."
     );
     describe_counter!(THROTTLED, "HTTP 429 answers from Netskope, by token.");
     describe_histogram!(

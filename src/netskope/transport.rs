@@ -245,12 +245,15 @@ impl Transport {
         let request = build(&self.http)
             .header(ACCEPT, "application/scim+json, application/json")
             .header(self.auth_name(), self.auth_value(token));
+        let sent = tokio::time::Instant::now();
         let response = request.send().await.map_err(|e| {
             metrics::counter!(names::SCIM_REQUESTS, "op" => op.name(), "status" => "error")
                 .increment(1);
             Attempt::from(transient(op, None, describe(&e)))
         })?;
         let status = response.status().as_u16();
+        metrics::histogram!(names::SCIM_REQUEST_DURATION, "op" => op.name())
+            .record(sent.elapsed().as_secs_f64());
         metrics::counter!(names::SCIM_REQUESTS, "op" => op.name(), "status" => status.to_string())
             .increment(1);
         let headers = response.headers().clone();
