@@ -149,8 +149,14 @@ fn count_status(outcomes: &[OwnedMessage], status: &str) -> usize {
         .count()
 }
 
-/// Actions per minute over the run: from the first event received to the last answer.
-fn per_minute(outcomes: &[OwnedMessage], action: &str) -> f64 {
+/// The worker's limiter lets a token start with ten seconds' worth of requests at once.
+const BURST_REQUESTS: f64 = BUDGET as f64 / 6.0;
+
+/// Actions per minute: over the whole run (from the first event received to the last answer),
+/// and in steady state, once the limiter's initial burst is spent (`requests_per_action`
+/// converts the burst into actions). Only the steady rate compares with the budget: the burst
+/// is a one-off allowance.
+fn per_minute(outcomes: &[OwnedMessage], action: &str, requests_per_action: f64) -> (f64, f64) {
     let applied: Vec<Value> = outcomes
         .iter()
         .map(json_of)
@@ -160,13 +166,25 @@ fn per_minute(outcomes: &[OwnedMessage], action: &str) -> f64 {
         .iter()
         .filter_map(|o| timestamp(o, "received"))
         .min();
-    let last = applied.iter().filter_map(|o| timestamp(o, "acted")).max();
-    match (first, last) {
-        (Some(first), Some(last)) if last > first => {
-            applied.len() as f64 / ((last - first).as_seconds_f64() / 60.0)
+    let mut acted: Vec<OffsetDateTime> = applied
+        .iter()
+        .filter_map(|o| timestamp(o, "acted"))
+        .collect();
+    acted.sort();
+    let overall = match (first, acted.last()) {
+        (Some(first), Some(last)) if *last > first => {
+            applied.len() as f64 / ((*last - first).as_seconds_f64() / 60.0)
         }
         _ => 0.0,
-    }
+    };
+    let skip = (BURST_REQUESTS / requests_per_action).ceil() as usize;
+    let steady = match (acted.get(skip), acted.last()) {
+        (Some(start), Some(last)) if last > start => {
+            (acted.len() - 1 - skip) as f64 / ((*last - *start).as_seconds_f64() / 60.0)
+        }
+        _ => 0.0,
+    };
+    (overall, steady)
 }
 
 async fn sandbox(sim: SimArgs) -> Sandbox {
@@ -201,22 +219,22 @@ async fn terminations_burst(rows: &mut Vec<Row>) {
     let elapsed = started.elapsed();
     worker.stop().await;
     let stats = sandbox.sim.stats();
-    let rate = per_minute(&outcomes, "deactivate");
+    let per = stats.total() as f64 / n as f64;
+    let (overall, rate) = per_minute(&outcomes, "deactivate", per);
     let ratio = rate / (f64::from(BUDGET) / 2.0);
     let throttled: u64 = stats.requests.values().filter_map(|by| by.get(&429)).sum();
     rows.push(Row {
         scenario: "1,000 terminations in one burst",
-        figure: "deactivations/min ÷ (budget/2)",
+        figure: "deactivations/min ÷ (budget/2), steady state",
         value: format!("{ratio:.2} ({rate:.0}/min)"),
         target: "≥ 0.95",
         met: Some(ratio >= 0.95),
         note: format!(
-            "{} verified in {:.1} s; {throttled} answers were 429",
+            "{overall:.0}/min over the whole run, the limiter's initial burst included; {} verified in {:.1} s; {throttled} answers were 429",
             count_status(&outcomes, "verified"),
             elapsed.as_secs_f64()
         ),
     });
-    let per = stats.total() as f64 / n as f64;
     let audit = stats.count("GET /api/v2/events/data/audit");
     rows.push(Row {
         scenario: "same",
@@ -268,17 +286,17 @@ async fn risk_signals(rows: &mut Vec<Row>) {
         .expect("outcomes");
     worker.stop().await;
     let stats = sandbox.sim.stats();
-    let rate = per_minute(&outcomes, "quarantine");
+    let (overall, rate) = per_minute(&outcomes, "quarantine", stats.total() as f64 / over as f64);
     let ratio = rate / f64::from(BUDGET);
     let patches = stats.count("PATCH /api/v2/scim/Groups/{id}");
     rows.push(Row {
         scenario: "5,000 risk signals, 20 % over threshold",
-        figure: "quarantines/min ÷ budget",
+        figure: "quarantines/min ÷ budget, steady state",
         value: format!("{ratio:.2} ({rate:.0}/min)"),
         target: "≥ 0.9",
         met: Some(ratio >= 0.9),
         note: format!(
-            "{over} quarantines in {patches} group PATCHes; {} requests in all",
+            "{overall:.0}/min over the whole run, burst included; {over} quarantines in {patches} group PATCHes; {} requests in all",
             stats.total()
         ),
     });
@@ -358,6 +376,69 @@ fn bare_consume(bootstrap: &str, topic: &str, partitions: i32, count: usize) -> 
     if secs > 0.0 { seen as f64 / secs } else { 0.0 }
 }
 
+/// The least any worker with one outcome per event must do: the bare consume loop, plus one
+/// outcome-sized record produced per event (no parsing, no validation). Returns events/s.
+fn bare_consume_produce(
+    bootstrap: &str,
+    topic: &str,
+    out: &str,
+    partitions: i32,
+    count: usize,
+) -> f64 {
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .set("queue.buffering.max.messages", "1000000")
+        .create()
+        .expect("producer");
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", "bench-bare-produce")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    {
+        let mut list = TopicPartitionList::new();
+        for p in 0..partitions {
+            list.add_partition_offset(topic, p, Offset::Beginning)
+                .expect("partition");
+        }
+        consumer.assign(&list).expect("assign");
+    }
+    let outcome = vec![b'x'; 600];
+    let mut seen = 0usize;
+    let mut first: Option<Instant> = None;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while seen < count && Instant::now() < deadline {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
+            first.get_or_insert_with(Instant::now);
+            let key = m.key().unwrap_or_default().to_vec();
+            let mut record = BaseRecord::<[u8], [u8]>::to(out)
+                .key(&key)
+                .payload(&outcome);
+            loop {
+                match producer.send(record) {
+                    Ok(()) => break,
+                    Err((_, r)) => {
+                        record = r;
+                        producer.poll(Duration::from_millis(1));
+                    }
+                }
+            }
+            seen += 1;
+            if seen.is_multiple_of(1000) {
+                producer.poll(Duration::ZERO);
+            }
+        }
+    }
+    let _ = producer.flush(Duration::from_secs(60));
+    let secs = first.map_or(0.0, |f| f.elapsed().as_secs_f64());
+    if secs > 0.0 { seen as f64 / secs } else { 0.0 }
+}
+
 /// 1,000,000 risk signals below the threshold: the worker's own cost per event (decode,
 /// validate, decide, publish an outcome, store the offset) against a bare consume loop.
 async fn below_threshold_flood(rows: &mut Vec<Row>, n: usize) {
@@ -379,6 +460,13 @@ async fn below_threshold_flood(rows: &mut Vec<Row>, n: usize) {
         tokio::task::spawn_blocking(move || bare_consume(&bootstrap, &topic, 6, n))
             .await
             .expect("bare loop")
+    };
+    let floor = {
+        let (bootstrap, topic) = (bootstrap.clone(), topic.clone());
+        let out = sandbox.topics.dead_letter.clone();
+        tokio::task::spawn_blocking(move || bare_consume_produce(&bootstrap, &topic, &out, 6, n))
+            .await
+            .expect("bare consume and produce loop")
     };
     let worker = Worker::start(&sandbox, "bench-flood", &[]).await;
     let mut first: Option<(Instant, f64)> = None;
@@ -415,7 +503,11 @@ async fn below_threshold_flood(rows: &mut Vec<Row>, n: usize) {
         value: format!("{ratio:.2} ({worker_rate:.0}/s vs {bare:.0}/s)"),
         target: "≥ 0.5",
         met: Some(ratio >= 0.5),
-        note: format!("{n} events; worker peak RSS {peak_mib:.0} MiB"),
+        note: format!(
+            "{n} events; a bare loop that also produces one outcome-sized record per event: {floor:.0}/s, {:.2} of the bare consume loop; the worker reaches {:.2} of that loop; worker peak RSS {peak_mib:.0} MiB",
+            if bare > 0.0 { floor / bare } else { 0.0 },
+            if floor > 0.0 { worker_rate / floor } else { 0.0 }
+        ),
     });
 }
 
@@ -428,8 +520,9 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 }
 
 /// 1,000 terminations, no rate limit: how long from consuming an event to Netskope's answer to
-/// its PATCH (the resolve GET included). Events arrive at a steady 500/s, so that the figure
-/// is the worker's own latency, not a queue behind other users.
+/// its PATCH (the resolve GET included). Events arrive at a steady 100/s, so that the figure is
+/// the worker's own latency, not a queue: this harness hosts the broker and the simulator on
+/// the same cores as the worker.
 async fn latency(rows: &mut Vec<Row>) {
     let n = 1000;
     let sandbox = sandbox(SimArgs {
@@ -455,7 +548,7 @@ async fn latency(rows: &mut Vec<Row>) {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let mut tick = tokio::time::interval(Duration::from_millis(2));
+    let mut tick = tokio::time::interval(Duration::from_millis(10));
     for i in 1..=n {
         tick.tick().await;
         let user = format!("user{i}@example.com");
@@ -468,7 +561,19 @@ async fn latency(rows: &mut Vec<Row>) {
         })
         .await
         .expect("outcomes");
+    let text = worker.metrics().await;
     worker.stop().await;
+    let mean_ms = |op: &str| {
+        let label = format!("op=\"{op}\"");
+        let sum = prometheus_sum(&text, "offboarder_scim_request_seconds_sum", &[&label]);
+        let count = prometheus_sum(&text, "offboarder_scim_request_seconds_count", &[&label]);
+        if count > 0.0 {
+            sum / count * 1000.0
+        } else {
+            0.0
+        }
+    };
+    let (resolve_ms, patch_ms) = (mean_ms("resolve_user"), mean_ms("deactivate"));
     let mut ms: Vec<f64> = outcomes
         .iter()
         .map(json_of)
@@ -485,9 +590,9 @@ async fn latency(rows: &mut Vec<Row>) {
         target: "p99 ≤ 5 ms",
         met: Some(p99 <= 5.0),
         note: format!(
-            "{} samples, events at 500/s; max {:.2} ms",
+            "{} samples at 100 events/s; mean HTTP round trip to the simulator (another process on the same cores): resolve {resolve_ms:.2} ms, PATCH {patch_ms:.2} ms; p50 less both: {:.2} ms",
             ms.len(),
-            ms.last().copied().unwrap_or(0.0)
+            p50 - resolve_ms - patch_ms
         ),
     });
 }
