@@ -17,7 +17,9 @@
 //! | [`sim`] | a Netskope tenant simulator (SCIM + audit + scopes + rate limits + faults) for the demo, tests and benchmarks |
 //! | [`sandbox`] | an in-process mock Kafka cluster plus the simulator, wired to a config, for the demo, tests and benchmarks |
 //! | [`demo`] | `offboarder demo`: an in-process Kafka cluster and the simulator, sample events through the real pipeline |
-//! | [`telemetry`] | log setup (human on a terminal, JSON otherwise) |
+//! | [`telemetry`] | logs (human on a terminal, JSON otherwise), OTLP traces, each event's span and its trace context |
+//! | [`metrics`] | Prometheus metric names, help texts, buckets and the recorder |
+//! | [`admin`] | the admin listener: `/metrics`, `/healthz`, `/readyz` |
 //! | [`clock`] | wall and monotonic clocks that follow tokio's (pausable) clock |
 
 pub mod admin;
