@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use offboarder::sandbox::{self, Sandbox, prometheus_sum};
 use offboarder::sim::SimArgs;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::OwnedMessage;
+use rdkafka::message::{BorrowedMessage, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use serde_json::{Value, json};
@@ -303,6 +303,8 @@ async fn risk_signals(rows: &mut Vec<Row>) {
 }
 
 /// Publishes `count` records fast: enqueue everything, then wait for the acknowledgements.
+/// Panics when any record is not acknowledged: a short topic would make every loop that reads
+/// it wait for records that never come.
 async fn publish_many(
     bootstrap: &str,
     topic: &str,
@@ -318,6 +320,23 @@ async fn publish_many(
         .create()
         .expect("producer");
     let mut pending = Vec::new();
+    let mut failed = 0usize;
+    let mut first_error = None;
+    let mut settle = async |pending: &mut Vec<_>| {
+        for d in pending.drain(..) {
+            match d.await {
+                Ok(Ok(_)) => {}
+                Ok(Err((e, _))) => {
+                    failed += 1;
+                    first_error.get_or_insert_with(|| format!("{e}"));
+                }
+                Err(_) => {
+                    failed += 1;
+                    first_error.get_or_insert_with(|| "delivery cancelled".to_string());
+                }
+            }
+        }
+    };
     for i in 0..count {
         let (key, value) = payload(i);
         loop {
@@ -326,54 +345,71 @@ async fn publish_many(
                     pending.push(delivery);
                     break;
                 }
-                Err((_, _)) => {
-                    // The local queue is full: let deliveries drain.
-                    for d in pending.drain(..) {
-                        let _ = d.await;
-                    }
-                }
+                // The local queue is full: let deliveries drain.
+                Err((_, _)) => settle(&mut pending).await,
             }
         }
         if pending.len() >= 200_000 {
-            for d in pending.drain(..) {
-                let _ = d.await;
-            }
+            settle(&mut pending).await;
         }
     }
-    for d in pending {
-        let _ = d.await;
-    }
+    settle(&mut pending).await;
+    assert!(
+        failed == 0,
+        "{failed} of {count} records were not acknowledged; the first error: {}",
+        first_error.unwrap_or_default()
+    );
 }
 
-/// Reads `count` records of `topic` with a bare consume loop (no group), returning events/s
-/// from the first record to the last.
-fn bare_consume(bootstrap: &str, topic: &str, partitions: i32, count: usize) -> f64 {
+/// A consumer assigned every partition of `topic` from the beginning, outside any group.
+fn assigned_consumer(bootstrap: &str, group: &str, topic: &str, partitions: i32) -> BaseConsumer {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
-        .set("group.id", "bench-bare")
+        .set("group.id", group)
         .set("enable.auto.commit", "false")
         .create()
         .expect("consumer");
-    {
-        let mut list = TopicPartitionList::new();
-        for p in 0..partitions {
-            list.add_partition_offset(topic, p, Offset::Beginning)
-                .expect("partition");
-        }
-        consumer.assign(&list).expect("assign");
+    let mut list = TopicPartitionList::new();
+    for p in 0..partitions {
+        list.add_partition_offset(topic, p, Offset::Beginning)
+            .expect("partition");
     }
+    consumer.assign(&list).expect("assign");
+    drop(list);
+    consumer
+}
+
+/// Polls until `count` records have been seen, or until the topic has been silent for ten
+/// seconds (then the shortfall is reported, not waited out). Returns records/s from the first
+/// record to the last.
+fn drain(consumer: &BaseConsumer, count: usize, mut each: impl FnMut(&BorrowedMessage<'_>)) -> f64 {
+    let silence = Duration::from_secs(10);
     let mut seen = 0usize;
     let mut first: Option<Instant> = None;
-    let deadline = Instant::now() + Duration::from_secs(600);
-    while seen < count && Instant::now() < deadline {
+    let mut last = Instant::now();
+    while seen < count && last.elapsed() < silence {
         if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
-            first.get_or_insert_with(Instant::now);
-            // Touch the payload, as any consumer would.
-            seen += usize::from(!m.payload().unwrap_or_default().is_empty());
+            last = Instant::now();
+            first.get_or_insert(last);
+            each(&m);
+            seen += 1;
         }
     }
-    let secs = first.map_or(0.0, |f| f.elapsed().as_secs_f64());
+    if seen < count {
+        eprintln!("bench: only {seen} of {count} records arrived");
+    }
+    let secs = first.map_or(0.0, |f| (last - f).as_secs_f64());
     if secs > 0.0 { seen as f64 / secs } else { 0.0 }
+}
+
+/// Reads `count` records of `topic` with a bare consume loop (no group), returning events/s.
+fn bare_consume(bootstrap: &str, topic: &str, partitions: i32, count: usize) -> f64 {
+    let consumer = assigned_consumer(bootstrap, "bench-bare", topic, partitions);
+    let mut bytes = 0usize;
+    // Touch the payload, as any consumer would.
+    drain(&consumer, count, |m| {
+        bytes += m.payload().map_or(0, <[u8]>::len)
+    })
 }
 
 /// The least any worker with one outcome per event must do: the bare consume loop, plus one
@@ -394,60 +430,46 @@ fn bare_consume_produce(
         .set("queue.buffering.max.messages", "1000000")
         .create()
         .expect("producer");
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", "bench-bare-produce")
-        .set("enable.auto.commit", "false")
-        .create()
-        .expect("consumer");
-    {
-        let mut list = TopicPartitionList::new();
-        for p in 0..partitions {
-            list.add_partition_offset(topic, p, Offset::Beginning)
-                .expect("partition");
-        }
-        consumer.assign(&list).expect("assign");
-    }
+    let consumer = assigned_consumer(bootstrap, "bench-bare-produce", topic, partitions);
     let outcome = vec![b'x'; 600];
-    let mut seen = 0usize;
-    let mut first: Option<Instant> = None;
-    let deadline = Instant::now() + Duration::from_secs(600);
-    while seen < count && Instant::now() < deadline {
-        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
-            first.get_or_insert_with(Instant::now);
-            let key = m.key().unwrap_or_default().to_vec();
-            let mut record = BaseRecord::<[u8], [u8]>::to(out)
-                .key(&key)
-                .payload(&outcome);
-            loop {
-                match producer.send(record) {
-                    Ok(()) => break,
-                    Err((_, r)) => {
-                        record = r;
-                        producer.poll(Duration::from_millis(1));
-                    }
+    let mut sent = 0usize;
+    let rate = drain(&consumer, count, |m| {
+        let key = m.key().unwrap_or_default();
+        let mut record = BaseRecord::<[u8], [u8]>::to(out).key(key).payload(&outcome);
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((_, r)) => {
+                    record = r;
+                    producer.poll(Duration::from_millis(1));
                 }
             }
-            seen += 1;
-            if seen.is_multiple_of(1000) {
-                producer.poll(Duration::ZERO);
-            }
         }
-    }
+        sent += 1;
+        if sent.is_multiple_of(1000) {
+            producer.poll(Duration::ZERO);
+        }
+    });
     let _ = producer.flush(Duration::from_secs(60));
-    let secs = first.map_or(0.0, |f| f.elapsed().as_secs_f64());
-    if secs > 0.0 { seen as f64 / secs } else { 0.0 }
+    rate
 }
 
 /// 1,000,000 risk signals below the threshold: the worker's own cost per event (decode,
 /// validate, decide, publish an outcome, store the offset) against a bare consume loop.
 async fn below_threshold_flood(rows: &mut Vec<Row>, n: usize) {
-    let sandbox = sandbox(SimArgs {
-        users: 0,
-        rate_limit_per_min: BUDGET,
-        ..SimArgs::default()
-    })
-    .await;
+    // librdkafka's mock cluster keeps at most 5 MiB per partition and drops the oldest batches
+    // beyond that; ~170-byte signals need a partition per ~25,000 of them to all stay readable.
+    let partitions = i32::try_from(n.div_ceil(25_000)).unwrap_or(i32::MAX).max(6);
+    let sandbox = Sandbox::start(
+        SimArgs {
+            users: 0,
+            rate_limit_per_min: BUDGET,
+            ..SimArgs::default()
+        },
+        partitions,
+    )
+    .await
+    .expect("sandbox");
     let bootstrap = sandbox.bootstrap_servers();
     let topic = sandbox.topics.risk_signals.clone();
     publish_many(&bootstrap, &topic, n, |i| {
@@ -455,19 +477,24 @@ async fn below_threshold_flood(rows: &mut Vec<Row>, n: usize) {
         (format!("user{user}@example.com"), signal(i, user, 10))
     })
     .await;
+    eprintln!("bench: flood: {n} records published");
     let bare = {
         let (bootstrap, topic) = (bootstrap.clone(), topic.clone());
-        tokio::task::spawn_blocking(move || bare_consume(&bootstrap, &topic, 6, n))
+        tokio::task::spawn_blocking(move || bare_consume(&bootstrap, &topic, partitions, n))
             .await
             .expect("bare loop")
     };
+    eprintln!("bench: flood: bare consume loop {bare:.0}/s");
     let floor = {
         let (bootstrap, topic) = (bootstrap.clone(), topic.clone());
         let out = sandbox.topics.dead_letter.clone();
-        tokio::task::spawn_blocking(move || bare_consume_produce(&bootstrap, &topic, &out, 6, n))
-            .await
-            .expect("bare consume and produce loop")
+        tokio::task::spawn_blocking(move || {
+            bare_consume_produce(&bootstrap, &topic, &out, partitions, n)
+        })
+        .await
+        .expect("bare consume and produce loop")
     };
+    eprintln!("bench: flood: bare consume-and-produce loop {floor:.0}/s");
     let worker = Worker::start(&sandbox, "bench-flood", &[]).await;
     let mut first: Option<(Instant, f64)> = None;
     let mut done: Option<(Instant, f64)> = None;
@@ -758,9 +785,14 @@ fn main() {
             .or_default() += 1;
     }
     let doc = format!(
-        "# Benchmarks\n\nGenerated by `{command}` on {date}.\n\nMachine: {machine}.\n\nThe worker runs as its own process (the release build of `offboarder run`) against librdkafka's in-process mock cluster and the tenant simulator; the budget is {BUDGET} requests/min per token in both the simulator and the worker. Targets are ratios to that budget, so they hold on any machine.\n\n{table}\nSummary: {counts:?}.\n\n{notes}",
+        "# Benchmarks\n\nGenerated by `{command}` on {date}.\n\nMachine: {machine}.\n\nThe worker runs as its own process (the release build of `offboarder run`) against librdkafka's in-process mock cluster and the tenant simulator; the budget is {BUDGET} requests/min per token in both the simulator and the worker. Targets are ratios to that budget, so they hold on any machine.\n\n{table}\nTargets: {summary}.\n\n{notes}",
         date = started.format(&Rfc3339).unwrap_or_default(),
         machine = machine(),
+        summary = counts
+            .iter()
+            .map(|(k, v)| format!("{v} {k}"))
+            .collect::<Vec<_>>()
+            .join(", "),
         notes = std::fs::read_to_string("benches/NOTES.md").unwrap_or_default(),
     );
     if filters.is_empty() {
