@@ -179,6 +179,18 @@ async fn metrics_agree_with_the_outcomes_of_a_run() {
             &["op=\"audit_page\""]
         ) >= 1.0
     );
+    // Every request Netskope answered is timed once; those that got no answer are not.
+    let answered = sum(&text, "offboarder_scim_requests_total", &[])
+        - sum(
+            &text,
+            "offboarder_scim_requests_total",
+            &["status=\"error\""],
+        );
+    assert!(answered > 0.0);
+    assert_eq!(
+        sum(&text, "offboarder_scim_request_seconds_count", &[]),
+        answered
+    );
     assert!(
         text.contains("offboarder_rate_limiter_wait_seconds_bucket"),
         "{text}"
