@@ -946,6 +946,33 @@ async fn latency_delays_answers() {
 }
 
 #[tokio::test]
+async fn timings_cover_the_latency_and_keep_the_query() {
+    let t = Tenant::start(SimArgs {
+        users: 1,
+        latency_ms: 50,
+        ..SimArgs::default()
+    })
+    .await;
+    t.find_users("userName eq \"user1@example.com\"").await;
+    assert!(t.sim.timings().is_empty(), "timings are off by default");
+    t.sim.record_timings(1);
+    let before = time::OffsetDateTime::now_utc();
+    t.find_users("userName eq \"user1@example.com\"").await;
+    t.scim(Method::GET, "/Users").send().await.expect("send");
+    let timings = t.sim.timings();
+    assert_eq!(timings.len(), 1, "the limit holds");
+    let first = &timings[0];
+    assert_eq!(first.method, "GET");
+    assert!(first.target.starts_with("/api/v2/scim/Users?filter="));
+    assert!(
+        first.target.contains("user1%40example.com") || first.target.contains("user1@example.com")
+    );
+    assert_eq!(first.status, 200);
+    assert!(first.arrived >= before);
+    assert!(first.answered - first.arrived >= time::Duration::milliseconds(50));
+}
+
+#[tokio::test]
 async fn set_user_active_changes_state_without_audit() {
     let t = Tenant::with_users(1).await;
     assert!(t.sim.set_user_active("USER1@example.com", false));

@@ -19,7 +19,7 @@
 //! | `filter` | the `<attr> eq <value>` filter subset |
 //! | `patch` | PATCH operations |
 //! | `audit` | the audit trail and its endpoint |
-//! | `stats` | request counters (`/_sim/stats`) |
+//! | `stats` | request counters (`/_sim/stats`) and, for benchmarks, request timings |
 
 mod audit;
 mod auth;
@@ -46,12 +46,13 @@ use tokio::task::JoinHandle;
 
 pub use audit::{AuditPaging, AuditWrapper};
 pub use auth::{COMBINED_TOKEN_NAME, EVENTS_TOKEN_NAME, SCIM_TOKEN_NAME};
-pub use stats::SimStats;
+pub use stats::{RequestTiming, SimStats};
 
 use audit::AuditLog;
 use auth::{Gate, Scope};
 use error::ScimError;
 use state::Directory;
+use stats::Timings;
 
 use crate::clock::WallClock;
 
@@ -153,6 +154,7 @@ pub(crate) struct Sim {
     directory: Mutex<Directory>,
     audit: Mutex<AuditLog>,
     stats: Mutex<SimStats>,
+    timings: Mutex<Timings>,
     pub(crate) gate: Gate,
     pub(crate) wall: WallClock,
     pub(crate) patch_status: StatusCode,
@@ -174,6 +176,7 @@ impl Sim {
             directory: Mutex::new(directory),
             audit: Mutex::new(AuditLog::new(args.audit_lag_secs)),
             stats: Mutex::new(SimStats::default()),
+            timings: Mutex::new(Timings::default()),
             gate: Gate::new(
                 &args.scim_token,
                 &args.events_token,
@@ -200,6 +203,10 @@ impl Sim {
 
     pub(crate) fn stats(&self) -> MutexGuard<'_, SimStats> {
         lock(&self.stats)
+    }
+
+    pub(crate) fn timings(&self) -> MutexGuard<'_, Timings> {
+        lock(&self.timings)
     }
 }
 
@@ -415,6 +422,16 @@ impl SimHandle {
     /// A snapshot of the request counters.
     pub fn stats(&self) -> SimStats {
         self.sim.stats().clone()
+    }
+
+    /// Starts timing routed requests, forgetting earlier timings; at most `limit` are kept.
+    pub fn record_timings(&self, limit: usize) {
+        self.sim.timings().start(limit);
+    }
+
+    /// The requests timed since [`SimHandle::record_timings`], in the order they were answered.
+    pub fn timings(&self) -> Vec<RequestTiming> {
+        self.sim.timings().snapshot()
     }
 
     /// The user with this `userName` (case-insensitive).

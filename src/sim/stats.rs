@@ -12,6 +12,7 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
 use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
 
 use super::Sim;
 
@@ -58,25 +59,114 @@ impl SimStats {
     }
 }
 
+/// When one request reached the simulator and when its answer left, for benchmarks that split a
+/// client's latency into its own share and the server's. Timestamps are the system's wall clock,
+/// never the simulator's (pausable) clock, because they are compared with timestamps taken by
+/// another process on the same machine.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RequestTiming {
+    /// `GET`, `PATCH`, …
+    pub method: String,
+    /// Path and query as sent, still percent-encoded.
+    pub target: String,
+    pub status: u16,
+    /// When the routed request entered the simulator (after its head was parsed).
+    pub arrived: OffsetDateTime,
+    /// When the simulator handed its answer back to the server to write.
+    pub answered: OffsetDateTime,
+}
+
+/// A bounded log of [`RequestTiming`]s, off unless a benchmark asks for it: a long-running
+/// `offboarder simulate` must not grow with every request.
+#[derive(Debug, Default)]
+pub(crate) struct Timings {
+    /// Requests kept at most; 0 means "not recording".
+    limit: usize,
+    kept: Vec<RequestTiming>,
+}
+
+impl Timings {
+    pub(crate) fn start(&mut self, limit: usize) {
+        self.limit = limit;
+        self.kept.clear();
+    }
+
+    pub(crate) fn recording(&self) -> bool {
+        self.kept.len() < self.limit
+    }
+
+    fn push(&mut self, timing: RequestTiming) {
+        if self.recording() {
+            self.kept.push(timing);
+        }
+    }
+
+    pub(crate) fn snapshot(&self) -> Vec<RequestTiming> {
+        self.kept.clone()
+    }
+}
+
 /// Route-layer middleware: counts the final status of every routed API request, including the
-/// 401/403/429/5xx the gate answers before a handler runs.
+/// 401/403/429/5xx the gate answers before a handler runs, and times it when asked to.
 pub(crate) async fn count_requests(
     State(sim): State<Arc<Sim>>,
     req: Request,
     next: Next,
 ) -> Response {
+    let arrived = OffsetDateTime::now_utc();
     let endpoint = match req.extensions().get::<MatchedPath>() {
         Some(path) => format!("{} {}", req.method(), path.as_str()),
         None => format!("{} (unmatched)", req.method()),
     };
+    let timed = sim.timings().recording().then(|| {
+        let target = req.uri().path_and_query().map_or_else(
+            || req.uri().path().to_string(),
+            |pq| pq.as_str().to_string(),
+        );
+        (req.method().to_string(), target)
+    });
     let response = next.run(req).await;
-    sim.stats().record(endpoint, response.status().as_u16());
+    let status = response.status().as_u16();
+    if let Some((method, target)) = timed {
+        sim.timings().push(RequestTiming {
+            method,
+            target,
+            status,
+            arrived,
+            answered: OffsetDateTime::now_utc(),
+        });
+    }
+    sim.stats().record(endpoint, status);
     response
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn timing(n: u16) -> RequestTiming {
+        RequestTiming {
+            method: "GET".into(),
+            target: format!("/{n}"),
+            status: n,
+            arrived: OffsetDateTime::UNIX_EPOCH,
+            answered: OffsetDateTime::UNIX_EPOCH,
+        }
+    }
+
+    #[test]
+    fn timings_record_nothing_until_started_and_stop_at_their_limit() {
+        let mut timings = Timings::default();
+        timings.push(timing(1));
+        assert!(timings.snapshot().is_empty(), "off by default");
+        timings.start(2);
+        for n in 2..6 {
+            timings.push(timing(n));
+        }
+        let statuses: Vec<u16> = timings.snapshot().iter().map(|t| t.status).collect();
+        assert_eq!(statuses, [2, 3]);
+        assert!(!timings.recording());
+    }
 
     #[test]
     fn counts_and_round_trips_as_json() {
