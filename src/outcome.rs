@@ -183,12 +183,27 @@ impl Outcome {
 
 /// A fresh random id (UUID v4) for an outcome.
 pub fn new_outcome_id() -> String {
-    uuid::Uuid::new_v4().to_string()
+    // A version-4 UUID from the thread-local generator: `Uuid::new_v4` asks the kernel for
+    // every id (a `getrandom` system call per outcome).
+    uuid::Builder::from_random_bytes(rand::random())
+        .into_uuid()
+        .to_string()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn outcome_ids_are_distinct_version_4_uuids() {
+        let a = uuid::Uuid::parse_str(&new_outcome_id()).expect("a uuid");
+        let b = uuid::Uuid::parse_str(&new_outcome_id()).expect("a uuid");
+        assert_ne!(a, b);
+        for id in [a, b] {
+            assert_eq!(id.get_version(), Some(uuid::Version::Random));
+            assert_eq!(id.get_variant(), uuid::Variant::RFC4122);
+        }
+    }
     use crate::netskope::Op;
 
     fn validator() -> jsonschema::Validator {

@@ -57,7 +57,9 @@ impl<T: Send + 'static> Lanes<T> {
         queues.insert(key.clone(), VecDeque::new());
         drop(queues);
         let inner = self.inner.clone();
-        self.inner.tasks.spawn(inner.run(key, item));
+        // Boxed: a task's future is moved by value into and within tokio's task cell; a box
+        // makes each move a pointer copy instead of the whole item and its state.
+        self.inner.tasks.spawn(Box::pin(inner.run(key, item)));
     }
 
     /// Users with a running lane.

@@ -228,6 +228,20 @@ impl ConsumerContext for Context {
 
 type KafkaConsumer = StreamConsumer<Context>;
 
+/// Runs an event's `work` until the kill switch trips (`None` then).
+///
+/// `work` is boxed first, and that is most of the worker's speed on a flood of events that
+/// need no action. tokio-util's cancellation wrapper is three nested async functions, each
+/// holding the future it wraps twice (as argument and as local), so an unboxed kilobyte-sized
+/// event future came out at 7 to 11 KiB; tokio then copies a task's future on every move (into
+/// its cell, and the whole stage again on completion). Boxed, each layer holds a pointer.
+fn until_killed<F: Future>(
+    kill: CancellationToken,
+    work: F,
+) -> impl Future<Output = Option<F::Output>> {
+    kill.run_until_cancelled_owned(Box::pin(work))
+}
+
 /// One valid event on its way through a lane.
 struct Job {
     event: Event,
@@ -387,7 +401,7 @@ impl Core {
         let work = core
             .complete(outcome, delivery, verify, job.ticket, job.trace)
             .instrument(job.span);
-        self.tasks.spawn(kill.run_until_cancelled_owned(work));
+        self.tasks.spawn(until_killed(kill, work));
     }
 
     /// After the lane: waits for the outcome's acknowledgement, then either finishes the event
@@ -406,9 +420,16 @@ impl Core {
             return;
         }
         match verify {
+            // Boxed: waiting for the verifier and publishing a second outcome make a future
+            // several times the size of the rest, and every event's `complete` task would carry
+            // (and copy, at spawn and at each stage change) that space whether it verifies or
+            // not. Events that skip verification are the most numerous.
             Some((verifier, pending)) => {
-                let answer = verifier.submit(pending).await;
-                self.verified(outcome, answer, ticket, trace).await;
+                Box::pin(async move {
+                    let answer = verifier.submit(pending).await;
+                    self.verified(outcome, answer, ticket, trace).await;
+                })
+                .await;
             }
             None => self.finish(&ticket),
         }
@@ -629,12 +650,11 @@ impl Pipeline {
                 config.pipeline.max_concurrent_users,
                 tasks.clone(),
                 move |job: Job| {
-                    let core = core.clone();
                     let kill = core.handle.kill.clone();
+                    let span = job.span.clone();
+                    let work = until_killed(kill, core.clone().process(job).instrument(span));
                     async move {
-                        let span = job.span.clone();
-                        let work = core.process(job).instrument(span);
-                        kill.run_until_cancelled_owned(work).await;
+                        work.await;
                     }
                 },
             )
@@ -798,7 +818,7 @@ impl Pipeline {
                         trace,
                     )
                     .instrument(span);
-                self.tasks.spawn(kill.run_until_cancelled_owned(work));
+                self.tasks.spawn(until_killed(kill, work));
             }
         }
     }

@@ -83,7 +83,9 @@ impl Delivery {
             },
             Err(e) => e,
         };
-        deliver(&self.producer, self.record, error).await
+        // Boxed: the resend loop's future is large and rarely needed; unboxed, every event's
+        // completion task would carry its space.
+        Box::pin(deliver(&self.producer, self.record, error)).await
     }
 }
 
