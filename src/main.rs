@@ -11,12 +11,6 @@ use offboarder::pipeline::{self, Pipeline, PipelineHandle};
 use offboarder::sim::SimArgs;
 use offboarder::telemetry::{self, LogFormat};
 
-/// mimalloc rather than the system allocator: each event allocates and frees a few
-/// kilobyte-sized task states, which glibc's malloc serves from its shared bins (with
-/// consolidation and locking) and mimalloc from per-thread pages. In the below-threshold flood
-/// benchmark glibc's malloc and free took about a fifth of the worker's CPU.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser)]
 #[command(
