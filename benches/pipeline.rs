@@ -104,6 +104,8 @@ impl Worker {
                 "OFFBOARDER_NETSKOPE__REQUESTS_PER_MINUTE",
                 BUDGET.to_string(),
             )
+            // The bursts are the point here; the blast-radius guard would halt them at 50.
+            .env("OFFBOARDER_GUARD__MAX_DEACTIVATIONS", "1000000")
             .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .env("RUST_LOG", "error")
             .stdout(Stdio::null())

@@ -1,4 +1,5 @@
-//! The admin listener: `/metrics` (Prometheus text), `/healthz` and `/readyz`.
+//! The admin listener: `/metrics` (Prometheus text), `/healthz`, `/readyz`, and the
+//! blast-radius guard (`GET /guard`, `POST /guard/release`).
 //!
 //! `/healthz` answers 200 while the process serves HTTP at all: a liveness probe that restarts
 //! only a wedged process. `/readyz` answers 200 only when the worker can do its job: partitions
@@ -6,7 +7,9 @@
 //! answers 503 with the reasons, so that an orchestrator (and an on-call human) sees why.
 //!
 //! The listener defaults to loopback: metrics name topics and operations, not secrets, but they
-//! are nobody else's business.
+//! are nobody else's business. Releasing the guard lets the worker disable accounts in bulk, so
+//! it also needs the admin token (`admin.token`, from env or file), compared in constant time;
+//! without a configured token the release endpoint refuses every caller.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -15,14 +18,21 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::IntoResponse;
-use axum::routing::get;
+use axum::routing::{get, post};
 use metrics_exporter_prometheus::PrometheusHandle;
+use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
+use subtle::ConstantTimeEq;
 
+use crate::guard::Guard;
 use crate::metrics as names;
 use crate::netskope::NetskopeClient;
+use crate::secret::SecretSource;
+
+/// Where `offboarder guard release` looks for the admin token when `admin.token` names none.
+pub const ADMIN_TOKEN_ENV: &str = "OFFBOARDER_ADMIN_TOKEN";
 
 /// The `[admin]` table.
 #[derive(Debug, Clone, Deserialize)]
@@ -33,6 +43,9 @@ pub struct AdminConfig {
     /// How often Netskope is probed for `/readyz` (one read-only request each time).
     #[serde(with = "humantime_serde")]
     pub probe_interval: Duration,
+    /// The token that `POST /guard/release` requires (`{ env = "VAR" }` or `{ file = "PATH" }`;
+    /// by default the `OFFBOARDER_ADMIN_TOKEN` variable, if set).
+    pub token: SecretSource,
 }
 
 impl Default for AdminConfig {
@@ -40,7 +53,37 @@ impl Default for AdminConfig {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 9464)),
             probe_interval: Duration::from_secs(15),
+            token: SecretSource::default(),
         }
+    }
+}
+
+impl AdminConfig {
+    /// The admin token, if one is configured.
+    pub fn read_token(&self) -> Result<Option<SecretString>, crate::secret::SecretError> {
+        match self.token.read("admin.token", None)? {
+            Some(t) => Ok(Some(t)),
+            None => Ok(std::env::var(ADMIN_TOKEN_ENV)
+                .ok()
+                .map(|v| v.trim().to_string())
+                .filter(|v| !v.is_empty())
+                .map(SecretString::from)),
+        }
+    }
+
+    /// The URL a local client reaches the listener at (an unspecified address becomes
+    /// loopback).
+    pub fn local_url(&self) -> String {
+        let ip = match self.listen.ip() {
+            std::net::IpAddr::V4(ip) if ip.is_unspecified() => {
+                std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)
+            }
+            std::net::IpAddr::V6(ip) if ip.is_unspecified() => {
+                std::net::IpAddr::V6(std::net::Ipv6Addr::LOCALHOST)
+            }
+            ip => ip,
+        };
+        format!("http://{}", SocketAddr::new(ip, self.listen.port()))
     }
 }
 
@@ -53,6 +96,8 @@ pub struct Readiness {
     netskope: Mutex<Option<String>>,
     probed: AtomicBool,
     stopping: AtomicBool,
+    /// Set while the blast-radius guard halts destructive actions: the reason.
+    halted: Mutex<Option<String>>,
 }
 
 impl Readiness {
@@ -62,6 +107,11 @@ impl Readiness {
 
     pub fn set_stopping(&self) {
         self.stopping.store(true, Ordering::SeqCst);
+    }
+
+    pub fn set_halted(&self, reason: Option<String>) {
+        *self.halted.lock().unwrap_or_else(|p| p.into_inner()) = reason;
+        let _ = self.check();
     }
 
     pub fn set_netskope(&self, problem: Option<String>) {
@@ -88,6 +138,14 @@ impl Readiness {
         {
             reasons.push(format!("Netskope unreachable: {problem}"));
         }
+        if let Some(reason) = self
+            .halted
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+        {
+            reasons.push(reason);
+        }
         metrics::gauge!(names::READY).set(if reasons.is_empty() { 1.0 } else { 0.0 });
         if reasons.is_empty() {
             Ok(())
@@ -101,6 +159,8 @@ impl Readiness {
 struct AppState {
     readiness: Arc<Readiness>,
     metrics: Option<PrometheusHandle>,
+    guard: Arc<Guard>,
+    token: Option<Arc<SecretString>>,
 }
 
 /// Binds the listener and serves it in the background; also starts the Netskope probe and the
@@ -110,6 +170,8 @@ pub async fn serve(
     readiness: Arc<Readiness>,
     client: Arc<NetskopeClient>,
     metrics: Option<PrometheusHandle>,
+    guard: Arc<Guard>,
+    token: Option<SecretString>,
 ) -> std::io::Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
     let addr = listener.local_addr()?;
@@ -127,13 +189,20 @@ pub async fn serve(
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(render_metrics))
-        .with_state(AppState { readiness, metrics });
+        .route("/guard", get(guard_status))
+        .route("/guard/release", post(guard_release))
+        .with_state(AppState {
+            readiness,
+            metrics,
+            guard,
+            token: token.map(Arc::new),
+        });
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
             tracing::error!(error = %e, "admin listener stopped");
         }
     });
-    tracing::info!(%addr, "admin listener: /metrics, /healthz, /readyz");
+    tracing::info!(%addr, "admin listener: /metrics, /healthz, /readyz, /guard");
     Ok(addr)
 }
 
@@ -146,6 +215,46 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
         ),
     };
     (status, axum::Json(body))
+}
+
+async fn guard_status(State(state): State<AppState>) -> impl IntoResponse {
+    axum::Json(state.guard.status())
+}
+
+/// `POST /guard/release` with `Authorization: Bearer <admin token>`.
+async fn guard_release(State(state): State<AppState>, headers: HeaderMap) -> impl IntoResponse {
+    let refuse = |status: StatusCode, error: &str| {
+        (status, axum::Json(serde_json::json!({ "error": error }))).into_response()
+    };
+    let Some(expected) = &state.token else {
+        return refuse(
+            StatusCode::FORBIDDEN,
+            "no admin token is configured (admin.token or OFFBOARDER_ADMIN_TOKEN): the guard \
+             can only be lifted by raising guard.max_deactivations and restarting",
+        );
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    let matches: bool = given
+        .as_bytes()
+        .ct_eq(expected.expose_secret().as_bytes())
+        .into();
+    if !matches {
+        tracing::warn!("guard release refused: missing or wrong admin token");
+        return refuse(StatusCode::UNAUTHORIZED, "missing or wrong admin token");
+    }
+    let before = state.guard.release();
+    if before.halted {
+        state.readiness.set_halted(None);
+        tracing::warn!(
+            waiting = before.waiting,
+            "blast-radius guard released by an operator: destructive actions resume"
+        );
+    }
+    (StatusCode::OK, axum::Json(before)).into_response()
 }
 
 async fn render_metrics(State(state): State<AppState>) -> impl IntoResponse {

@@ -12,6 +12,7 @@ use figment::providers::{Env, Format, Toml};
 use serde::Deserialize;
 
 use crate::admin::AdminConfig;
+use crate::guard::GuardConfig;
 use crate::netskope::NetskopeConfig;
 use crate::pipeline::config::{KafkaConfig, PipelineConfig};
 use crate::policy::PolicyConfig;
@@ -28,6 +29,7 @@ const SECTIONS: &[&str] = &[
     "pipeline__",
     "verify__",
     "admin__",
+    "guard__",
 ];
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -45,6 +47,8 @@ pub struct Config {
     pub verify: VerifyConfig,
     #[serde(default)]
     pub admin: AdminConfig,
+    #[serde(default)]
+    pub guard: GuardConfig,
 }
 
 /// The config file could not be read or does not fit the schema.

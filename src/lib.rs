@@ -11,6 +11,7 @@
 //! | [`pipeline`] | Kafka in, per-user lanes, outcomes and dead letters out, offsets stored only behind final outcomes |
 //! | [`event`] | inbound events: size bound, JSON, schema validation against `schemas/` |
 //! | [`policy`] | event → decision: deactivate, delete, quarantine, release, or skip (protected, below threshold) |
+//! | [`guard`] | the blast-radius guard: past `max_deactivations` per window, destructive actions halt until an operator releases them |
 //! | [`verify`] | one shared audit poller per tenant, and read-back, confirm each applied action |
 //! | [`netskope`] | the Netskope client: SCIM users and groups, audit-event pages, one rate limiter per token, retries, typed errors |
 //! | [`outcome`] | the outcome record published per event |
@@ -19,7 +20,7 @@
 //! | [`demo`] | `offboarder demo`: an in-process Kafka cluster and the simulator, sample events through the real pipeline |
 //! | [`telemetry`] | logs (human on a terminal, JSON otherwise), OTLP traces, each event's span and its trace context |
 //! | [`metrics`] | Prometheus metric names, help texts, buckets and the recorder |
-//! | [`admin`] | the admin listener: `/metrics`, `/healthz`, `/readyz` |
+//! | [`admin`] | the admin listener: `/metrics`, `/healthz`, `/readyz`, and the guard's status and release |
 //! | [`clock`] | wall and monotonic clocks that follow tokio's (pausable) clock |
 
 pub mod admin;
@@ -27,6 +28,7 @@ pub mod clock;
 pub mod config;
 pub mod demo;
 pub mod event;
+pub mod guard;
 pub mod metrics;
 pub mod netskope;
 pub mod outcome;

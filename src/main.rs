@@ -3,6 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use offboarder::config::Config;
@@ -10,7 +11,6 @@ use offboarder::netskope::{ErrorClass, NetskopeClient};
 use offboarder::pipeline::{self, Pipeline, PipelineHandle};
 use offboarder::sim::SimArgs;
 use offboarder::telemetry::{self, LogFormat};
-
 
 #[derive(Parser)]
 #[command(
@@ -50,6 +50,26 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// The blast-radius guard of a running worker, through its admin listener.
+    Guard {
+        #[command(subcommand)]
+        command: GuardCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum GuardCommand {
+    /// Show whether destructive actions are halted, and how many the window holds.
+    Status {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Confirm the burst under way: halted deactivations and deletes resume. Needs the admin
+    /// token (admin.token, or OFFBOARDER_ADMIN_TOKEN).
+    Release {
+        #[arg(long)]
+        config: PathBuf,
+    },
 }
 
 /// Exit code for configuration faults, distinct from runtime failures.
@@ -80,6 +100,7 @@ async fn main() -> ExitCode {
             }
         },
         Command::CheckConfig { config } => check_config(&config).await,
+        Command::Guard { command } => guard(command).await,
     }
 }
 
@@ -116,7 +137,30 @@ async fn run(path: &Path) -> ExitCode {
         }
     };
     let readiness = pipeline.handle().readiness();
-    if let Err(e) = offboarder::admin::serve(&config.admin, readiness, client, metrics).await {
+    let admin_token = match config.admin.read_token() {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::error!("{e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    if admin_token.is_none() {
+        tracing::info!(
+            "no admin token (admin.token or OFFBOARDER_ADMIN_TOKEN): a halt of the blast-radius \
+             guard can only be lifted by raising guard.max_deactivations and restarting"
+        );
+    }
+    let guard = pipeline.handle().guard();
+    if let Err(e) = offboarder::admin::serve(
+        &config.admin,
+        readiness,
+        client,
+        metrics,
+        guard,
+        admin_token,
+    )
+    .await
+    {
         tracing::error!(listen = %config.admin.listen, error = %e, "cannot open the admin listener (admin.listen)");
         return ExitCode::from(EXIT_CONFIG);
     }
@@ -164,6 +208,89 @@ async fn stop_on_signal(handle: PipelineHandle) {
     }
 }
 
+/// `offboarder guard status|release`: one request to the worker's admin listener.
+async fn guard(command: GuardCommand) -> ExitCode {
+    let (path, release) = match &command {
+        GuardCommand::Status { config } => (config, false),
+        GuardCommand::Release { config } => (config, true),
+    };
+    let config = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    if config.admin.listen.port() == 0 {
+        eprintln!(
+            "admin.listen has port 0: the worker picked a free port at start; set a fixed port \
+             (or OFFBOARDER_ADMIN__LISTEN) to reach it"
+        );
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    let base = config.admin.local_url();
+    let http = reqwest::Client::new();
+    let request = if release {
+        let token = match config.admin.read_token() {
+            Ok(Some(t)) => t,
+            Ok(None) => {
+                eprintln!(
+                    "no admin token: set admin.token in the config ({{ env = \"VAR\" }} or \
+                     {{ file = \"PATH\" }}) or OFFBOARDER_ADMIN_TOKEN, as for the worker"
+                );
+                return ExitCode::from(EXIT_CONFIG);
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+        };
+        use secrecy::ExposeSecret;
+        http.post(format!("{base}/guard/release"))
+            .bearer_auth(token.expose_secret())
+    } else {
+        http.get(format!("{base}/guard"))
+    };
+    let response = match request.timeout(Duration::from_secs(10)).send().await {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("cannot reach the worker's admin listener at {base}: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let status = response.status();
+    let body: serde_json::Value = response.json().await.unwrap_or_default();
+    if !status.is_success() {
+        let error = body["error"].as_str().unwrap_or("no detail");
+        eprintln!("the worker refused ({status}): {error}");
+        return ExitCode::FAILURE;
+    }
+    let halted = body["halted"].as_bool().unwrap_or(false);
+    let waiting = body["waiting"].as_u64().unwrap_or(0);
+    let in_window = body["in_window"].as_u64().unwrap_or(0);
+    let max = body["max_deactivations"].as_u64().unwrap_or(0);
+    let window = body["window_secs"].as_u64().unwrap_or(0);
+    match (release, halted) {
+        (true, true) => println!(
+            "released: {waiting} halted deactivations/deletes resume; the guard counts again \
+             after {window} s without one"
+        ),
+        (true, false) => println!("the guard was not halted; nothing changed"),
+        (false, true) => {
+            println!("HALTED: {waiting} deactivations/deletes wait for `offboarder guard release`")
+        }
+        (false, false) => println!(
+            "running: {in_window} of {max} deactivations/deletes used in the last {window} s{}",
+            if body["released"].as_bool().unwrap_or(false) {
+                " (a released burst is still flowing)"
+            } else {
+                ""
+            }
+        ),
+    }
+    ExitCode::SUCCESS
+}
+
 async fn check_config(path: &Path) -> ExitCode {
     let (config, client) = match load(path) {
         Ok(loaded) => loaded,
@@ -184,6 +311,12 @@ async fn check_config(path: &Path) -> ExitCode {
         config_fault(e);
     }
     if let Err(e) = config.kafka.validate() {
+        config_fault(e.to_string());
+    }
+    if let Err(e) = config.guard.validate() {
+        config_fault(e);
+    }
+    if let Err(e) = config.admin.read_token() {
         config_fault(e.to_string());
     }
     if worst != ExitCode::SUCCESS {

@@ -33,6 +33,10 @@ pub const VERIFICATION_LATENCY: &str = "offboarder_verification_latency_seconds"
 pub const CONSUMER_LAG: &str = "offboarder_consumer_lag";
 /// 1 when `/readyz` answers ready, else 0.
 pub const READY: &str = "offboarder_ready";
+/// 1 while the blast-radius guard halts destructive actions, else 0.
+pub const GUARD_HALTED: &str = "offboarder_guard_halted";
+/// Times the blast-radius guard halted destructive actions.
+pub const GUARD_HALTS: &str = "offboarder_guard_halts_total";
 
 const WAIT_BUCKETS: &[f64] = &[0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
 const REQUEST_BUCKETS: &[f64] = &[
@@ -69,6 +73,8 @@ const ALL: &[(&str, &str)] = &[
     (VERIFICATION_LATENCY, "histogram"),
     (CONSUMER_LAG, "gauge"),
     (READY, "gauge"),
+    (GUARD_HALTED, "gauge"),
+    (GUARD_HALTS, "counter"),
 ];
 
 /// Creates the alert-worthy counters at 0. A counter whose first sample is already 1 (the first
@@ -90,6 +96,7 @@ fn zero_counters() {
             Status::DryRun,
             Status::Verified,
             Status::Unverified,
+            Status::Halted,
         ] {
             metrics::counter!(OUTCOMES, "action" => action.as_str(), "status" => status.as_str())
                 .absolute(0);
@@ -109,6 +116,7 @@ fn zero_counters() {
     {
         metrics::counter!(DEAD_LETTERS, "reason" => reason).absolute(0);
     }
+    metrics::counter!(GUARD_HALTS).absolute(0);
 }
 
 fn describe() {
@@ -156,6 +164,14 @@ fn describe() {
     describe_gauge!(
         READY,
         "1 when the worker is ready (partitions assigned, Netskope reachable), else 0."
+    );
+    describe_gauge!(
+        GUARD_HALTED,
+        "1 while the blast-radius guard halts deactivations and deletes, else 0."
+    );
+    describe_counter!(
+        GUARD_HALTS,
+        "Times the blast-radius guard halted deactivations and deletes."
     );
 }
 

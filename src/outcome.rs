@@ -53,6 +53,9 @@ pub enum Status {
     Verified,
     /// The verification phase: no witness showed the change; `verification` says what was seen.
     Unverified,
+    /// Not final: the blast-radius guard halted destructive actions at this event (once per
+    /// halt). The event waits for an operator's release, then gets its own outcomes.
+    Halted,
 }
 
 impl Status {
@@ -64,6 +67,7 @@ impl Status {
             Status::DryRun => "dry_run",
             Status::Verified => "verified",
             Status::Unverified => "unverified",
+            Status::Halted => "halted",
         }
     }
 }

@@ -295,3 +295,131 @@ async fn run_exports_the_event_span_over_otlp_in_the_input_trace() {
         "no token in any span"
     );
 }
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guard_status_and_release_drive_a_halted_worker() {
+    const TOKEN: &str = "cli-admin-token-93ab";
+    let sandbox = sandbox().await;
+    let records: Vec<(String, String, Vec<u8>)> = (1..=4)
+        .map(|n| {
+            let user = format!("user{n}@example.com");
+            let event = json!({"event_id": format!("hr-{n}"), "occurred_at": "2026-11-25T09:00:00Z",
+                               "user": {"user_name": user}});
+            (
+                sandbox.topics.terminations.clone(),
+                user,
+                event.to_string().into_bytes(),
+            )
+        })
+        .collect();
+    sandbox.publish(&records).await.unwrap();
+    let path = config_file(
+        &sandbox,
+        "guard",
+        "[guard]\nmax_deactivations = 2\nwindow = \"10m\"\n",
+    );
+    let config = path.to_str().unwrap();
+    let listen = format!("127.0.0.1:{}", free_port());
+    let operator = |args: &[&str], token: Option<&str>| {
+        let mut c = command(&sandbox, args);
+        c.env("OFFBOARDER_ADMIN__LISTEN", &listen);
+        match token {
+            Some(t) => c.env("OFFBOARDER_ADMIN_TOKEN", t),
+            None => c.env_remove("OFFBOARDER_ADMIN_TOKEN"),
+        };
+        c
+    };
+    let mut worker = operator(&["run", "--config", config], Some(TOKEN))
+        .spawn()
+        .unwrap();
+    let statuses = |outcomes: &[rdkafka::message::OwnedMessage]| -> Vec<String> {
+        outcomes
+            .iter()
+            .map(|m| {
+                let o: Value = serde_json::from_str(&sandbox::text(m)).unwrap();
+                o["status"].as_str().unwrap().to_string()
+            })
+            .collect()
+    };
+    let halted = sandbox
+        .read(&sandbox.topics.outcomes, Duration::from_secs(60), |r| {
+            statuses(r).iter().any(|s| s == "halted")
+        })
+        .await
+        .unwrap();
+    assert!(statuses(&halted).contains(&"halted".to_string()));
+
+    let status = operator(&["guard", "status", "--config", config], None)
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&status.stdout);
+    assert_eq!(status.status.code(), Some(0), "{stdout}");
+    assert!(stdout.contains("HALTED"), "{stdout}");
+
+    let no_token = operator(&["guard", "release", "--config", config], None)
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(
+        no_token.status.code(),
+        Some(2),
+        "no admin token: a config fault"
+    );
+    let wrong = operator(&["guard", "release", "--config", config], Some("wrong"))
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status.code(), Some(1), "a wrong token is refused");
+    assert!(String::from_utf8_lossy(&wrong.stderr).contains("401"));
+
+    let released = operator(&["guard", "release", "--config", config], Some(TOKEN))
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&released.stdout);
+    assert_eq!(released.status.code(), Some(0), "{stdout}");
+    assert!(stdout.starts_with("released"), "{stdout}");
+
+    // After the release every termination is applied, then verified.
+    let outcomes = sandbox
+        .read(&sandbox.topics.outcomes, Duration::from_secs(60), |r| {
+            statuses(r).iter().filter(|s| *s == "verified").count() >= 4
+        })
+        .await
+        .unwrap();
+    let all = statuses(&outcomes);
+    let count = |s: &str| all.iter().filter(|x| *x == s).count();
+    assert_eq!(
+        (count("halted"), count("applied"), count("verified")),
+        (1, 4, 4),
+        "{all:?}"
+    );
+    let pid = worker.id().expect("running").to_string();
+    Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .await
+        .unwrap();
+    let _ = tokio::time::timeout(Duration::from_secs(30), worker.wait()).await;
+    let mut stderr = String::new();
+    worker
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .await
+        .unwrap();
+    assert!(stderr.contains("blast-radius guard"), "{stderr}");
+    assert!(
+        !stderr.contains(TOKEN),
+        "the admin token never shows in the log"
+    );
+}

@@ -88,12 +88,15 @@ async fn metrics_agree_with_the_outcomes_of_a_run() {
     let admin_config = AdminConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
         probe_interval: Duration::from_secs(1),
+        ..AdminConfig::default()
     };
     let addr = admin::serve(
         &admin_config,
         pipeline_handle.readiness(),
         client,
         Some(handle),
+        pipeline_handle.guard(),
+        None,
     )
     .await
     .unwrap();

@@ -113,10 +113,18 @@ async fn readyz_turns_not_ready_when_the_simulator_is_down() {
     let admin_config = AdminConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
         probe_interval: Duration::from_millis(300),
+        ..AdminConfig::default()
     };
-    let addr = admin::serve(&admin_config, handle.readiness(), client, None)
-        .await
-        .unwrap();
+    let addr = admin::serve(
+        &admin_config,
+        handle.readiness(),
+        client,
+        None,
+        handle.guard(),
+        None,
+    )
+    .await
+    .unwrap();
     let worker = tokio::spawn(pipeline.run());
     let http = reqwest::Client::new();
     let readyz = format!("http://{addr}/readyz");

@@ -65,6 +65,9 @@ fn config(sandbox: &Sandbox, group: &str) -> Config {
     c.netskope.requests_per_minute = 600_000;
     // The action phase is what these tests are about; tests/verification.rs covers the rest.
     c.verify.mode = VerifyMode::Off;
+    // Bursts of a hundred terminations are these tests' normal; tests/guard.rs covers the
+    // blast-radius guard.
+    c.guard.max_deactivations = 100_000;
     c
 }
 

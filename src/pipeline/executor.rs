@@ -102,6 +102,11 @@ impl Executor {
         }
     }
 
+    /// Whether actions are only described (`policy.dry_run`), never sent.
+    pub fn dry_run(&self) -> bool {
+        self.dry_run
+    }
+
     /// Carries out `decision` for `user_name`. `Err` only for a configuration fault.
     pub async fn execute(
         &self,

@@ -3,16 +3,16 @@
 //! Two events about one user must never race (invariant 3): a quarantine and its release sent
 //! concurrently could land in either order and leave the user locked out, or not. So each user
 //! (the lower-cased user name) has a queue, and one task works through it. Different users run
-//! concurrently, up to `max_concurrent_users` at a time. A lane's task exits when its queue is
-//! empty, so idle users cost nothing. The queues together hold at most the in-flight events,
-//! which the consumer bounds.
+//! concurrently. How many may act on Netskope at once is the handler's business (it takes a
+//! permit after the blast-radius guard, so that a halted deactivation blocks no one else). A
+//! lane's task exits when its queue is empty, so idle users cost nothing. The queues together
+//! hold at most the in-flight events, which the consumer bounds.
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
 
 type Handler<T> = dyn Fn(T) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync;
@@ -26,13 +26,12 @@ struct Inner<T> {
     /// A key is present while its lane's task runs; the queue holds the items behind the one
     /// being handled.
     queues: Mutex<HashMap<String, VecDeque<T>>>,
-    concurrency: Semaphore,
     handler: Box<Handler<T>>,
     tasks: TaskTracker,
 }
 
 impl<T: Send + 'static> Lanes<T> {
-    pub fn new<F, Fut>(max_concurrent: usize, tasks: TaskTracker, handler: F) -> Self
+    pub fn new<F, Fut>(tasks: TaskTracker, handler: F) -> Self
     where
         F: Fn(T) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = ()> + Send + 'static,
@@ -40,7 +39,6 @@ impl<T: Send + 'static> Lanes<T> {
         Self {
             inner: Arc::new(Inner {
                 queues: Mutex::new(HashMap::new()),
-                concurrency: Semaphore::new(max_concurrent.max(1)),
                 handler: Box::new(move |item| Box::pin(handler(item))),
                 tasks,
             }),
@@ -76,11 +74,7 @@ impl<T: Send + 'static> Inner<T> {
     async fn run(self: Arc<Self>, key: String, first: T) {
         let mut next = Some(first);
         while let Some(item) = next {
-            {
-                // The semaphore is never closed, so acquiring only waits.
-                let _permit = self.concurrency.acquire().await;
-                (self.handler)(item).await;
-            }
+            (self.handler)(item).await;
             let mut queues = self.lock();
             next = match queues.get_mut(&key).and_then(VecDeque::pop_front) {
                 Some(item) => Some(item),
@@ -107,7 +101,7 @@ mod tests {
         let tasks = TaskTracker::new();
         let lanes = {
             let (log, running, peak) = (log.clone(), running.clone(), peak.clone());
-            Lanes::new(8, tasks.clone(), move |(user, n): (String, u32)| {
+            Lanes::new(tasks.clone(), move |(user, n): (String, u32)| {
                 let (log, running, peak) = (log.clone(), running.clone(), peak.clone());
                 async move {
                     let now = running.fetch_add(1, Ordering::SeqCst) + 1;
@@ -137,30 +131,5 @@ mod tests {
         }
         assert_eq!(peak.load(Ordering::SeqCst), 3, "three users ran at once");
         assert_eq!(lanes.active(), 0, "idle lanes are gone");
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn concurrency_is_bounded() {
-        let running = Arc::new(AtomicUsize::new(0));
-        let peak = Arc::new(AtomicUsize::new(0));
-        let tasks = TaskTracker::new();
-        let lanes = {
-            let (running, peak) = (running.clone(), peak.clone());
-            Lanes::new(4, tasks.clone(), move |_: u32| {
-                let (running, peak) = (running.clone(), peak.clone());
-                async move {
-                    let now = running.fetch_add(1, Ordering::SeqCst) + 1;
-                    peak.fetch_max(now, Ordering::SeqCst);
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    running.fetch_sub(1, Ordering::SeqCst);
-                }
-            })
-        };
-        for n in 0..40 {
-            lanes.submit(format!("user{n}"), n);
-        }
-        tasks.close();
-        tasks.wait().await;
-        assert_eq!(peak.load(Ordering::SeqCst), 4);
     }
 }

@@ -32,8 +32,8 @@ use rdkafka::consumer::{
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, OwnedMessage};
 use rdkafka::producer::{FutureProducer, Producer};
-use rdkafka::{ClientContext, Message};
-use tokio::sync::Notify;
+use rdkafka::{ClientContext, Message, TopicPartitionList};
+use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -41,6 +41,7 @@ use crate::admin::Readiness;
 use crate::clock::WallClock;
 use crate::config::Config;
 use crate::event::{Event, EventKind, Schemas};
+use crate::guard::{Admission, Guard};
 use crate::metrics as m_names;
 use crate::netskope::{NetskopeClient, NetskopeError};
 use crate::outcome::{
@@ -95,6 +96,9 @@ pub struct Summary {
 struct Load {
     acting: usize,
     pending: usize,
+    /// Destructive events waiting for the blast-radius guard's release. They hold their
+    /// offsets but not the reading: risk signals keep flowing past them.
+    parked: usize,
     max_acting: usize,
     max_pending: usize,
 }
@@ -103,7 +107,9 @@ impl Load {
     /// At `max_in_flight` events being acted on, or `verify.max_pending` actions awaiting
     /// verification: read no more.
     fn full(&self) -> bool {
-        self.acting >= self.max_acting || self.pending >= self.max_pending
+        self.acting >= self.max_acting
+            || self.pending >= self.max_pending
+            || self.parked >= self.max_acting
     }
 
     fn below_half(&self) -> bool {
@@ -141,6 +147,11 @@ impl PipelineHandle {
         self.shared.readiness.clone()
     }
 
+    /// The blast-radius guard, for the admin listener's release.
+    pub fn guard(&self) -> Arc<Guard> {
+        self.shared.guard.clone()
+    }
+
     /// Stop at once, as a crash would: nothing more is published or stored. Offsets stored
     /// before (for finished events only) may still be committed as the consumer closes.
     pub fn kill(&self) {
@@ -158,6 +169,11 @@ struct Shared {
     paused: AtomicBool,
     /// Signalled whenever an event finishes, to wake a paused consumer loop.
     progress: Notify,
+    guard: Arc<Guard>,
+    /// The terminations topic's partitions are paused because the guard halted: no more
+    /// destructive events are read until a release.
+    guard_paused: AtomicBool,
+    terminations_topic: String,
 }
 
 impl Shared {
@@ -222,11 +238,37 @@ impl ConsumerContext for Context {
             {
                 tracing::warn!(error = %e, "cannot pause newly assigned partitions");
             }
+            if self.shared.guard_paused.load(Ordering::SeqCst) {
+                let held = only_topic(list, &self.shared.terminations_topic);
+                if held.count() > 0
+                    && let Err(e) = consumer.pause(&held)
+                {
+                    tracing::warn!(error = %e, "cannot pause newly assigned termination partitions");
+                }
+            }
         }
     }
 }
 
 type KafkaConsumer = StreamConsumer<Context>;
+
+/// The partitions of `list` that belong to `topic`.
+fn only_topic(list: &TopicPartitionList, topic: &str) -> TopicPartitionList {
+    let mut out = TopicPartitionList::new();
+    for p in list.elements().iter().filter(|p| p.topic() == topic) {
+        out.add_partition(topic, p.partition());
+    }
+    out
+}
+
+/// The partitions of `list` that do not belong to `topic`.
+fn except_topic(list: &TopicPartitionList, topic: &str) -> TopicPartitionList {
+    let mut out = TopicPartitionList::new();
+    for p in list.elements().iter().filter(|p| p.topic() != topic) {
+        out.add_partition(p.topic(), p.partition());
+    }
+    out
+}
 
 /// Runs an event's `work` until the kill switch trips (`None` then).
 ///
@@ -265,6 +307,9 @@ struct Core {
     tasks: TaskTracker,
     clock: WallClock,
     policy: Policy,
+    /// Bounds the events acting on Netskope at once (`max_concurrent_users`). Taken after the
+    /// guard's admission, so that halted events hold no permit and quarantines go on.
+    concurrency: Semaphore,
     handle: PipelineHandle,
     fatal: Mutex<Option<PipelineError>>,
     failed: AtomicBool,
@@ -314,6 +359,17 @@ impl Core {
         let user_name = job.event.user_name().to_string();
         let decision = self.policy.decide(&job.event);
         tracing::Span::current().record("action", decision.action().as_str());
+        if matches!(decision, Decision::Deactivate | Decision::Delete)
+            && !self.executor.dry_run()
+            && let Admission::Halted { tripped } = self.shared.guard.try_admit()
+        {
+            if tripped {
+                self.report_halt(&job, &decision).await;
+            }
+            self.shared.guard.admitted().await;
+        }
+        // The semaphore is never closed, so acquiring only waits.
+        let _permit = self.concurrency.acquire().await;
         let report = match self.executor.execute(&user_name, &decision).await {
             Ok(report) => report,
             Err(e) => return self.fail(PipelineError::Netskope(e)),
@@ -402,6 +458,45 @@ impl Core {
             .complete(outcome, delivery, verify, job.ticket, job.trace)
             .instrument(job.span);
         self.tasks.spawn(until_killed(kill, work));
+    }
+
+    /// The guard halted at this event: say so once, loudly, on the outcomes topic, in the log
+    /// and on `/readyz`. The event keeps its offset and waits for a release.
+    async fn report_halt(&self, job: &Job, decision: &Decision) {
+        let reason = self.shared.guard.halt_reason();
+        tracing::error!(
+            source_event_id = job.event.event_id(),
+            user = job.event.user_name(),
+            "{reason}"
+        );
+        self.shared.readiness.set_halted(Some(reason.clone()));
+        let outcome = Outcome {
+            outcome_id: outcome::new_outcome_id(),
+            source_event_id: job.event.event_id().to_string(),
+            source: SourceRef {
+                topic: job.ticket.topic.clone(),
+                partition: job.ticket.partition,
+                offset: job.ticket.offset,
+            },
+            user_name: job.event.user_name().to_string(),
+            scim_user_id: None,
+            action: decision.action(),
+            status: Status::Halted,
+            group: None,
+            reason: Some(reason),
+            error: None,
+            request: None,
+            verification: None,
+            attempts: 0,
+            timestamps: Timestamps {
+                received: job.received,
+                acted: None,
+                verified: None,
+            },
+            trace_id: job.trace.trace_id.clone(),
+        };
+        // Not final: the offset is not stored, whatever the acknowledgement.
+        self.publish(&outcome, &job.trace.traceparent).await;
     }
 
     /// After the lane: waits for the outcome's acknowledgement, then either finishes the event
@@ -603,7 +698,12 @@ impl Pipeline {
             .create()
             .map_err(|e| cfg(format!("kafka: cannot create the producer: {e}")))?;
         check_topics(&producer, &kafka).await?;
-        let shared = Arc::new(Shared::default());
+        config.guard.validate().map_err(cfg)?;
+        let shared = Arc::new(Shared {
+            guard: Arc::new(Guard::new(&config.guard)),
+            terminations_topic: kafka.topics.terminations.clone(),
+            ..Shared::default()
+        });
         let consumer: KafkaConsumer = kafka
             .consumer_config()
             .map_err(|e| cfg(e.to_string()))?
@@ -638,6 +738,7 @@ impl Pipeline {
             tasks: tasks.clone(),
             clock: WallClock::new(),
             policy,
+            concurrency: Semaphore::new(config.pipeline.max_concurrent_users.max(1)),
             handle,
             fatal: Mutex::new(None),
             failed: AtomicBool::new(false),
@@ -646,18 +747,14 @@ impl Pipeline {
         });
         let lanes = {
             let core = core.clone();
-            Lanes::new(
-                config.pipeline.max_concurrent_users,
-                tasks.clone(),
-                move |job: Job| {
-                    let kill = core.handle.kill.clone();
-                    let span = job.span.clone();
-                    let work = until_killed(kill, core.clone().process(job).instrument(span));
-                    async move {
-                        work.await;
-                    }
-                },
-            )
+            Lanes::new(tasks.clone(), move |job: Job| {
+                let kill = core.handle.kill.clone();
+                let span = job.span.clone();
+                let work = until_killed(kill, core.clone().process(job).instrument(span));
+                async move {
+                    work.await;
+                }
+            })
         };
         Ok(Self {
             core,
@@ -689,7 +786,9 @@ impl Pipeline {
         let handle = self.core.handle.clone();
         let mut received = 0u64;
         let stall = self.settings.pause_after;
+        let mut guard_changes = self.core.shared.guard.subscribe();
         loop {
+            self.follow_guard();
             let load = self.load();
             let paused = self.core.shared.paused.load(Ordering::SeqCst);
             if paused && load.below_half() {
@@ -700,6 +799,8 @@ impl Pipeline {
             tokio::select! {
                 biased;
                 _ = handle.stop.cancelled() => break,
+                // A halt or a release: pause or resume the terminations topic.
+                _ = guard_changes.changed() => {}
                 // At the bound, reading stops; what librdkafka fetched waits in its own bounded
                 // queue and is read the moment an event finishes, with no refetch.
                 _ = self.core.shared.progress.notified(), if full || paused => {}
@@ -728,9 +829,11 @@ impl Pipeline {
     fn load(&self) -> Load {
         let open = self.core.shared.tracker().open();
         let pending = self.core.verifier.as_ref().map_or(0, Verifier::pending);
+        let parked = self.core.shared.guard.waiting();
         Load {
-            acting: open.saturating_sub(pending),
+            acting: open.saturating_sub(pending).saturating_sub(parked),
             pending,
+            parked,
             max_acting: self.settings.max_in_flight,
             max_pending: self.max_pending,
         }
@@ -744,6 +847,9 @@ impl Pipeline {
         let result = consumer.assignment().and_then(|assignment| {
             if pause {
                 consumer.pause(&assignment)
+            } else if self.core.shared.guard_paused.load(Ordering::SeqCst) {
+                // The guard's hold on the terminations topic outlasts this stall.
+                consumer.resume(&except_topic(&assignment, &self.kafka.topics.terminations))
             } else {
                 consumer.resume(&assignment)
             }
@@ -758,6 +864,41 @@ impl Pipeline {
             ),
             Ok(()) => tracing::info!(acting, pending_verification = pending, "partitions resumed"),
             Err(e) => tracing::warn!(error = %e, pause, "cannot pause or resume partitions"),
+        }
+    }
+
+    /// Pauses the terminations topic while the guard halts destructive actions, and resumes
+    /// it after a release (unless the worker is paused at its in-flight bound anyway).
+    fn follow_guard(&self) {
+        let shared = &self.core.shared;
+        let halted = shared.guard.is_halted();
+        if halted == shared.guard_paused.load(Ordering::SeqCst) {
+            return;
+        }
+        shared.guard_paused.store(halted, Ordering::SeqCst);
+        let topic = &self.kafka.topics.terminations;
+        let consumer = &self.core.consumer;
+        let result = consumer.assignment().and_then(|assignment| {
+            let held = only_topic(&assignment, topic);
+            if held.count() == 0 {
+                Ok(())
+            } else if halted {
+                consumer.pause(&held)
+            } else if shared.paused.load(Ordering::SeqCst) {
+                Ok(())
+            } else {
+                consumer.resume(&held)
+            }
+        });
+        match result {
+            Ok(()) if halted => tracing::warn!(
+                topic,
+                "blast-radius guard: the terminations topic is paused until a release"
+            ),
+            Ok(()) => tracing::info!(topic, "blast-radius guard released: terminations resume"),
+            Err(e) => {
+                tracing::warn!(error = %e, topic, "cannot pause or resume the terminations topic")
+            }
         }
     }
 
