@@ -31,6 +31,11 @@ use crate::metrics as names;
 use crate::netskope::NetskopeClient;
 use crate::secret::SecretSource;
 
+/// The readiness fault set while the blast-radius guard halts.
+pub const GUARD_FAULT: &str = "guard";
+/// The readiness fault set when the dead-letter limit stopped reading.
+pub const DEAD_LETTER_FAULT: &str = "dead_letter_limit";
+
 /// Where `offboarder guard release` looks for the admin token when `admin.token` names none.
 pub const ADMIN_TOKEN_ENV: &str = "OFFBOARDER_ADMIN_TOKEN";
 
@@ -96,8 +101,9 @@ pub struct Readiness {
     netskope: Mutex<Option<String>>,
     probed: AtomicBool,
     stopping: AtomicBool,
-    /// Set while the blast-radius guard halts destructive actions: the reason.
-    halted: Mutex<Option<String>>,
+    /// Faults that stop the worker's work without stopping the process (the blast-radius
+    /// guard's halt, the dead-letter limit), by name: what the operator must do.
+    faults: Mutex<std::collections::BTreeMap<&'static str, String>>,
 }
 
 impl Readiness {
@@ -109,8 +115,14 @@ impl Readiness {
         self.stopping.store(true, Ordering::SeqCst);
     }
 
-    pub fn set_halted(&self, reason: Option<String>) {
-        *self.halted.lock().unwrap_or_else(|p| p.into_inner()) = reason;
+    /// Sets (`Some`) or clears (`None`) the fault `name`.
+    pub fn set_fault(&self, name: &'static str, reason: Option<String>) {
+        let mut faults = self.faults.lock().unwrap_or_else(|p| p.into_inner());
+        match reason {
+            Some(r) => faults.insert(name, r),
+            None => faults.remove(name),
+        };
+        drop(faults);
         let _ = self.check();
     }
 
@@ -138,14 +150,13 @@ impl Readiness {
         {
             reasons.push(format!("Netskope unreachable: {problem}"));
         }
-        if let Some(reason) = self
-            .halted
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-        {
-            reasons.push(reason);
-        }
+        reasons.extend(
+            self.faults
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .values()
+                .cloned(),
+        );
         metrics::gauge!(names::READY).set(if reasons.is_empty() { 1.0 } else { 0.0 });
         if reasons.is_empty() {
             Ok(())
@@ -248,7 +259,7 @@ async fn guard_release(State(state): State<AppState>, headers: HeaderMap) -> imp
     }
     let before = state.guard.release();
     if before.halted {
-        state.readiness.set_halted(None);
+        state.readiness.set_fault(GUARD_FAULT, None);
         tracing::warn!(
             waiting = before.waiting,
             "blast-radius guard released by an operator: destructive actions resume"

@@ -37,6 +37,8 @@ pub const READY: &str = "offboarder_ready";
 pub const GUARD_HALTED: &str = "offboarder_guard_halted";
 /// Times the blast-radius guard halted destructive actions.
 pub const GUARD_HALTS: &str = "offboarder_guard_halts_total";
+/// 1 once the dead-letter limit stopped reading (a deployment fault), else 0.
+pub const DEAD_LETTER_LIMIT: &str = "offboarder_dead_letter_limit_tripped";
 
 const WAIT_BUCKETS: &[f64] = &[0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
 const REQUEST_BUCKETS: &[f64] = &[
@@ -75,6 +77,7 @@ const ALL: &[(&str, &str)] = &[
     (READY, "gauge"),
     (GUARD_HALTED, "gauge"),
     (GUARD_HALTS, "counter"),
+    (DEAD_LETTER_LIMIT, "gauge"),
 ];
 
 /// Creates the alert-worthy counters at 0. A counter whose first sample is already 1 (the first
@@ -172,6 +175,10 @@ fn describe() {
     describe_counter!(
         GUARD_HALTS,
         "Times the blast-radius guard halted deactivations and deletes."
+    );
+    describe_gauge!(
+        DEAD_LETTER_LIMIT,
+        "1 once most recent events were invalid and reading stopped (a deployment fault), else 0."
     );
 }
 

@@ -314,6 +314,88 @@ async fn invalid_events_go_to_the_dead_letter_topic_with_their_reason() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_invalid_events_stops_reading_instead_of_dead_lettering_the_topic() {
+    let sandbox = sandbox_with(5, |_| {}).await;
+    let flood: Vec<(String, String, Vec<u8>)> = (0..200)
+        .map(|n| {
+            (
+                sandbox.topics.terminations.clone(),
+                format!("k{n}"),
+                format!("{{not json {n}").into_bytes(),
+            )
+        })
+        .collect();
+    sandbox.publish(&flood).await.unwrap();
+    let mut config = config(&sandbox, "dlq-flood");
+    config.pipeline.dead_letter_window = 100;
+    config.pipeline.dead_letter_max_ratio = 0.5;
+    let pipeline = Pipeline::new(&config, sandbox.client(&config).unwrap())
+        .await
+        .unwrap();
+    let handle = pipeline.handle();
+    let worker = tokio::spawn(pipeline.run());
+    let readiness = handle.readiness();
+    let mut reasons = Vec::new();
+    for _ in 0..300 {
+        reasons = readiness.check().err().unwrap_or_default();
+        if reasons.iter().any(|r| r.contains("dead-letter limit")) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        reasons.iter().any(|r| r.contains("deployment fault")),
+        "{reasons:?}"
+    );
+    // A moment for anything that should not happen.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(!worker.is_finished(), "the worker stays up");
+    handle.stop();
+    let summary = worker.await.unwrap().unwrap();
+    let dead = sandbox
+        .read(&sandbox.topics.dead_letter, Duration::from_secs(3), |r| {
+            r.len() > 50
+        })
+        .await
+        .unwrap();
+    println!(
+        "dead letters before the stop: {} of {}; summary {summary:?}",
+        dead.len(),
+        flood.len()
+    );
+    assert_eq!(dead.len(), 50, "half of the 100-event window, then a stop");
+    assert_eq!(summary.dead_letters, 50);
+
+    // The producer is fixed (here: the limit is lifted) and the worker restarted: it goes on
+    // from the event it stopped at, and nothing is dead-lettered twice.
+    config.pipeline.dead_letter_max_ratio = 1.0;
+    let pipeline = Pipeline::new(&config, sandbox.client(&config).unwrap())
+        .await
+        .unwrap();
+    let handle = pipeline.handle();
+    let worker = tokio::spawn(pipeline.run());
+    let dead = sandbox
+        .read(&sandbox.topics.dead_letter, WAIT, |r| {
+            r.len() >= flood.len()
+        })
+        .await
+        .unwrap();
+    handle.stop();
+    worker.await.unwrap().unwrap();
+    let sources: BTreeSet<(String, String)> = dead
+        .iter()
+        .map(|d| {
+            (
+                sandbox::header(d, "offboarder-source-partition").unwrap_or_default(),
+                sandbox::header(d, "offboarder-source-offset").unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(dead.len(), flood.len(), "every event dead-lettered once");
+    assert_eq!(sources.len(), flood.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_for_one_user_are_applied_in_arrival_order() {
     let sandbox = sandbox_with(40, |args| args.latency_ms = 2).await;
     let target = user(7);

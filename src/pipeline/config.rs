@@ -286,6 +286,11 @@ pub struct PipelineConfig {
     /// sends no second PATCH. After a restart the first repeat sends one (harmless) PATCH.
     #[serde(with = "humantime_serde")]
     pub quarantine_memory: Duration,
+    /// The dead-letter limit's window: how many of the most recent events are counted.
+    pub dead_letter_window: usize,
+    /// The share (0 to 1) of invalid events in that window past which reading stops as a
+    /// deployment fault instead of dead-lettering on. 1 turns the limit off.
+    pub dead_letter_max_ratio: f64,
 }
 
 impl Default for PipelineConfig {
@@ -300,6 +305,8 @@ impl Default for PipelineConfig {
             transient_retry_for: Duration::from_secs(30 * 60),
             shutdown_grace: Duration::from_secs(30),
             quarantine_memory: Duration::from_secs(3600),
+            dead_letter_window: 100,
+            dead_letter_max_ratio: 0.5,
         }
     }
 }
@@ -310,6 +317,7 @@ impl PipelineConfig {
             ("max_in_flight", self.max_in_flight),
             ("max_concurrent_users", self.max_concurrent_users),
             ("batch_max_members", self.batch_max_members),
+            ("dead_letter_window", self.dead_letter_window),
         ];
         for (field, value) in positive {
             if value == 0 {
@@ -318,6 +326,12 @@ impl PipelineConfig {
         }
         if self.batch_max_members > 5000 {
             return Err("pipeline.batch_max_members: at most 5000".into());
+        }
+        if !(self.dead_letter_max_ratio > 0.0 && self.dead_letter_max_ratio <= 1.0) {
+            return Err(
+                "pipeline.dead_letter_max_ratio: must be above 0 and at most 1 (1 turns the limit off)"
+                    .into(),
+            );
         }
         if self.max_event_bytes < 1024 {
             return Err("pipeline.max_event_bytes: at least 1024".into());

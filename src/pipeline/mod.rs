@@ -4,6 +4,7 @@
 //! |---|---|
 //! | [`config`] | the `[kafka]` and `[pipeline]` tables, librdkafka configs with the worker's guarantees |
 //! | [`offsets`] | which offset of each partition may be committed: never past an unfinished event |
+//! | [`dead_letter_limit`] | a flood of invalid events stops reading instead of emptying the topic into dead letters |
 //! | [`lanes`] | one event at a time per user, in arrival order; many users at once |
 //! | [`executor`] | a decision carried out against Netskope, transient faults waited out |
 //! | [`batcher`] | quarantine and release requests for one group gathered into one PATCH |
@@ -16,6 +17,7 @@
 
 pub mod batcher;
 pub mod config;
+pub mod dead_letter_limit;
 pub mod executor;
 pub mod lanes;
 pub mod offsets;
@@ -51,6 +53,7 @@ use crate::policy::{Decision, Policy};
 use crate::telemetry::{self, EventTrace};
 use crate::verify::{self, Pending, Verification, Verifier};
 use config::{KafkaConfig, PipelineConfig};
+use dead_letter_limit::DeadLetterLimit;
 use executor::Executor;
 use lanes::Lanes;
 use offsets::{OffsetTracker, Ticket};
@@ -170,6 +173,8 @@ struct Shared {
     /// Signalled whenever an event finishes, to wake a paused consumer loop.
     progress: Notify,
     guard: Arc<Guard>,
+    /// The dead-letter limit tripped: reading has stopped for good (until a restart).
+    dead_letter_stop: AtomicBool,
     /// The terminations topic's partitions are paused because the guard halted: no more
     /// destructive events are read until a release.
     guard_paused: AtomicBool,
@@ -469,7 +474,9 @@ impl Core {
             user = job.event.user_name(),
             "{reason}"
         );
-        self.shared.readiness.set_halted(Some(reason.clone()));
+        self.shared
+            .readiness
+            .set_fault(crate::admin::GUARD_FAULT, Some(reason.clone()));
         let outcome = Outcome {
             outcome_id: outcome::new_outcome_id(),
             source_event_id: job.event.event_id().to_string(),
@@ -681,6 +688,7 @@ pub struct Pipeline {
     settings: PipelineConfig,
     max_pending: usize,
     clock: WallClock,
+    dead_letter_limit: Mutex<DeadLetterLimit>,
 }
 
 impl Pipeline {
@@ -765,6 +773,10 @@ impl Pipeline {
             settings: config.pipeline.clone(),
             max_pending: config.verify.max_pending,
             clock: WallClock::new(),
+            dead_letter_limit: Mutex::new(DeadLetterLimit::new(
+                config.pipeline.dead_letter_window,
+                config.pipeline.dead_letter_max_ratio,
+            )),
         })
     }
 
@@ -791,7 +803,8 @@ impl Pipeline {
             self.follow_guard();
             let load = self.load();
             let paused = self.core.shared.paused.load(Ordering::SeqCst);
-            if paused && load.below_half() {
+            let stopped = self.core.shared.dead_letter_stop.load(Ordering::SeqCst);
+            if paused && load.below_half() && !stopped {
                 self.set_paused(false, &load);
             }
             let paused = self.core.shared.paused.load(Ordering::SeqCst);
@@ -905,22 +918,36 @@ impl Pipeline {
     /// Registers a received event and sends it on: to its user's lane, or to the dead-letter
     /// topic.
     fn accept(&self, m: &BorrowedMessage<'_>) {
-        let ticket = self
-            .core
-            .shared
-            .tracker()
-            .begin(m.topic(), m.partition(), m.offset());
+        if self.core.shared.dead_letter_stop.load(Ordering::SeqCst) {
+            // Read while the partitions were being paused. Never registered, so its offset is
+            // never stored: it is read again after the restart.
+            return;
+        }
         let received = self.clock.now_datetime();
         let kind = if m.topic() == self.kafka.topics.terminations {
             EventKind::Termination
         } else {
             EventKind::RiskSignal
         };
-        let (span, trace) =
-            telemetry::event_span(m.headers(), m.topic(), m.partition(), m.offset());
         let decoded = self
             .schemas
             .decode(kind, m.payload(), self.settings.max_event_bytes);
+        let admitted = self
+            .dead_letter_limit
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .admit(decoded.is_err());
+        if !admitted {
+            self.stop_reading_on_dead_letter_flood(m);
+            return;
+        }
+        let ticket = self
+            .core
+            .shared
+            .tracker()
+            .begin(m.topic(), m.partition(), m.offset());
+        let (span, trace) =
+            telemetry::event_span(m.headers(), m.topic(), m.partition(), m.offset());
         let message = m.detach();
         let kill = self.core.handle.kill.clone();
         let result = if decoded.is_ok() {
@@ -961,6 +988,37 @@ impl Pipeline {
                     .instrument(span);
                 self.tasks.spawn(until_killed(kill, work));
             }
+        }
+    }
+
+    /// The dead-letter limit tripped at `m`: stop reading for good, hold `m`'s offset (it is
+    /// never registered), and say why, once. Events already in flight finish normally.
+    fn stop_reading_on_dead_letter_flood(&self, m: &BorrowedMessage<'_>) {
+        let shared = &self.core.shared;
+        if shared.dead_letter_stop.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let reason = self
+            .dead_letter_limit
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .describe();
+        tracing::error!(
+            topic = m.topic(),
+            partition = m.partition(),
+            offset = m.offset(),
+            "{reason}"
+        );
+        metrics::gauge!(m_names::DEAD_LETTER_LIMIT).set(1.0);
+        shared
+            .readiness
+            .set_fault(crate::admin::DEAD_LETTER_FAULT, Some(reason));
+        // Paused like a stall, so that newly assigned partitions are paused too, but never
+        // resumed: the loop goes on polling only to stay in the group.
+        shared.paused.store(true, Ordering::SeqCst);
+        let consumer = &self.core.consumer;
+        if let Err(e) = consumer.assignment().and_then(|a| consumer.pause(&a)) {
+            tracing::warn!(error = %e, "cannot pause the partitions; events read meanwhile are dropped unregistered");
         }
     }
 
