@@ -79,6 +79,8 @@ pub(crate) struct Gate {
     tokens: Vec<Token>,
     rate_limit_headers: bool,
     fault_rate_bits: AtomicU64,
+    /// Faults include 429s, not only 5xx.
+    fault_throttle: std::sync::atomic::AtomicBool,
     rng: Mutex<StdRng>,
     latency: Duration,
 }
@@ -120,6 +122,7 @@ impl Gate {
             tokens,
             rate_limit_headers,
             fault_rate_bits: AtomicU64::new(0),
+            fault_throttle: std::sync::atomic::AtomicBool::new(false),
             rng: Mutex::new(rng),
             latency,
         };
@@ -151,7 +154,12 @@ impl Gate {
         found
     }
 
-    /// Draws whether this request fails, and with which 5xx.
+    /// Lets faults answer 429 too (a quarter of them), as a gateway under load does.
+    pub(crate) fn set_fault_throttle(&self, on: bool) {
+        self.fault_throttle.store(on, Ordering::Relaxed);
+    }
+
+    /// Draws whether this request fails, and with which 5xx (or 429).
     fn roll_fault(&self) -> Option<StatusCode> {
         let rate = f64::from_bits(self.fault_rate_bits.load(Ordering::Relaxed));
         if rate <= 0.0 {
@@ -161,10 +169,16 @@ impl Gate {
         if rng.random::<f64>() >= rate {
             return None;
         }
-        Some(match rng.random_range(0..3u8) {
+        let kinds = if self.fault_throttle.load(Ordering::Relaxed) {
+            4
+        } else {
+            3
+        };
+        Some(match rng.random_range(0..kinds) {
             0 => StatusCode::INTERNAL_SERVER_ERROR,
             1 => StatusCode::BAD_GATEWAY,
-            _ => StatusCode::SERVICE_UNAVAILABLE,
+            2 => StatusCode::SERVICE_UNAVAILABLE,
+            _ => StatusCode::TOO_MANY_REQUESTS,
         })
     }
 }
@@ -282,6 +296,10 @@ pub(crate) async fn gate(
 }
 
 fn fault_response(scope: Scope, status: StatusCode) -> Response {
+    if status == StatusCode::TOO_MANY_REQUESTS {
+        // Like the gateway's own 429: no Retry-After, a small JSON body.
+        return small_json(status, "Too Many Requests");
+    }
     let reason = status.canonical_reason().unwrap_or("Server Error");
     match scope {
         Scope::Scim => {
@@ -392,6 +410,15 @@ mod tests {
         assert!((0..100).all(|_| g.roll_fault().is_none()));
         g.set_fault_rate(1.0);
         assert!((0..100).all(|_| g.roll_fault().is_some_and(|s| s.is_server_error())));
+        g.set_fault_throttle(true);
+        let statuses: std::collections::BTreeSet<u16> = (0..200)
+            .filter_map(|_| g.roll_fault().map(|s| s.as_u16()))
+            .collect();
+        assert_eq!(
+            statuses.into_iter().collect::<Vec<_>>(),
+            [429, 500, 502, 503],
+            "throttling adds 429 to the 5xx"
+        );
         g.set_fault_rate(f64::NAN);
         assert!(g.roll_fault().is_none());
 

@@ -100,6 +100,9 @@ pub struct SimArgs {
     /// Share (0..=1) of authorized requests answered with 500/502/503 before touching state.
     #[arg(long = "fault-rate", default_value_t = 0.0)]
     pub fault_rate: f64,
+    /// Injected faults include 429 Too Many Requests (a quarter of them), not only 5xx.
+    #[arg(long = "fault-throttle", default_value_t = false)]
+    pub fault_throttle: bool,
     /// Delay added to every authorized request, in milliseconds.
     #[arg(long = "latency-ms", default_value_t = 0)]
     pub latency_ms: u64,
@@ -131,6 +134,7 @@ impl Default for SimArgs {
             rate_limit_per_min: 300,
             audit_lag_secs: 0,
             fault_rate: 0.0,
+            fault_throttle: false,
             latency_ms: 0,
             seed: None,
             audit_paging: AuditPaging::Offset,
@@ -334,6 +338,7 @@ pub async fn start(args: SimArgs) -> std::io::Result<SimHandle> {
     let addr = listener.local_addr()?;
     let base_url = base_url_for(addr);
     let sim = Arc::new(Sim::new(&args, &base_url));
+    sim.gate.set_fault_throttle(args.fault_throttle);
     let app = router(sim.clone());
     let (tx, rx) = oneshot::channel::<()>();
     let task = tokio::spawn(async move {
@@ -467,6 +472,11 @@ impl SimHandle {
     pub fn set_user_active(&self, user_name: &str, active: bool) -> bool {
         let now = self.sim.wall.now();
         self.sim.directory().set_user_active(user_name, active, now)
+    }
+
+    /// Lets injected faults answer 429 too (a quarter of them).
+    pub fn set_fault_throttle(&self, on: bool) {
+        self.sim.gate.set_fault_throttle(on);
     }
 
     /// Changes the fault rate of a running simulator (clamped to 0..=1).

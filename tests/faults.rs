@@ -1,0 +1,368 @@
+//! Faults the worker must survive, on the real binary or the real pipeline, over librdkafka's
+//! mock cluster and the tenant simulator. Each test prints its figures.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use offboarder::sandbox::{self, Sandbox};
+use offboarder::sim::SimArgs;
+use rdkafka::message::OwnedMessage;
+use serde_json::{Value, json};
+use tokio::process::{Child, Command};
+
+const BIN: &str = env!("CARGO_BIN_EXE_offboarder");
+
+fn user(n: usize) -> String {
+    format!("user{n}@example.com")
+}
+
+fn event(id: String, n: usize, source: &str, extra: Value) -> Vec<u8> {
+    let mut e = json!({"event_id": id, "occurred_at": "2026-11-25T09:00:00Z",
+                       "user": {"user_name": user(n)}, "source": source});
+    if let (Some(e), Some(x)) = (e.as_object_mut(), extra.as_object()) {
+        e.extend(x.clone());
+    }
+    e.to_string().into_bytes()
+}
+
+type Statuses = BTreeMap<(String, i64, i64), String>;
+
+/// `(topic, partition, offset)` → the last status seen for that input event.
+fn last_status(outcomes: &[OwnedMessage]) -> Statuses {
+    let mut last = BTreeMap::new();
+    add_statuses(&mut last, outcomes);
+    last
+}
+
+/// Folds more outcome records into `last`.
+fn add_statuses(last: &mut Statuses, outcomes: &[OwnedMessage]) {
+    for m in outcomes {
+        let Ok(o) = serde_json::from_str::<Value>(&sandbox::text(m)) else {
+            continue;
+        };
+        let source = (
+            o["source"]["topic"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+            o["source"]["partition"].as_i64().unwrap_or(-1),
+            o["source"]["offset"].as_i64().unwrap_or(-1),
+        );
+        let status = o["status"].as_str().unwrap_or_default().to_string();
+        // A verification phase ends an event; an `applied` seen after it (a redelivery) does
+        // not undo that.
+        let entry = last.entry(source).or_insert_with(String::new);
+        if !is_final(entry) || is_final(&status) {
+            *entry = status;
+        }
+    }
+}
+
+fn is_final(status: &str) -> bool {
+    matches!(status, "verified" | "unverified" | "skipped" | "failed")
+}
+
+fn start_worker(sandbox: &Sandbox, config: &PathBuf) -> Child {
+    Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(config)
+        .envs(sandbox.token_env())
+        .env("OFFBOARDER_LOG_FORMAT", "json")
+        .env("RUST_LOG", "error")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the worker starts")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_mid_burst_loses_nothing_and_repeats_only_idempotent_requests() {
+    const TERMINATIONS: usize = 2000;
+    const QUARANTINES: usize = 2000;
+    const RELEASES: usize = 500;
+    const BELOW: usize = 500;
+    let total = TERMINATIONS + QUARANTINES + RELEASES + BELOW;
+    let sandbox = Sandbox::start(
+        SimArgs {
+            users: TERMINATIONS + QUARANTINES + BELOW,
+            rate_limit_per_min: 0,
+            latency_ms: 1,
+            ..SimArgs::default()
+        },
+        3,
+    )
+    .await
+    .expect("sandbox");
+    let hr = &sandbox.topics.terminations;
+    let xdr = &sandbox.topics.risk_signals;
+    let mut records = Vec::with_capacity(total);
+    for n in 1..=TERMINATIONS {
+        records.push((
+            hr.clone(),
+            user(n),
+            event(format!("hr-{n}"), n, "workday", json!({})),
+        ));
+    }
+    for n in TERMINATIONS + 1..=TERMINATIONS + QUARANTINES {
+        let e = event(
+            format!("q-{n}"),
+            n,
+            "crowdstrike",
+            json!({"risk_score": 95}),
+        );
+        records.push((xdr.clone(), user(n), e));
+    }
+    // Released after their quarantine: the same user, so the same partition, in order.
+    for n in TERMINATIONS + 1..=TERMINATIONS + RELEASES {
+        let e = event(
+            format!("r-{n}"),
+            n,
+            "crowdstrike",
+            json!({"severity": "high", "state": "cleared"}),
+        );
+        records.push((xdr.clone(), user(n), e));
+    }
+    for n in TERMINATIONS + QUARANTINES + 1..=TERMINATIONS + QUARANTINES + BELOW {
+        let e = event(
+            format!("low-{n}"),
+            n,
+            "crowdstrike",
+            json!({"risk_score": 5}),
+        );
+        records.push((xdr.clone(), user(n), e));
+    }
+    assert_eq!(records.len(), total);
+    sandbox.publish(&records).await.expect("publish");
+
+    let dir = std::env::temp_dir().join(format!("offboarder-faults-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let path = dir.join("crash.toml");
+    let config = format!(
+        "{}\n[guard]\nmax_deactivations = 100000\n",
+        sandbox.config_toml("faults-crash")
+    );
+    // Its [netskope] table is the first: raise the request budget there.
+    let config = config.replacen(
+        "[netskope]\n",
+        "[netskope]\nrequests_per_minute = 6000000\n",
+        1,
+    );
+    std::fs::write(&path, config).expect("config file");
+
+    let started = Instant::now();
+    let mut first = start_worker(&sandbox, &path);
+    let before_kill = sandbox
+        .read(&sandbox.topics.outcomes, Duration::from_secs(120), |r| {
+            r.len() >= total / 3
+        })
+        .await
+        .expect("outcomes before the kill");
+    first.start_kill().expect("SIGKILL");
+    let _ = first.wait().await;
+    let at_kill = sandbox.sim.stats();
+    let killed_after = started.elapsed();
+    assert!(
+        before_kill.len() < 2 * total,
+        "killed partway, not after the end"
+    );
+
+    let mut second = start_worker(&sandbox, &path);
+    // Folded in as they come: decoding every record read so far after each one would be
+    // quadratic.
+    let seen = std::cell::RefCell::new((0usize, Statuses::new()));
+    let outcomes = sandbox
+        .read(&sandbox.topics.outcomes, Duration::from_secs(300), |r| {
+            let mut seen = seen.borrow_mut();
+            let (done, statuses) = &mut *seen;
+            add_statuses(statuses, &r[*done..]);
+            *done = r.len();
+            statuses.values().filter(|s| is_final(s)).count() >= total
+        })
+        .await
+        .expect("outcomes after the restart");
+    let pid = second.id().expect("running").to_string();
+    let _ = Command::new("kill").args(["-TERM", &pid]).status().await;
+    let _ = tokio::time::timeout(Duration::from_secs(30), second.wait()).await;
+
+    let last = last_status(&outcomes);
+    let mut by_status: BTreeMap<&str, usize> = BTreeMap::new();
+    for s in last.values() {
+        *by_status.entry(s.as_str()).or_default() += 1;
+    }
+    let stats = sandbox.sim.stats();
+    let user_patches = stats.count("PATCH /api/v2/scim/Users/{id}");
+    let group_patches = stats.count("PATCH /api/v2/scim/Groups/{id}");
+    println!(
+        "{total} events; SIGKILL after {killed_after:.1?} with {} outcome records out and {} user \
+         PATCHes sent; after the restart {} outcome records, final statuses {by_status:?}; user \
+         PATCHes {user_patches} for {TERMINATIONS} terminations ({} repeated), group PATCHes \
+         {group_patches}; {:.1?} in all",
+        before_kill.len(),
+        at_kill.count("PATCH /api/v2/scim/Users/{id}"),
+        outcomes.len(),
+        user_patches.saturating_sub(TERMINATIONS as u64),
+        started.elapsed(),
+    );
+
+    assert_eq!(last.len(), total, "every input event has outcomes");
+    assert!(
+        last.values().all(|s| is_final(s)),
+        "every input event has a final outcome: {by_status:?}"
+    );
+    assert_eq!(by_status.get("failed"), None, "nothing failed");
+    assert_eq!(by_status.get("skipped"), Some(&BELOW));
+    // Only idempotent requests can repeat: PATCH active=false and membership changes. No
+    // create, replace or delete of a user was ever sent, and the group was created once.
+    let methods: HashSet<&str> = stats
+        .requests
+        .keys()
+        .filter_map(|k| k.split_whitespace().next())
+        .collect();
+    assert!(
+        methods
+            .iter()
+            .all(|m| matches!(*m, "GET" | "PATCH" | "POST")),
+        "{methods:?}"
+    );
+    assert_eq!(stats.count("POST /api/v2/scim/Users"), 0);
+    assert!(stats.count_status("POST /api/v2/scim/Groups", 201) <= 1);
+    assert!(user_patches >= TERMINATIONS as u64);
+    // The tenant ends where the events say it should.
+    for n in [1, TERMINATIONS / 2, TERMINATIONS] {
+        assert_eq!(sandbox.sim.user(&user(n)).map(|u| u.active), Some(false));
+    }
+    let members: HashSet<String> = sandbox
+        .sim
+        .group_members("Quarantine_HighRisk")
+        .unwrap_or_default()
+        .into_iter()
+        .collect();
+    assert_eq!(
+        members.len(),
+        QUARANTINES - RELEASES,
+        "quarantined minus released"
+    );
+    for n in [TERMINATIONS + 1, TERMINATIONS + RELEASES] {
+        let id = sandbox.sim.user(&user(n)).expect("user").id;
+        assert!(!members.contains(&id), "{} was released", user(n));
+    }
+    for n in [TERMINATIONS + RELEASES + 1, TERMINATIONS + QUARANTINES] {
+        let id = sandbox.sim.user(&user(n)).expect("user").id;
+        assert!(members.contains(&id), "{} stays quarantined", user(n));
+    }
+}
+
+/// A SCIM storm on paused time: for 60 simulated seconds half of all requests answer 500, 502,
+/// 503 or 429. Every action ends `applied`; none runs out of retries (which would make it
+/// `failed` and a dead letter).
+#[tokio::test(start_paused = true)]
+async fn a_scim_storm_is_waited_out_without_failing_or_dead_lettering_anything() {
+    use offboarder::netskope::{NetskopeClient, NetskopeConfig, Tokens};
+    use offboarder::outcome::Status;
+    use offboarder::pipeline::config::PipelineConfig;
+    use offboarder::pipeline::executor::Executor;
+    use offboarder::policy::Decision;
+    use secrecy::SecretString;
+    use std::sync::Arc;
+
+    const USERS: usize = 200;
+    const STORM: Duration = Duration::from_secs(60);
+    let sim = offboarder::sim::start(SimArgs {
+        users: USERS,
+        rate_limit_per_min: 0,
+        fault_rate: 0.5,
+        fault_throttle: true,
+        seed: Some(2026),
+        ..SimArgs::default()
+    })
+    .await
+    .expect("simulator");
+    let config = NetskopeConfig {
+        tenant_url: Some(sim.base_url()),
+        allow_insecure_http: true,
+        requests_per_minute: 600_000,
+        ..NetskopeConfig::default()
+    };
+    let client = NetskopeClient::builder(&config)
+        .tokens(Tokens {
+            scim: SecretString::from("sim-scim-token"),
+            events: None,
+        })
+        // Paused time fires armed timers whenever the runtime idles on a socket.
+        .without_request_timeout()
+        .build()
+        .expect("client");
+    let executor = Arc::new(Executor::new(
+        Arc::new(client),
+        false,
+        &PipelineConfig::default(),
+    ));
+    let started = tokio::time::Instant::now();
+    let wall = Instant::now();
+    let storm = {
+        let sim_faults = Arc::new(sim);
+        let handle = sim_faults.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(STORM).await;
+            handle.set_fault_rate(0.0);
+        });
+        sim_faults
+    };
+    let group = "Quarantine_HighRisk".to_string();
+    let work = (1..=USERS).map(|n| {
+        let executor = executor.clone();
+        let decision = if n % 2 == 0 {
+            Decision::Deactivate
+        } else {
+            Decision::Quarantine {
+                group: group.clone(),
+            }
+        };
+        async move { (n, executor.execute(&user(n), &decision).await) }
+    });
+    let reports = futures::future::join_all(work).await;
+    let took = started.elapsed();
+    let stats = storm.stats();
+    let faults: u64 = [500u16, 502, 503, 429]
+        .iter()
+        .map(|s| {
+            stats
+                .requests
+                .values()
+                .filter_map(|by| by.get(s))
+                .sum::<u64>()
+        })
+        .sum();
+    let max_attempts = reports
+        .iter()
+        .filter_map(|(_, r)| r.as_ref().ok().map(|r| r.attempts))
+        .max()
+        .unwrap_or(0);
+    println!(
+        "{USERS} actions through a {STORM:?} storm: {} requests, {faults} answered 5xx or 429; \
+         all done after {took:.1?} of simulated time ({:.1?} of real time); at most \
+         {max_attempts} tries of one event",
+        stats.total(),
+        wall.elapsed()
+    );
+    assert!(faults > 100, "the storm happened");
+    for (n, report) in &reports {
+        let report = report.as_ref().expect("no configuration fault");
+        assert_eq!(report.status, Status::Applied, "{}: {report:?}", user(*n));
+        assert!(!report.retries_exhausted, "{}", user(*n));
+    }
+    assert!(
+        took >= STORM / 2,
+        "events were still retrying during the storm"
+    );
+    for n in [2, USERS] {
+        assert_eq!(storm.user(&user(n)).map(|u| u.active), Some(false));
+    }
+    assert_eq!(
+        storm.group_members(&group).map_or(0, |m| m.len()),
+        USERS / 2
+    );
+}
