@@ -53,7 +53,7 @@ fn add_statuses(last: &mut Statuses, outcomes: &[OwnedMessage]) {
         let status = o["status"].as_str().unwrap_or_default().to_string();
         // A verification phase ends an event; an `applied` seen after it (a redelivery) does
         // not undo that.
-        let entry = last.entry(source).or_insert_with(String::new);
+        let entry = last.entry(source).or_default();
         if !is_final(entry) || is_final(&status) {
             *entry = status;
         }
