@@ -366,3 +366,92 @@ async fn a_scim_storm_is_waited_out_without_failing_or_dead_lettering_anything()
         USERS / 2
     );
 }
+
+/// The only broker goes down mid-run for a few seconds and comes back. The worker reconnects
+/// and goes on; every event gets its outcome, once the outcomes can be acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_outage_mid_run_loses_nothing() {
+    use offboarder::pipeline::Pipeline;
+    use offboarder::verify::VerifyMode;
+
+    const USERS: usize = 600;
+    const DOWN: Duration = Duration::from_secs(3);
+    let sandbox = Sandbox::start(
+        SimArgs {
+            users: USERS,
+            rate_limit_per_min: 0,
+            latency_ms: 5,
+            ..SimArgs::default()
+        },
+        3,
+    )
+    .await
+    .expect("sandbox");
+    let records: Vec<(String, String, Vec<u8>)> = (1..=USERS)
+        .map(|n| {
+            if n % 2 == 0 {
+                let e = event(format!("hr-{n}"), n, "workday", json!({}));
+                (sandbox.topics.terminations.clone(), user(n), e)
+            } else {
+                let e = event(format!("q-{n}"), n, "crowdstrike", json!({"risk_score": 95}));
+                (sandbox.topics.risk_signals.clone(), user(n), e)
+            }
+        })
+        .collect();
+    sandbox.publish(&records).await.expect("publish");
+    let mut config = sandbox.config("faults-broker");
+    config.netskope.requests_per_minute = 6_000_000;
+    config.verify.mode = VerifyMode::Off;
+    config.guard.max_deactivations = 100_000;
+    config.pipeline.max_concurrent_users = 8;
+    let pipeline = Pipeline::new(&config, sandbox.client(&config).expect("client"))
+        .await
+        .expect("pipeline");
+    let handle = pipeline.handle();
+    let worker = tokio::spawn(pipeline.run());
+
+    let before = sandbox
+        .read(&sandbox.topics.outcomes, Duration::from_secs(60), |r| {
+            r.len() >= USERS / 5
+        })
+        .await
+        .expect("outcomes before the outage");
+    let requests_before = sandbox.sim.stats().total();
+    sandbox.kafka().broker_down(1).expect("broker down");
+    let down_at = Instant::now();
+    tokio::time::sleep(DOWN).await;
+    let requests_during = sandbox.sim.stats().total() - requests_before;
+    sandbox.kafka().broker_up(1).expect("broker up");
+    let outcomes = sandbox
+        .read(&sandbox.topics.outcomes, Duration::from_secs(120), |r| {
+            r.len() >= USERS
+        })
+        .await
+        .expect("outcomes after the outage");
+    let recovered = down_at.elapsed();
+    assert!(!worker.is_finished(), "the worker stayed up");
+    handle.stop();
+    let summary = worker.await.expect("joined").expect("clean stop");
+    let last = last_status(&outcomes);
+    println!(
+        "{USERS} events; broker down for {DOWN:?} after {} outcomes; {requests_during} Netskope \
+         requests while it was down; all {} outcomes out {recovered:.1?} after it went down; \
+         {} outcome records in all; summary {summary:?}",
+        before.len(),
+        last.len(),
+        outcomes.len()
+    );
+    assert_eq!(last.len(), USERS, "every event has an outcome");
+    assert!(last.values().all(|s| s == "applied"), "{last:?}");
+    assert_eq!(summary.left_open, 0);
+    for n in [2, USERS] {
+        assert_eq!(sandbox.sim.user(&user(n)).map(|u| u.active), Some(false));
+    }
+    assert_eq!(
+        sandbox
+            .sim
+            .group_members("Quarantine_HighRisk")
+            .map_or(0, |m| m.len()),
+        USERS / 2
+    );
+}
