@@ -393,7 +393,12 @@ async fn a_broker_outage_mid_run_loses_nothing() {
                 let e = event(format!("hr-{n}"), n, "workday", json!({}));
                 (sandbox.topics.terminations.clone(), user(n), e)
             } else {
-                let e = event(format!("q-{n}"), n, "crowdstrike", json!({"risk_score": 95}));
+                let e = event(
+                    format!("q-{n}"),
+                    n,
+                    "crowdstrike",
+                    json!({"risk_score": 95}),
+                );
                 (sandbox.topics.risk_signals.clone(), user(n), e)
             }
         })
@@ -454,4 +459,106 @@ async fn a_broker_outage_mid_run_loses_nothing() {
             .map_or(0, |m| m.len()),
         USERS / 2
     );
+}
+
+/// Netskope answers slower than the client's request timeout for a while. Requests time out
+/// and are retried, the request budget and the in-flight bound hold, and every event finishes
+/// once Netskope is quick again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_netskope_is_retried_within_the_budget_and_the_in_flight_bound() {
+    use offboarder::pipeline::Pipeline;
+    use offboarder::verify::VerifyMode;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    const USERS: usize = 60;
+    const SLOW: Duration = Duration::from_secs(3);
+    const PER_MINUTE: u32 = 1200;
+    const MAX_IN_FLIGHT: usize = 20;
+    let sandbox = Sandbox::start(
+        SimArgs {
+            users: USERS,
+            rate_limit_per_min: 0,
+            latency_ms: 500,
+            ..SimArgs::default()
+        },
+        3,
+    )
+    .await
+    .expect("sandbox");
+    sandbox.sim.record_timings(100_000);
+    let records: Vec<(String, String, Vec<u8>)> = (1..=USERS)
+        .map(|n| {
+            let e = event(format!("hr-{n}"), n, "workday", json!({}));
+            (sandbox.topics.terminations.clone(), user(n), e)
+        })
+        .collect();
+    sandbox.publish(&records).await.expect("publish");
+    let mut config = sandbox.config("faults-slow");
+    config.netskope.request_timeout = Duration::from_millis(200);
+    config.netskope.requests_per_minute = PER_MINUTE;
+    config.verify.mode = VerifyMode::Off;
+    config.guard.max_deactivations = 100_000;
+    config.pipeline.max_in_flight = MAX_IN_FLIGHT;
+    let pipeline = Pipeline::new(&config, sandbox.client(&config).expect("client"))
+        .await
+        .expect("pipeline");
+    let handle = pipeline.handle();
+    let peak = Arc::new(AtomicUsize::new(0));
+    let sampler = {
+        let (handle, peak) = (handle.clone(), peak.clone());
+        tokio::spawn(async move {
+            loop {
+                peak.fetch_max(handle.in_flight(), Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+    };
+    let started = Instant::now();
+    let worker = tokio::spawn(pipeline.run());
+    tokio::time::sleep(SLOW).await;
+    let stats_while_slow = sandbox.sim.stats();
+    let abandoned_while_slow: u64 = stats_while_slow
+        .requests
+        .values()
+        .filter_map(|by| by.get(&offboarder::sim::CLIENT_CLOSED))
+        .sum();
+    sandbox.sim.set_latency(Duration::ZERO);
+    let outcomes = sandbox
+        .read(&sandbox.topics.outcomes, Duration::from_secs(120), |r| {
+            r.len() >= USERS
+        })
+        .await
+        .expect("outcomes");
+    let took = started.elapsed();
+    handle.stop();
+    let summary = worker.await.expect("joined").expect("clean stop");
+    sampler.abort();
+    let timings = sandbox.sim.timings();
+    let mut lookups: BTreeMap<String, usize> = BTreeMap::new();
+    for t in timings.iter().filter(|t| t.method == "GET") {
+        *lookups.entry(t.target.clone()).or_default() += 1;
+    }
+    let repeated = lookups.values().filter(|n| **n > 1).count();
+    let arrived = timings.len();
+    // The worker's limiter: a sixth of the minute's budget at once, then the rate.
+    let budget = f64::from(PER_MINUTE) / 6.0 + f64::from(PER_MINUTE) / 60.0 * took.as_secs_f64();
+    let last = last_status(&outcomes);
+    println!(
+        "{USERS} terminations; Netskope took 500 ms against a 200 ms timeout for {SLOW:?}: \
+         {arrived} requests arrived in {took:.1?} (budget {budget:.0}), {abandoned_while_slow} \
+         abandoned by the client while slow, {repeated} lookups repeated after a timeout; peak in flight {} \
+         (bound {MAX_IN_FLIGHT}); summary {summary:?}",
+        peak.load(Ordering::SeqCst)
+    );
+    assert_eq!(last.len(), USERS);
+    assert!(last.values().all(|s| s == "applied"), "{last:?}");
+    assert!(abandoned_while_slow > 0, "requests timed out");
+    assert!(repeated > 0, "timed-out requests were retried");
+    assert!(
+        (arrived as f64) <= budget + 1.0,
+        "{arrived} requests exceed the budget of {budget:.0}"
+    );
+    assert!(peak.load(Ordering::SeqCst) <= MAX_IN_FLIGHT);
+    assert_eq!(summary.left_open, 0);
 }

@@ -82,7 +82,8 @@ pub(crate) struct Gate {
     /// Faults include 429s, not only 5xx.
     fault_throttle: std::sync::atomic::AtomicBool,
     rng: Mutex<StdRng>,
-    latency: Duration,
+    /// Added to every authorized request, in milliseconds (changeable while running).
+    latency_ms: AtomicU64,
 }
 
 impl Gate {
@@ -124,7 +125,7 @@ impl Gate {
             fault_rate_bits: AtomicU64::new(0),
             fault_throttle: std::sync::atomic::AtomicBool::new(false),
             rng: Mutex::new(rng),
-            latency,
+            latency_ms: AtomicU64::new(u64::try_from(latency.as_millis()).unwrap_or(u64::MAX)),
         };
         gate.set_fault_rate(fault_rate);
         gate
@@ -152,6 +153,11 @@ impl Gate {
             }
         }
         found
+    }
+
+    pub(crate) fn set_latency(&self, latency: Duration) {
+        let ms = u64::try_from(latency.as_millis()).unwrap_or(u64::MAX);
+        self.latency_ms.store(ms, Ordering::Relaxed);
     }
 
     /// Lets faults answer 429 too (a quarter of them), as a gateway under load does.
@@ -276,8 +282,9 @@ pub(crate) async fn gate(
     let mut response = if let Some(status) = gate.roll_fault() {
         fault_response(scope, status)
     } else {
-        if !gate.latency.is_zero() {
-            tokio::time::sleep(gate.latency).await;
+        let latency = gate.latency_ms.load(Ordering::Relaxed);
+        if latency > 0 {
+            tokio::time::sleep(Duration::from_millis(latency)).await;
         }
         let method = req.method().clone();
         let path = req.uri().path().to_string();

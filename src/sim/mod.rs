@@ -46,7 +46,7 @@ use tokio::task::JoinHandle;
 
 pub use audit::{AuditPaging, AuditWrapper};
 pub use auth::{COMBINED_TOKEN_NAME, EVENTS_TOKEN_NAME, SCIM_TOKEN_NAME};
-pub use stats::{RequestTiming, SimStats};
+pub use stats::{CLIENT_CLOSED, RequestTiming, SimStats};
 
 use audit::AuditLog;
 use auth::{Gate, Scope};
@@ -472,6 +472,11 @@ impl SimHandle {
     pub fn set_user_active(&self, user_name: &str, active: bool) -> bool {
         let now = self.sim.wall.now();
         self.sim.directory().set_user_active(user_name, active, now)
+    }
+
+    /// Changes the delay added to every authorized request.
+    pub fn set_latency(&self, latency: Duration) {
+        self.sim.gate.set_latency(latency);
     }
 
     /// Lets injected faults answer 429 too (a quarter of them).

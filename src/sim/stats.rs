@@ -106,8 +106,50 @@ impl Timings {
     }
 }
 
+/// The status recorded for a request whose client gave up (timed out, disconnected) before the
+/// answer: nginx's "client closed request".
+pub const CLIENT_CLOSED: u16 = 499;
+
+/// Records one request when it is answered, or as [`CLIENT_CLOSED`] if its future is dropped
+/// first (hyper drops it when the client goes away), so that requests a client abandoned still
+/// show in the counters and timings.
+struct Recording {
+    sim: Arc<Sim>,
+    endpoint: String,
+    timed: Option<(String, String)>,
+    arrived: OffsetDateTime,
+    done: bool,
+}
+
+impl Recording {
+    fn finish(&mut self, status: u16) {
+        self.done = true;
+        if let Some((method, target)) = self.timed.take() {
+            self.sim.timings().push(RequestTiming {
+                method,
+                target,
+                status,
+                arrived: self.arrived,
+                answered: OffsetDateTime::now_utc(),
+            });
+        }
+        self.sim
+            .stats()
+            .record(std::mem::take(&mut self.endpoint), status);
+    }
+}
+
+impl Drop for Recording {
+    fn drop(&mut self) {
+        if !self.done {
+            self.finish(CLIENT_CLOSED);
+        }
+    }
+}
+
 /// Route-layer middleware: counts the final status of every routed API request, including the
-/// 401/403/429/5xx the gate answers before a handler runs, and times it when asked to.
+/// 401/403/429/5xx the gate answers before a handler runs and the requests a client abandoned
+/// (499), and times it when asked to.
 pub(crate) async fn count_requests(
     State(sim): State<Arc<Sim>>,
     req: Request,
@@ -125,18 +167,15 @@ pub(crate) async fn count_requests(
         );
         (req.method().to_string(), target)
     });
+    let mut recording = Recording {
+        sim,
+        endpoint,
+        timed,
+        arrived,
+        done: false,
+    };
     let response = next.run(req).await;
-    let status = response.status().as_u16();
-    if let Some((method, target)) = timed {
-        sim.timings().push(RequestTiming {
-            method,
-            target,
-            status,
-            arrived,
-            answered: OffsetDateTime::now_utc(),
-        });
-    }
-    sim.stats().record(endpoint, status);
+    recording.finish(response.status().as_u16());
     response
 }
 
