@@ -148,16 +148,27 @@ fn samples() -> Vec<Sample> {
     samples
 }
 
-pub async fn run() -> Result<(), Box<dyn std::error::Error>> {
-    let sandbox = Sandbox::start(
-        SimArgs {
-            users: 10,
-            audit_lag_secs: 1,
-            ..SimArgs::default()
-        },
-        3,
-    )
-    .await?;
+/// Runs the demo; `records` also prints every outcome and dead-letter record as published.
+pub async fn run(print_records: bool) -> Result<(), Box<dyn std::error::Error>> {
+    let mut sim_args = SimArgs {
+        users: 10,
+        audit_lag_secs: 1,
+        ..SimArgs::default()
+    };
+    // As `offboarder simulate` reads them, so that a known token can be traced through a run.
+    let mut from_env = Vec::new();
+    for (var, token) in [
+        ("OFFBOARDER_SIM_SCIM_TOKEN", &mut sim_args.scim_token),
+        ("OFFBOARDER_SIM_EVENTS_TOKEN", &mut sim_args.events_token),
+    ] {
+        if let Ok(value) = std::env::var(var)
+            && !value.trim().is_empty()
+        {
+            *token = value.trim().to_string();
+            from_env.push(var);
+        }
+    }
+    let sandbox = Sandbox::start(sim_args, 3).await?;
     let mut config = sandbox.config("offboarder-demo");
     config.policy.protected_users = vec!["breakglass@example.com".into()];
     let client = sandbox.client(&config)?;
@@ -166,6 +177,9 @@ pub async fn run() -> Result<(), Box<dyn std::error::Error>> {
         sandbox.bootstrap_servers(),
         sandbox.sim.base_url()
     );
+    if !from_env.is_empty() {
+        println!("Simulator tokens from {}\n", from_env.join(" and "));
+    }
 
     let samples = samples();
     let records: Vec<(String, String, Vec<u8>)> = samples
@@ -277,6 +291,34 @@ pub async fn run() -> Result<(), Box<dyn std::error::Error>> {
                 80
             ),
         );
+    }
+
+    if print_records {
+        println!("\nOutcome records, as on {}:", sandbox.topics.outcomes);
+        for m in &outcomes {
+            println!("{}", sandbox::text(m));
+        }
+        println!(
+            "\nDead-letter records, as on {}:",
+            sandbox.topics.dead_letter
+        );
+        for m in &dead {
+            let headers: serde_json::Map<String, Value> = [
+                "offboarder-reason",
+                "offboarder-error",
+                "offboarder-source-topic",
+                "offboarder-source-partition",
+                "offboarder-source-offset",
+                "traceparent",
+            ]
+            .into_iter()
+            .filter_map(|h| Some((h.to_string(), Value::from(sandbox::header(m, h)?))))
+            .collect();
+            println!(
+                "{}",
+                serde_json::json!({"headers": headers, "value": sandbox::text(m)})
+            );
+        }
     }
 
     println!("\nSimulator state after the run:");

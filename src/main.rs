@@ -40,8 +40,13 @@ enum Command {
         config: PathBuf,
     },
     /// Run the whole worker against an in-process Kafka cluster and tenant simulator, with
-    /// sample events, and print what happened. Needs nothing installed.
-    Demo,
+    /// sample events, and print what happened. Needs nothing installed. The simulator's tokens
+    /// come from OFFBOARDER_SIM_SCIM_TOKEN / OFFBOARDER_SIM_EVENTS_TOKEN when set.
+    Demo {
+        /// Also print every outcome and dead-letter record as it is on its topic.
+        #[arg(long)]
+        records: bool,
+    },
     /// Run a Netskope tenant simulator (SCIM, audit events, token scopes, rate limits, faults).
     Simulate(SimArgs),
     /// Validate a config file, then check, without acting, that the brokers and Netskope answer
@@ -79,13 +84,13 @@ const EXIT_CONFIG: u8 = 2;
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     let default_level = match cli.command {
-        Command::Demo => "warn",
+        Command::Demo { .. } => "warn",
         _ => "info",
     };
     let _telemetry = telemetry::init(cli.log_format, default_level);
     match cli.command {
         Command::Run { config } => run(&config).await,
-        Command::Demo => match offboarder::demo::run().await {
+        Command::Demo { records } => match offboarder::demo::run(records).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("demo failed: {e}");

@@ -4,7 +4,6 @@
 
 use std::path::PathBuf;
 use std::process::Stdio;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use offboarder::sandbox::{self, Sandbox};
@@ -12,6 +11,9 @@ use offboarder::sim::SimArgs;
 use serde_json::{Value, json};
 use tokio::io::AsyncReadExt;
 use tokio::process::Command;
+
+mod support;
+use support::fake_collector;
 
 const BIN: &str = env!("CARGO_BIN_EXE_offboarder");
 
@@ -198,31 +200,6 @@ async fn run_refuses_a_bad_config_with_exit_code_2() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("protected_users"), "{stderr}");
-}
-
-/// A stand-in OpenTelemetry collector: records the bodies POSTed to `/v1/traces`.
-async fn fake_collector() -> (String, Arc<Mutex<Vec<Vec<u8>>>>) {
-    let received: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
-    let app = axum::Router::new().route(
-        "/v1/traces",
-        axum::routing::post({
-            let received = received.clone();
-            move |body: axum::body::Bytes| {
-                let received = received.clone();
-                async move {
-                    received.lock().unwrap().push(body.to_vec());
-                    (
-                        [("content-type", "application/x-protobuf")],
-                        Vec::<u8>::new(),
-                    )
-                }
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    (format!("http://{addr}"), received)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
