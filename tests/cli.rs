@@ -40,6 +40,23 @@ fn config_file(sandbox: &Sandbox, name: &str, extra: &str) -> PathBuf {
     path
 }
 
+/// Publishes terminations `hr-1` … `hr-<n>` for user1@example.com … user<n>@example.com.
+async fn publish_terminations(sandbox: &Sandbox, n: usize) {
+    let records: Vec<(String, String, Vec<u8>)> = (1..=n)
+        .map(|n| {
+            let user = format!("user{n}@example.com");
+            let event = json!({"event_id": format!("hr-{n}"), "occurred_at": "2026-11-25T09:00:00Z",
+                               "user": {"user_name": user}});
+            (
+                sandbox.topics.terminations.clone(),
+                user,
+                event.to_string().into_bytes(),
+            )
+        })
+        .collect();
+    sandbox.publish(&records).await.unwrap();
+}
+
 fn command(sandbox: &Sandbox, args: &[&str]) -> Command {
     let mut c = Command::new(BIN);
     c.args(args)
@@ -113,19 +130,7 @@ async fn check_config_probes_kafka_and_netskope() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_acts_then_stops_cleanly_on_sigterm() {
     let sandbox = sandbox().await;
-    let records: Vec<(String, String, Vec<u8>)> = (1..=3)
-        .map(|n| {
-            let user = format!("user{n}@example.com");
-            let event = json!({"event_id": format!("hr-{n}"), "occurred_at": "2026-11-25T09:00:00Z",
-                               "user": {"user_name": user}});
-            (
-                sandbox.topics.terminations.clone(),
-                user,
-                event.to_string().into_bytes(),
-            )
-        })
-        .collect();
-    sandbox.publish(&records).await.unwrap();
+    publish_terminations(&sandbox, 3).await;
     let path = config_file(&sandbox, "run", "");
     let mut child = command(&sandbox, &["run", "--config", path.to_str().unwrap()])
         .spawn()
@@ -284,19 +289,7 @@ fn free_port() -> u16 {
 async fn guard_status_and_release_drive_a_halted_worker() {
     const TOKEN: &str = "cli-admin-token-93ab";
     let sandbox = sandbox().await;
-    let records: Vec<(String, String, Vec<u8>)> = (1..=4)
-        .map(|n| {
-            let user = format!("user{n}@example.com");
-            let event = json!({"event_id": format!("hr-{n}"), "occurred_at": "2026-11-25T09:00:00Z",
-                               "user": {"user_name": user}});
-            (
-                sandbox.topics.terminations.clone(),
-                user,
-                event.to_string().into_bytes(),
-            )
-        })
-        .collect();
-    sandbox.publish(&records).await.unwrap();
+    publish_terminations(&sandbox, 4).await;
     let path = config_file(
         &sandbox,
         "guard",

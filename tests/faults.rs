@@ -1,6 +1,8 @@
 //! Faults the worker must survive, on the real binary or the real pipeline, over librdkafka's
 //! mock cluster and the tenant simulator. Each test prints its figures.
 
+mod support;
+
 use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -42,14 +44,7 @@ fn add_statuses(last: &mut Statuses, outcomes: &[OwnedMessage]) {
         let Ok(o) = serde_json::from_str::<Value>(&sandbox::text(m)) else {
             continue;
         };
-        let source = (
-            o["source"]["topic"]
-                .as_str()
-                .unwrap_or_default()
-                .to_string(),
-            o["source"]["partition"].as_i64().unwrap_or(-1),
-            o["source"]["offset"].as_i64().unwrap_or(-1),
-        );
+        let source = support::source_of(&o);
         let status = o["status"].as_str().unwrap_or_default().to_string();
         // A verification phase ends an event; an `applied` seen after it (a redelivery) does
         // not undo that.

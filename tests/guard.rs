@@ -1,6 +1,8 @@
 //! The blast-radius guard end to end: the real pipeline over librdkafka's mock cluster, the
 //! tenant simulator, and the admin listener that releases a halt.
 
+mod support;
+
 use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, Instant};
 
@@ -28,14 +30,7 @@ fn json_of(m: &OwnedMessage) -> Value {
 fn by_status(outcomes: &[OwnedMessage]) -> BTreeMap<String, usize> {
     let mut seen: BTreeMap<String, HashSet<(String, i64, i64)>> = BTreeMap::new();
     for o in outcomes.iter().map(json_of) {
-        let source = (
-            o["source"]["topic"]
-                .as_str()
-                .unwrap_or_default()
-                .to_string(),
-            o["source"]["partition"].as_i64().unwrap_or(-1),
-            o["source"]["offset"].as_i64().unwrap_or(-1),
-        );
+        let source = support::source_of(&o);
         let status = o["status"].as_str().unwrap_or_default().to_string();
         seen.entry(status).or_default().insert(source);
     }

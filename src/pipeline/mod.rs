@@ -300,6 +300,41 @@ struct Job {
     span: tracing::Span,
 }
 
+impl Job {
+    /// An outcome of this event with what every outcome of it carries (ids, source, user,
+    /// action, group, received time, trace); the caller adds what its phase found.
+    fn outcome(&self, decision: &Decision, status: Status) -> Outcome {
+        Outcome {
+            outcome_id: outcome::new_outcome_id(),
+            source_event_id: self.event.event_id().to_string(),
+            source: SourceRef {
+                topic: self.ticket.topic.clone(),
+                partition: self.ticket.partition,
+                offset: self.ticket.offset,
+            },
+            user_name: self.event.user_name().to_string(),
+            scim_user_id: None,
+            action: decision.action(),
+            status,
+            group: match decision {
+                Decision::Quarantine { group } | Decision::Release { group } => Some(group.clone()),
+                _ => None,
+            },
+            reason: None,
+            error: None,
+            request: None,
+            verification: None,
+            attempts: 0,
+            timestamps: Timestamps {
+                received: self.received,
+                acted: None,
+                verified: None,
+            },
+            trace_id: self.trace.trace_id.clone(),
+        }
+    }
+}
+
 /// What the lanes and dead-letter tasks need, shared behind one `Arc`.
 struct Core {
     consumer: KafkaConsumer,
@@ -394,34 +429,13 @@ impl Core {
                 return;
             }
         }
-        let outcome = Outcome {
-            outcome_id: outcome::new_outcome_id(),
-            source_event_id: job.event.event_id().to_string(),
-            source: SourceRef {
-                topic: job.ticket.topic.clone(),
-                partition: job.ticket.partition,
-                offset: job.ticket.offset,
-            },
-            user_name,
-            scim_user_id: report.scim_user_id,
-            action: decision.action(),
-            status: report.status,
-            group: match &decision {
-                Decision::Quarantine { group } | Decision::Release { group } => Some(group.clone()),
-                _ => None,
-            },
-            reason: report.reason,
-            error: report.error.as_ref().map(OutcomeError::from),
-            request: report.request,
-            verification: None,
-            attempts: report.attempts,
-            timestamps: Timestamps {
-                received: job.received,
-                acted: report.acted_at,
-                verified: None,
-            },
-            trace_id: job.trace.trace_id.clone(),
-        };
+        let mut outcome = job.outcome(&decision, report.status);
+        outcome.scim_user_id = report.scim_user_id;
+        outcome.reason = report.reason;
+        outcome.error = report.error.as_ref().map(OutcomeError::from);
+        outcome.request = report.request;
+        outcome.attempts = report.attempts;
+        outcome.timestamps.acted = report.acted_at;
         if outcome.status == Status::Failed {
             tracing::warn!(
                 source_event_id = outcome.source_event_id,
@@ -477,31 +491,8 @@ impl Core {
         self.shared
             .readiness
             .set_fault(crate::admin::GUARD_FAULT, Some(reason.clone()));
-        let outcome = Outcome {
-            outcome_id: outcome::new_outcome_id(),
-            source_event_id: job.event.event_id().to_string(),
-            source: SourceRef {
-                topic: job.ticket.topic.clone(),
-                partition: job.ticket.partition,
-                offset: job.ticket.offset,
-            },
-            user_name: job.event.user_name().to_string(),
-            scim_user_id: None,
-            action: decision.action(),
-            status: Status::Halted,
-            group: None,
-            reason: Some(reason),
-            error: None,
-            request: None,
-            verification: None,
-            attempts: 0,
-            timestamps: Timestamps {
-                received: job.received,
-                acted: None,
-                verified: None,
-            },
-            trace_id: job.trace.trace_id.clone(),
-        };
+        let mut outcome = job.outcome(decision, Status::Halted);
+        outcome.reason = Some(reason);
         // Not final: the offset is not stored, whatever the acknowledgement.
         self.publish(&outcome, &job.trace.traceparent).await;
     }

@@ -1,6 +1,21 @@
 //! Helpers shared by the integration tests that need them.
+// Each test binary compiles this module and uses only part of it.
+#![allow(dead_code)]
 
 use std::sync::{Arc, Mutex};
+
+use serde_json::Value;
+
+/// `(topic, partition, offset)` of the input event an outcome is about (empty or -1 where a
+/// field is missing, so that a malformed outcome shows up as its own source).
+pub fn source_of(outcome: &Value) -> (String, i64, i64) {
+    let source = &outcome["source"];
+    (
+        source["topic"].as_str().unwrap_or_default().to_string(),
+        source["partition"].as_i64().unwrap_or(-1),
+        source["offset"].as_i64().unwrap_or(-1),
+    )
+}
 
 /// A stand-in OpenTelemetry collector: records the bodies POSTed to `/v1/traces`.
 pub async fn fake_collector() -> (String, Arc<Mutex<Vec<Vec<u8>>>>) {
