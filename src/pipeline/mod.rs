@@ -396,7 +396,6 @@ impl Core {
         if self.failed.load(Ordering::SeqCst) {
             return;
         }
-        let user_name = job.event.user_name().to_string();
         let decision = self.policy.decide(&job.event);
         tracing::Span::current().record("action", decision.action().as_str());
         if matches!(decision, Decision::Deactivate | Decision::Delete)
@@ -404,12 +403,21 @@ impl Core {
             && let Admission::Halted { tripped } = self.shared.guard.try_admit()
         {
             if tripped {
-                self.report_halt(&job, &decision).await;
+                Box::pin(self.report_halt(&job, &decision)).await;
             }
             self.shared.guard.admitted().await;
         }
-        // The semaphore is never closed, so acquiring only waits.
+        // Taken after the guard, so that halted events hold no permit. The semaphore is never
+        // closed, so acquiring only waits.
         let _permit = self.concurrency.acquire().await;
+        // Boxed, and so allocated, only now: thousands of events waiting for a permit each
+        // cost their job, not the kilobytes of state that acting on Netskope needs.
+        Box::pin(self.clone().act(job, decision)).await;
+    }
+
+    /// Carries out an admitted event's decision and publishes its outcome.
+    async fn act(self: Arc<Self>, job: Job, decision: Decision) {
+        let user_name = job.event.user_name().to_string();
         let report = match self.executor.execute(&user_name, &decision).await {
             Ok(report) => report,
             Err(e) => return self.fail(PipelineError::Netskope(e)),
