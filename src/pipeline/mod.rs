@@ -370,14 +370,16 @@ impl Core {
             // The partition was revoked meanwhile; its new owner re-delivers.
             tracing::debug!(topic = ticket.topic, partition = ticket.partition, offset, error = %e, "offset not stored");
         }
-        let open = tracker.open();
+        // Set under the tracker's lock: two events finishing on two threads would otherwise
+        // race, and the older count could be written last and stick.
+        metrics::gauge!(m_names::IN_FLIGHT).set(tracker.open() as f64);
         drop(tracker);
-        metrics::gauge!(m_names::IN_FLIGHT).set(open as f64);
         self.shared.progress.notify_one();
     }
 
     fn gauge_in_flight(&self) {
-        metrics::gauge!(m_names::IN_FLIGHT).set(self.shared.tracker().open() as f64);
+        let tracker = self.shared.tracker();
+        metrics::gauge!(m_names::IN_FLIGHT).set(tracker.open() as f64);
     }
 
     /// Records the first fatal error and stops the pipeline. Events not yet finished keep
