@@ -1,6 +1,7 @@
 //! A self-contained world for the demo, the tests and the benchmarks: librdkafka's in-process
 //! mock Kafka cluster and the Netskope tenant simulator, with a [`Config`] that points the
-//! worker at both. Both are test doubles: nothing here talks to a real cluster or tenant.
+//! worker at both. Both are test doubles. The interoperability tests swap the mock cluster for a
+//! real broker ([`Sandbox::start_on_broker`]), in topics of their own.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,6 +30,19 @@ pub enum SandboxError {
     Sim(#[from] std::io::Error),
     #[error("Netskope client: {0}")]
     Client(#[from] crate::netskope::ConfigError),
+    #[error("topic: {0}")]
+    Topic(String),
+}
+
+/// The four topics and their partition counts: `partitions` for the inputs and the outcomes,
+/// one for dead letters.
+fn topic_layout(topics: &Topics, partitions: i32) -> [(&str, i32); 4] {
+    [
+        (&topics.terminations, partitions),
+        (&topics.risk_signals, partitions),
+        (&topics.outcomes, partitions),
+        (&topics.dead_letter, 1),
+    ]
 }
 
 pub struct Sandbox {
@@ -36,8 +50,16 @@ pub struct Sandbox {
     producer: FutureProducer,
     pub sim: SimHandle,
     sim_tokens: (String, String),
-    kafka: MockCluster<'static, DefaultProducerContext>,
+    kafka: Cluster,
     pub topics: Topics,
+}
+
+/// Where the sandbox's Kafka is.
+enum Cluster {
+    /// librdkafka's in-process mock cluster, owned by the sandbox.
+    Mock(MockCluster<'static, DefaultProducerContext>),
+    /// A broker someone else runs, at this `bootstrap.servers`.
+    Broker(String),
 }
 
 impl Sandbox {
@@ -46,43 +68,121 @@ impl Sandbox {
     pub async fn start(sim_args: SimArgs, partitions: i32) -> Result<Self, SandboxError> {
         let kafka = MockCluster::new(1)?;
         let topics = Topics::default();
-        for (topic, n) in [
-            (&topics.terminations, partitions),
-            (&topics.risk_signals, partitions),
-            (&topics.outcomes, partitions),
-            (&topics.dead_letter, 1),
-        ] {
+        for (topic, n) in topic_layout(&topics, partitions) {
             kafka.create_topic(topic, n, 1)?;
         }
+        Self::with(Cluster::Mock(kafka), topics, sim_args).await
+    }
+
+    /// Like [`Sandbox::start`], on a real broker at `bootstrap`: the four topics are created
+    /// there with a unique suffix, so that tests sharing the broker do not see each other's
+    /// records, and they are left behind (the broker is a throwaway).
+    pub async fn start_on_broker(
+        bootstrap: &str,
+        sim_args: SimArgs,
+        partitions: i32,
+    ) -> Result<Self, SandboxError> {
+        use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+        use rdkafka::client::DefaultClientContext;
+        let suffix = format!("{}-{:016x}", std::process::id(), rand::random::<u64>());
+        let base = Topics::default();
+        let topics = Topics {
+            terminations: format!("{}.{suffix}", base.terminations),
+            risk_signals: format!("{}.{suffix}", base.risk_signals),
+            outcomes: format!("{}.{suffix}", base.outcomes),
+            dead_letter: format!("{}.{suffix}", base.dead_letter),
+        };
+        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+            .set("bootstrap.servers", bootstrap)
+            .create()?;
+        let layout = topic_layout(&topics, partitions);
+        let new: Vec<NewTopic> = layout
+            .iter()
+            .map(|(name, n)| NewTopic::new(name, *n, TopicReplication::Fixed(1)))
+            .collect();
+        let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+        for result in admin.create_topics(&new, &options).await? {
+            result.map_err(|(topic, code)| {
+                SandboxError::Topic(format!("creating {topic}: {code:?}"))
+            })?;
+        }
+        Self::with(Cluster::Broker(bootstrap.to_string()), topics, sim_args).await
+    }
+
+    async fn with(kafka: Cluster, topics: Topics, sim_args: SimArgs) -> Result<Self, SandboxError> {
+        let bootstrap = match &kafka {
+            Cluster::Mock(mock) => mock.bootstrap_servers(),
+            Cluster::Broker(servers) => servers.clone(),
+        };
         let producer: FutureProducer = ClientConfig::new()
-            .set("bootstrap.servers", kafka.bootstrap_servers())
+            .set("bootstrap.servers", bootstrap)
             .set("linger.ms", "1")
             .create()?;
         let sim_tokens = (sim_args.scim_token.clone(), sim_args.events_token.clone());
         let sim = sim::start(sim_args).await?;
-        Ok(Self {
+        let sandbox = Self {
             producer,
             sim,
             sim_tokens,
             kafka,
             topics,
-        })
+        };
+        // A real broker may take a moment before a new topic shows in its metadata.
+        for topic in [
+            &sandbox.topics.terminations,
+            &sandbox.topics.risk_signals,
+            &sandbox.topics.outcomes,
+            &sandbox.topics.dead_letter,
+        ] {
+            sandbox.wait_for_topic(topic).await?;
+        }
+        Ok(sandbox)
+    }
+
+    async fn wait_for_topic(&self, topic: &str) -> Result<(), SandboxError> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            if self.partitions_of(topic)? > 0 {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(SandboxError::Topic(format!(
+                    "{topic} has no partitions after 15 s"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     pub fn bootstrap_servers(&self) -> String {
-        self.kafka.bootstrap_servers()
+        match &self.kafka {
+            Cluster::Mock(mock) => mock.bootstrap_servers(),
+            Cluster::Broker(servers) => servers.clone(),
+        }
     }
 
-    /// The mock cluster, to inject faults (broker down, request errors).
-    pub fn kafka(&self) -> &MockCluster<'static, DefaultProducerContext> {
-        &self.kafka
+    /// The mock cluster, to inject faults (broker down, request errors); `None` on a real
+    /// broker.
+    pub fn kafka(&self) -> Option<&MockCluster<'static, DefaultProducerContext>> {
+        match &self.kafka {
+            Cluster::Mock(mock) => Some(mock),
+            Cluster::Broker(_) => None,
+        }
     }
 
-    /// A worker config file for this sandbox, consumer group `group_id`. The consumer uses the
-    /// KIP-848 group protocol, which the mock cluster supports and which joins in a tenth of a
-    /// second instead of three. Tokens come from the variables of [`Sandbox::token_env`];
+    /// A worker config file for this sandbox, consumer group `group_id`. On the mock cluster
+    /// the consumer uses the KIP-848 group protocol, which the mock supports and which joins in
+    /// a tenth of a second instead of three; on a real broker it uses the classic protocol,
+    /// which every broker has. Tokens come from the variables of [`Sandbox::token_env`];
     /// anything else can be changed with `OFFBOARDER_<SECTION>__<KEY>` variables.
     pub fn config_toml(&self, group_id: &str) -> String {
+        let consumer_properties = match self.kafka {
+            Cluster::Mock(_) => {
+                "\n[kafka.consumer_properties]\n\"group.protocol\" = \"consumer\"\n"
+            }
+            Cluster::Broker(_) => "",
+        };
+        let t = &self.topics;
         format!(
             r#"[netskope]
 tenant_url = "{tenant}"
@@ -103,11 +203,18 @@ brokers = "{brokers}"
 group_id = "{group_id}"
 connect_timeout = "5s"
 
-[kafka.consumer_properties]
-"group.protocol" = "consumer"
-"#,
+[kafka.topics]
+terminations = "{terminations}"
+risk_signals = "{risk_signals}"
+outcomes = "{outcomes}"
+dead_letter = "{dead_letter}"
+{consumer_properties}"#,
             tenant = self.sim.base_url(),
             brokers = self.bootstrap_servers(),
+            terminations = t.terminations,
+            risk_signals = t.risk_signals,
+            outcomes = t.outcomes,
+            dead_letter = t.dead_letter,
         )
     }
 
@@ -151,6 +258,18 @@ connect_timeout = "5s"
         });
         for result in futures::future::join_all(sends).await {
             result.map_err(|(e, _)| e)?;
+        }
+        Ok(())
+    }
+
+    /// Publishes records one at a time, each acknowledged before the next is sent, so that each
+    /// travels in a producer batch of its own (slower: one round trip per record).
+    pub async fn publish_one_by_one(
+        &self,
+        records: &[(String, String, Vec<u8>)],
+    ) -> Result<(), rdkafka::error::KafkaError> {
+        for record in records {
+            self.publish(std::slice::from_ref(record)).await?;
         }
         Ok(())
     }

@@ -417,11 +417,19 @@ async fn a_broker_outage_mid_run_loses_nothing() {
         .await
         .expect("outcomes before the outage");
     let requests_before = sandbox.sim.stats().total();
-    sandbox.kafka().broker_down(1).expect("broker down");
+    sandbox
+        .kafka()
+        .expect("mock cluster")
+        .broker_down(1)
+        .expect("broker down");
     let down_at = Instant::now();
     tokio::time::sleep(DOWN).await;
     let requests_during = sandbox.sim.stats().total() - requests_before;
-    sandbox.kafka().broker_up(1).expect("broker up");
+    sandbox
+        .kafka()
+        .expect("mock cluster")
+        .broker_up(1)
+        .expect("broker up");
     let outcomes = sandbox
         .read(&sandbox.topics.outcomes, Duration::from_secs(120), |r| {
             r.len() >= USERS

@@ -55,6 +55,9 @@ pub struct NetskopeClient {
     groups: TtlCache<String, String>,
     members_batch_size: usize,
     remove_style: RemoveStyle,
+    /// Set once the server refused a value-list removal: removals are then written with filter
+    /// paths, which every RFC 7644 server accepts (see [`NetskopeClient::remove_members`]).
+    value_list_refused: std::sync::atomic::AtomicBool,
     paging_param: PagingParam,
 }
 
@@ -133,6 +136,7 @@ impl<'a> ClientBuilder<'a> {
             groups: TtlCache::new(GROUP_CACHE_SIZE, GROUP_CACHE_TTL),
             members_batch_size: cfg.members_batch_size,
             remove_style: cfg.member_remove_style,
+            value_list_refused: std::sync::atomic::AtomicBool::new(false),
             paging_param: cfg.audit_paging_param,
         })
     }

@@ -5,6 +5,8 @@
 //! attributes we do not know about. Success statuses vary between servers (Netskope documents
 //! 204 for PATCH, a guide shows 200 with the resource), so any 2xx counts.
 
+use std::sync::atomic::Ordering;
+
 use reqwest::header::CONTENT_TYPE;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -99,6 +101,21 @@ pub fn deactivate_patch() -> Value {
     patch_op(vec![
         json!({"op": "replace", "path": "active", "value": false}),
     ])
+}
+
+/// A PATCH body that removes these users from a group, written in `style`.
+fn remove_members_patch(style: RemoveStyle, user_ids: &[String]) -> Value {
+    let operations = match style {
+        RemoveStyle::PathFilter => user_ids
+            .iter()
+            .map(|id| json!({"op": "remove", "path": format!("members[value eq {}]", filter::quote(id))}))
+            .collect(),
+        RemoveStyle::ValueList => {
+            let members: Vec<Value> = user_ids.iter().map(|id| json!({"value": id})).collect();
+            vec![json!({"op": "remove", "path": "members", "value": members})]
+        }
+    };
+    patch_op(operations)
 }
 
 /// The body of a `PATCH /Groups/{id}` that adds these users.
@@ -365,6 +382,11 @@ impl NetskopeClient {
 
     /// Removes users from a group, up to `members_batch_size` per PATCH, in the configured
     /// style. Removing a non-member is harmless. Returns the number of PATCH requests sent.
+    ///
+    /// A server that refuses a value-list removal with a 400 (strict RFC 7644 servers do: a
+    /// `remove` on `members` without a filter means "every member") gets the same removal again
+    /// with filter paths, and so does every later removal of this client: detected once, adapted
+    /// for good, with one warning.
     pub async fn remove_members(
         &self,
         group_id: &str,
@@ -372,28 +394,49 @@ impl NetskopeClient {
     ) -> Result<usize, NetskopeError> {
         let mut sent = 0;
         for chunk in user_ids.chunks(self.members_batch_size) {
-            self.patch_group(group_id, self.remove_members_patch(chunk))
-                .await?;
+            let style = self.effective_remove_style();
+            let result = self
+                .patch_group(group_id, remove_members_patch(style, chunk))
+                .await;
             sent += 1;
+            match result {
+                Err(NetskopeError::Rejected {
+                    status: 400,
+                    scim_type,
+                    detail,
+                    ..
+                }) if style == RemoveStyle::ValueList => {
+                    if !self.value_list_refused.swap(true, Ordering::Relaxed) {
+                        tracing::warn!(
+                            scim_type = scim_type.as_deref().unwrap_or(""),
+                            detail = %detail,
+                            "the SCIM server refused a member removal written as a value list; \
+                             writing removals as members[value eq \"<id>\"] from now on \
+                             (set member_remove_style = \"path_filter\" to start that way)"
+                        );
+                    }
+                    let retry = remove_members_patch(RemoveStyle::PathFilter, chunk);
+                    self.patch_group(group_id, retry).await?;
+                    sent += 1;
+                }
+                other => other?,
+            }
         }
         Ok(sent)
     }
 
-    /// The body of a `PATCH /Groups/{id}` that removes these users, in the configured style.
+    /// The body of a `PATCH /Groups/{id}` that removes these users, in the style the next
+    /// removal will use.
     pub fn remove_members_patch(&self, user_ids: &[String]) -> Value {
-        let operations = match self.remove_style {
-            RemoveStyle::PathFilter => user_ids
-                .iter()
-                .map(|id| {
-                    json!({"op": "remove", "path": format!("members[value eq {}]", filter::quote(id))})
-                })
-                .collect(),
-            RemoveStyle::ValueList => {
-                let members: Vec<Value> = user_ids.iter().map(|id| json!({"value": id})).collect();
-                vec![json!({"op": "remove", "path": "members", "value": members})]
-            }
-        };
-        patch_op(operations)
+        remove_members_patch(self.effective_remove_style(), user_ids)
+    }
+
+    fn effective_remove_style(&self) -> RemoveStyle {
+        if self.value_list_refused.load(Ordering::Relaxed) {
+            RemoveStyle::PathFilter
+        } else {
+            self.remove_style
+        }
     }
 
     async fn patch_group(&self, group_id: &str, patch: Value) -> Result<(), NetskopeError> {

@@ -41,3 +41,21 @@ pub async fn fake_collector() -> (String, Arc<Mutex<Vec<Vec<u8>>>>) {
     tokio::spawn(async move { axum::serve(listener, app).await });
     (format!("http://{addr}"), received)
 }
+
+/// The value of a peer's environment variable, set by `scripts/test` once it has started the
+/// peer. Unset: `None` when `OFFBOARDER_SKIP_PEERS` is set (the caller then skips), otherwise a
+/// panic that says how to run the interoperability tests. A missing peer is never a silent pass.
+pub fn peer(var: &str) -> Option<String> {
+    match std::env::var(var) {
+        Ok(value) if !value.is_empty() => Some(value),
+        _ if std::env::var_os("OFFBOARDER_SKIP_PEERS").is_some() => {
+            eprintln!("SKIPPED: {var} is not set and OFFBOARDER_SKIP_PEERS is");
+            None
+        }
+        _ => panic!(
+            "{var} is not set. The interoperability tests need real peers: run them with \
+             scripts/test, which installs and starts them, or point {var} at a running one \
+             (see the README, \"Tests\"). OFFBOARDER_SKIP_PEERS=1 skips them."
+        ),
+    }
+}
