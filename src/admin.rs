@@ -35,6 +35,8 @@ use crate::secret::SecretSource;
 pub const GUARD_FAULT: &str = "guard";
 /// The readiness fault set when the dead-letter limit stopped reading.
 pub const DEAD_LETTER_FAULT: &str = "dead_letter_limit";
+/// The readiness fault set while the consumer has not joined its group long after subscribing.
+pub const CONSUMER_GROUP_FAULT: &str = "consumer_group";
 
 /// Where `offboarder guard release` looks for the admin token when `admin.token` names none.
 pub const ADMIN_TOKEN_ENV: &str = "OFFBOARDER_ADMIN_TOKEN";

@@ -403,3 +403,50 @@ async fn a_restart_resumes_from_the_committed_offsets() {
     let patches = sandbox.sim.stats().count("PATCH /api/v2/scim/Users/{id}");
     assert_eq!(patches, 60, "one deactivation each, none repeated");
 }
+
+/// tansu 0.6.0 has no KIP-848 group protocol: librdkafka then retries in silence forever (its
+/// reason, "ConsumerGroupHeartbeatRequest not supported by broker", is in its debug log only).
+/// The worker says so instead: an error log and a `/readyz` fault that names the property. On a
+/// broker with KIP-848 the same config simply works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_kip848_group_protocol_on_a_broker_without_it_is_reported() {
+    let Some(bootstrap) = support::peer("KAFKA_BOOTSTRAP") else {
+        return;
+    };
+    let sandbox = sandbox(&bootstrap, 5).await;
+    sandbox.publish(&[hr(&sandbox, 1)]).await.expect("publish");
+    let mut config = config(&sandbox, "real-kip848");
+    config
+        .kafka
+        .consumer_properties
+        .insert("group.protocol".into(), "consumer".into());
+    config.kafka.connect_timeout = Duration::from_secs(1);
+    let client = sandbox.client(&config).expect("client");
+    let pipeline = Pipeline::new(&config, client).await.expect("pipeline");
+    let handle = pipeline.handle();
+    let readiness = handle.readiness();
+    let worker = tokio::spawn(pipeline.run());
+
+    if skips_the_rest_of_a_batch() {
+        // tansu 0.6.0: the watchdog fires after twice connect_timeout.
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        let reasons = readiness.check().expect_err("not ready");
+        assert!(
+            reasons
+                .iter()
+                .any(|r| r.contains("has not joined group") && r.contains("KIP-848")),
+            "{reasons:?}"
+        );
+    } else {
+        let read = sandbox
+            .read(&sandbox.topics.outcomes, WAIT, |r| !finals(r).is_empty())
+            .await
+            .expect("read outcomes");
+        assert_eq!(finals(&read).len(), 1);
+    }
+    handle.stop();
+    let summary = worker.await.expect("joined").expect("clean stop");
+    if skips_the_rest_of_a_batch() {
+        assert_eq!(summary.received, 0, "nothing was read");
+    }
+}

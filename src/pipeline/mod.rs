@@ -179,6 +179,9 @@ struct Shared {
     /// destructive events are read until a release.
     guard_paused: AtomicBool,
     terminations_topic: String,
+    /// The group coordinator has given this consumer an assignment (empty or not) at least
+    /// once: the consumer is in its group.
+    joined: AtomicBool,
 }
 
 impl Shared {
@@ -230,6 +233,13 @@ impl ConsumerContext for Context {
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         let assigned = consumer.assignment().map_or(0, |a| a.count());
         self.shared.readiness.set_assigned(assigned);
+        if matches!(rebalance, Rebalance::Assign(_))
+            && !self.shared.joined.swap(true, Ordering::SeqCst)
+        {
+            self.shared
+                .readiness
+                .set_fault(crate::admin::CONSUMER_GROUP_FAULT, None);
+        }
         if let Rebalance::Assign(list) = rebalance {
             for p in list.elements() {
                 tracing::info!(
@@ -256,6 +266,41 @@ impl ConsumerContext for Context {
 }
 
 type KafkaConsumer = StreamConsumer<Context>;
+
+/// Says loudly when the consumer has not joined its group twice `connect_timeout` after
+/// subscribing. librdkafka keeps trying in silence in that case (its reason is only in its debug
+/// log), and a worker that reads nothing while it looks alive is how terminations get missed.
+/// The fault shows in `/readyz` until the first assignment arrives.
+async fn join_watchdog(shared: Arc<Shared>, kafka: KafkaConfig) {
+    let after = kafka.connect_timeout.saturating_mul(2);
+    tokio::time::sleep(after).await;
+    if shared.joined.load(Ordering::SeqCst) {
+        return;
+    }
+    let kip848 = kafka
+        .consumer_properties
+        .iter()
+        .chain(&kafka.properties)
+        .any(|(k, v)| k == "group.protocol" && v.eq_ignore_ascii_case("consumer"));
+    let hint = if kip848 {
+        "group.protocol is \"consumer\" (KIP-848): the brokers must support it (Apache Kafka \
+         4.0 or later; tansu 0.6.0 does not). Remove the property to use the classic protocol"
+    } else {
+        "check that the group coordinator is reachable and that the credentials may join the \
+         group (ACL: READ on the group)"
+    };
+    let reason = format!(
+        "the consumer has not joined group {:?} after {}: no events are read. {hint}",
+        kafka.group_id,
+        humantime::format_duration(after)
+    );
+    tracing::error!(group = kafka.group_id, "{reason}");
+    if !shared.joined.load(Ordering::SeqCst) {
+        shared
+            .readiness
+            .set_fault(crate::admin::CONSUMER_GROUP_FAULT, Some(reason));
+    }
+}
 
 /// The partitions of `list` that belong to `topic`.
 fn only_topic(list: &TopicPartitionList, topic: &str) -> TopicPartitionList {
@@ -796,6 +841,7 @@ impl Pipeline {
             PipelineError::Config(format!("kafka: cannot subscribe to {topics:?}: {e}"))
         })?;
         tracing::info!(?topics, group = self.kafka.group_id, "consuming");
+        let watchdog = tokio::spawn(join_watchdog(self.core.shared.clone(), self.kafka.clone()));
         let handle = self.core.handle.clone();
         let mut received = 0u64;
         let stall = self.settings.pause_after;
@@ -836,6 +882,7 @@ impl Pipeline {
                 },
             }
         }
+        watchdog.abort();
         self.drain(received).await
     }
 
@@ -1160,5 +1207,64 @@ pub async fn check_topics(
             kafka.brokers,
             problems.join("; ")
         )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kafka(protocol: Option<&str>) -> KafkaConfig {
+        let mut kafka = KafkaConfig {
+            group_id: "g".into(),
+            connect_timeout: Duration::from_secs(15),
+            ..KafkaConfig::default()
+        };
+        if let Some(p) = protocol {
+            kafka
+                .consumer_properties
+                .insert("group.protocol".into(), p.into());
+        }
+        kafka
+    }
+
+    fn not_ready(shared: &Shared) -> Vec<String> {
+        shared.readiness.check().err().unwrap_or_default()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_consumer_that_never_joins_is_reported_after_twice_the_connect_timeout() {
+        let shared = Arc::new(Shared::default());
+        let watchdog = tokio::spawn(join_watchdog(shared.clone(), kafka(Some("consumer"))));
+        tokio::time::sleep(Duration::from_secs(29)).await;
+        assert!(!not_ready(&shared).iter().any(|r| r.contains("joined")));
+        watchdog.await.unwrap();
+        let reasons = not_ready(&shared);
+        let fault = reasons
+            .iter()
+            .find(|r| r.contains("has not joined group \"g\" after 30s"))
+            .unwrap_or_else(|| panic!("{reasons:?}"));
+        assert!(fault.contains("KIP-848"), "{fault}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_classic_protocol_gets_the_coordinator_hint() {
+        let shared = Arc::new(Shared::default());
+        join_watchdog(shared.clone(), kafka(None)).await;
+        let reasons = not_ready(&shared);
+        assert!(
+            reasons
+                .iter()
+                .any(|r| r.contains("has not joined") && r.contains("ACL")),
+            "{reasons:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_consumer_that_joined_in_time_raises_nothing() {
+        let shared = Arc::new(Shared::default());
+        shared.joined.store(true, Ordering::SeqCst);
+        join_watchdog(shared.clone(), kafka(Some("consumer"))).await;
+        assert!(!not_ready(&shared).iter().any(|r| r.contains("joined")));
     }
 }
