@@ -53,7 +53,9 @@ pub enum RemoveStyle {
     #[default]
     PathFilter,
     /// One `remove` operation on `members` with a value list (the form Netskope's and Azure's
-    /// integrations send). Not every RFC 7644 server accepts it.
+    /// integrations send). RFC 7644 reads a `remove` on `members` without a filter as "remove
+    /// every member", so strict servers refuse it (scim2-server answers 400 `invalidValue`);
+    /// the client then falls back to `PathFilter` for good.
     ValueList,
 }
 
