@@ -39,6 +39,9 @@ pub const GUARD_HALTED: &str = "offboarder_guard_halted";
 pub const GUARD_HALTS: &str = "offboarder_guard_halts_total";
 /// 1 once the dead-letter limit stopped reading (a deployment fault), else 0.
 pub const DEAD_LETTER_LIMIT: &str = "offboarder_dead_letter_limit_tripped";
+/// Offsets between a partition's committed offset and the first record read after it was
+/// assigned, by `topic`: records the worker never saw (see `pipeline::resume_gap`).
+pub const RESUME_SKIPPED: &str = "offboarder_resume_skipped_offsets_total";
 
 const WAIT_BUCKETS: &[f64] = &[0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
 const REQUEST_BUCKETS: &[f64] = &[
@@ -78,6 +81,7 @@ const ALL: &[(&str, &str)] = &[
     (GUARD_HALTED, "gauge"),
     (GUARD_HALTS, "counter"),
     (DEAD_LETTER_LIMIT, "gauge"),
+    (RESUME_SKIPPED, "counter"),
 ];
 
 /// Creates the alert-worthy counters at 0. A counter whose first sample is already 1 (the first
@@ -179,6 +183,10 @@ fn describe() {
     describe_gauge!(
         DEAD_LETTER_LIMIT,
         "1 once most recent events were invalid and reading stopped (a deployment fault), else 0."
+    );
+    describe_counter!(
+        RESUME_SKIPPED,
+        "Offsets skipped between a partition's committed offset and the first record read after its assignment."
     );
 }
 

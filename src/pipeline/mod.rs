@@ -182,11 +182,35 @@ struct Shared {
     /// The group coordinator has given this consumer an assignment (empty or not) at least
     /// once: the consumer is in its group.
     joined: AtomicBool,
+    /// Assigned partitions whose first record has not been read yet: that record is checked
+    /// against the committed offset (see [`resume_gap`]).
+    awaiting_first: Mutex<std::collections::HashSet<(String, i32)>>,
 }
 
 impl Shared {
     fn tracker(&self) -> std::sync::MutexGuard<'_, OffsetTracker> {
         self.tracker.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn awaiting_first(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashSet<(String, i32)>> {
+        self.awaiting_first
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// How many offsets lie between a partition's committed offset and the first record read
+/// after its assignment, when that is more than one. A Kafka broker resumes exactly at the
+/// committed offset, so a larger gap means records this worker never saw: deleted by retention
+/// while the worker was down or behind (the consumer then starts over at the earliest record
+/// left), compacted away, aborted transactions, or a broker that cannot resume inside a record
+/// batch (tansu 0.6.0). A gap of one is the marker that follows every committed transaction.
+fn resume_gap(committed: rdkafka::Offset, first: i64) -> Option<i64> {
+    match committed {
+        rdkafka::Offset::Offset(c) if first - c > 1 => Some(first - c),
+        _ => None,
     }
 }
 
@@ -219,6 +243,7 @@ impl ConsumerContext for Context {
     fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(list) = rebalance {
             let mut tracker = self.shared.tracker();
+            let mut awaiting = self.shared.awaiting_first();
             for p in list.elements() {
                 tracing::info!(
                     topic = p.topic(),
@@ -226,6 +251,7 @@ impl ConsumerContext for Context {
                     "partition revoked"
                 );
                 tracker.revoke(p.topic(), p.partition());
+                awaiting.remove(&(p.topic().to_string(), p.partition()));
             }
         }
     }
@@ -241,13 +267,16 @@ impl ConsumerContext for Context {
                 .set_fault(crate::admin::CONSUMER_GROUP_FAULT, None);
         }
         if let Rebalance::Assign(list) = rebalance {
+            let mut awaiting = self.shared.awaiting_first();
             for p in list.elements() {
                 tracing::info!(
                     topic = p.topic(),
                     partition = p.partition(),
                     "partition assigned"
                 );
+                awaiting.insert((p.topic().to_string(), p.partition()));
             }
+            drop(awaiting);
             if self.shared.paused.load(Ordering::SeqCst)
                 && let Err(e) = consumer.pause(list)
             {
@@ -753,6 +782,10 @@ impl Pipeline {
             .map_err(|e| cfg(format!("kafka: cannot create the producer: {e}")))?;
         check_topics(&producer, &kafka).await?;
         config.guard.validate().map_err(cfg)?;
+        for topic in [&kafka.topics.terminations, &kafka.topics.risk_signals] {
+            // At 0 from the start, so that the first skip shows in increase().
+            metrics::counter!(m_names::RESUME_SKIPPED, "topic" => topic.clone()).absolute(0);
+        }
         let shared = Arc::new(Shared {
             guard: Arc::new(Guard::new(&config.guard)),
             terminations_topic: kafka.topics.terminations.clone(),
@@ -963,9 +996,53 @@ impl Pipeline {
         }
     }
 
+    /// Compares the first record read from a newly assigned partition with the group's
+    /// committed offset, off the consumer loop (it is a request to the group coordinator), and
+    /// says loudly when records were skipped: each may be a termination never acted on.
+    fn check_resume_gap(&self, (topic, partition): (String, i32), first: i64) {
+        let core = self.core.clone();
+        tokio::task::spawn_blocking(move || {
+            let committed = {
+                let mut list = TopicPartitionList::new();
+                list.add_partition(&topic, partition);
+                core.consumer
+                    .committed_offsets(list, Duration::from_secs(10))
+                    .ok()
+                    .and_then(|l| l.find_partition(&topic, partition).map(|p| p.offset()))
+            };
+            let Some(committed) = committed else {
+                tracing::debug!(
+                    topic,
+                    partition,
+                    "committed offset unknown; no resume check"
+                );
+                return;
+            };
+            if let Some(gap) = resume_gap(committed, first) {
+                tracing::error!(
+                    topic,
+                    partition,
+                    committed = ?committed,
+                    first_read = first,
+                    skipped = gap,
+                    "records skipped on resume: the first record read after the assignment is not \
+                     the committed offset. Those records were never seen by this worker: check the \
+                     topic's retention (the worker may have been down longer), compaction and \
+                     transactions, or the broker, then replay the range if it held events"
+                );
+                metrics::counter!(m_names::RESUME_SKIPPED, "topic" => topic)
+                    .increment(gap.unsigned_abs());
+            }
+        });
+    }
+
     /// Registers a received event and sends it on: to its user's lane, or to the dead-letter
     /// topic.
     fn accept(&self, m: &BorrowedMessage<'_>) {
+        let key = (m.topic().to_string(), m.partition());
+        if self.core.shared.awaiting_first().remove(&key) {
+            self.check_resume_gap(key, m.offset());
+        }
         if self.core.shared.dead_letter_stop.load(Ordering::SeqCst) {
             // Read while the partitions were being paused. Never registered, so its offset is
             // never stored: it is read again after the restart.
@@ -1230,6 +1307,29 @@ mod tests {
 
     fn not_ready(shared: &Shared) -> Vec<String> {
         shared.readiness.check().err().unwrap_or_default()
+    }
+
+    #[test]
+    fn only_a_gap_of_more_than_one_offset_is_a_skip() {
+        use rdkafka::Offset;
+        assert_eq!(resume_gap(Offset::Offset(4), 4), None, "resumed exactly");
+        assert_eq!(
+            resume_gap(Offset::Offset(4), 5),
+            None,
+            "a transaction marker"
+        );
+        assert_eq!(resume_gap(Offset::Offset(4), 10), Some(6));
+        assert_eq!(
+            resume_gap(Offset::Offset(4), 2),
+            None,
+            "behind: a redelivery"
+        );
+        assert_eq!(
+            resume_gap(Offset::Invalid, 10),
+            None,
+            "nothing committed yet"
+        );
+        assert_eq!(resume_gap(Offset::Beginning, 10), None);
     }
 
     #[tokio::test(start_paused = true)]
