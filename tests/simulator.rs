@@ -1057,3 +1057,252 @@ async fn invalid_settings_are_refused_and_shutdown_stops_the_server() {
     t.sim.shutdown().await;
     assert!(Client::new().get(&url).send().await.is_err());
 }
+
+// ---- RFC 7644 features that generic SCIM tooling expects ----------------------------------
+
+const SEARCH: &str = "urn:ietf:params:scim:api:messages:2.0:SearchRequest";
+const GROUP_URN: &str = "urn:ietf:params:scim:schemas:core:2.0:Group";
+
+async fn json_ok(response: Response) -> Value {
+    assert_eq!(response.status(), StatusCode::OK);
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    assert_eq!(content_type, "application/scim+json");
+    response.json().await.expect("json")
+}
+
+#[tokio::test]
+async fn discovery_endpoints_describe_what_the_simulator_does() {
+    let t = Tenant::with_users(0).await;
+    let get = |path: &str| t.scim(Method::GET, path).send();
+
+    let spc = json_ok(get("/ServiceProviderConfig").await.expect("send")).await;
+    assert_eq!(spc["patch"]["supported"], json!(true));
+    assert_eq!(
+        spc["bulk"]["supported"],
+        json!(false),
+        "Netskope has no /Bulk"
+    );
+    assert_eq!(spc["sort"]["supported"], json!(false));
+
+    let types = json_ok(get("/ResourceTypes").await.expect("send")).await;
+    assert_eq!(types["totalResults"], json!(2));
+    let user_type = json_ok(get("/ResourceTypes/User").await.expect("send")).await;
+    assert_eq!(user_type["endpoint"], json!("/Users"));
+    let (status, _) = scim_error(get("/ResourceTypes/Device").await.expect("send")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    let schemas = json_ok(get("/Schemas").await.expect("send")).await;
+    assert_eq!(schemas["totalResults"], json!(2));
+    let group = json_ok(get(&format!("/Schemas/{GROUP_URN}")).await.expect("send")).await;
+    let members = group["attributes"]
+        .as_array()
+        .and_then(|attrs| attrs.iter().find(|a| a["name"] == "members"))
+        .cloned()
+        .expect("members described");
+    assert_eq!(
+        members["returned"],
+        json!("request"),
+        "members only when asked, as Netskope does"
+    );
+    let (status, _) = scim_error(get("/Schemas/urn:nope").await.expect("send")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    // Read-only endpoints; and the same token rules as Users and Groups.
+    for path in ["/ServiceProviderConfig", "/ResourceTypes", "/Schemas"] {
+        let response = t.scim(Method::POST, path).send().await.expect("send");
+        assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED, "{path}");
+    }
+    let response = t
+        .http
+        .get(format!("{}/Schemas", t.sim.scim_base_url()))
+        .header("Netskope-Api-Token", EVENTS)
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), StatusCode::FORBIDDEN);
+    assert!(response.bytes().await.expect("body").is_empty());
+    assert_eq!(t.sim.audit_event_count(), 0);
+}
+
+#[tokio::test]
+async fn attributes_and_excluded_attributes_project_resources() {
+    let t = Tenant::with_users(1).await;
+    let id = t.id("user1@example.com");
+    let get = |query: &'static [(&'static str, &'static str)]| {
+        t.scim(Method::GET, &format!("/Users/{id}"))
+            .query(query)
+            .send()
+    };
+
+    let only = json_ok(
+        get(&[("attributes", "userName,name.givenName")])
+            .await
+            .expect("send"),
+    )
+    .await;
+    let mut keys: Vec<&String> = only.as_object().expect("object").keys().collect();
+    keys.sort();
+    assert_eq!(keys, ["id", "name", "schemas", "userName"]);
+    assert_eq!(only["name"], json!({"givenName": "User"}));
+
+    let without = json_ok(
+        get(&[("excludedAttributes", "emails,name.familyName,id")])
+            .await
+            .expect("send"),
+    )
+    .await;
+    assert!(without.get("emails").is_none());
+    assert_eq!(without["name"], json!({"givenName": "User"}));
+    assert_eq!(without["id"], json!(id), "id is always returned");
+    assert_eq!(without["active"], json!(true));
+
+    let list = json_ok(
+        t.scim(Method::GET, "/Users")
+            .query(&[("attributes", "externalId")])
+            .send()
+            .await
+            .expect("send"),
+    )
+    .await;
+    assert_eq!(
+        list["Resources"][0],
+        json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"], "id": id, "externalId": "emp-1"})
+    );
+
+    let (status, body) = scim_error(
+        get(&[("attributes", "emails[type eq \"work\"]")])
+            .await
+            .expect("send"),
+    )
+    .await;
+    assert_eq!(
+        (status, body["scimType"].clone()),
+        (StatusCode::BAD_REQUEST, json!("invalidValue"))
+    );
+}
+
+#[tokio::test]
+async fn searches_filter_page_and_project_without_being_audited() {
+    let t = Tenant::with_users(3).await;
+    let u2 = t.id("user2@example.com");
+    let gid = t.create_group("Quarantine_HighRisk", &[&u2]).await;
+    let audited = t.sim.audit_event_count();
+    let search = |path: &'static str, body: Value| t.scim(Method::POST, path).json(&body).send();
+
+    let users = json_ok(
+        search(
+            "/Users/.search",
+            json!({"schemas": [SEARCH], "filter": "userName eq \"USER2@example.com\"", "attributes": ["userName"]}),
+        )
+        .await
+        .expect("send"),
+    )
+    .await;
+    assert_eq!(users["totalResults"], json!(1));
+    assert_eq!(
+        users["Resources"][0],
+        json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"], "id": u2, "userName": "user2@example.com"})
+    );
+
+    let groups = json_ok(
+        search(
+            "/Groups/.search",
+            json!({"schemas": [SEARCH], "attributes": ["members"]}),
+        )
+        .await
+        .expect("send"),
+    )
+    .await;
+    assert_eq!(groups["Resources"][0]["members"][0]["value"], json!(u2));
+
+    // The root search lists users, then groups, and pages over both.
+    let all = json_ok(
+        search(
+            "/.search",
+            json!({"schemas": [SEARCH], "startIndex": 3, "count": 2}),
+        )
+        .await
+        .expect("send"),
+    )
+    .await;
+    assert_eq!(all["totalResults"], json!(4));
+    assert_eq!(all["itemsPerPage"], json!(2));
+    assert_eq!(all["Resources"][0]["userName"], json!("user3@example.com"));
+    assert_eq!(all["Resources"][1]["id"], json!(gid));
+    assert!(all["Resources"][1].get("members").is_none());
+    // A group-only filter attribute selects from the groups alone.
+    let by_name = json_ok(
+        search(
+            "/.search",
+            json!({"schemas": [SEARCH], "filter": "displayName eq \"quarantine_highrisk\""}),
+        )
+        .await
+        .expect("send"),
+    )
+    .await;
+    assert_eq!(by_name["totalResults"], json!(1));
+    assert_eq!(by_name["Resources"][0]["id"], json!(gid));
+
+    let (status, body) = scim_error(
+        search("/Users/.search", json!({"filter": "userName eq \"x\""}))
+            .await
+            .expect("send"),
+    )
+    .await;
+    assert_eq!(
+        (status, body["scimType"].clone()),
+        (StatusCode::BAD_REQUEST, json!("invalidSyntax"))
+    );
+    let (status, body) = scim_error(
+        search(
+            "/.search",
+            json!({"schemas": [SEARCH], "filter": "nickName eq \"x\""}),
+        )
+        .await
+        .expect("send"),
+    )
+    .await;
+    assert_eq!(
+        (status, body["scimType"].clone()),
+        (StatusCode::BAD_REQUEST, json!("invalidFilter"))
+    );
+
+    assert_eq!(
+        t.sim.audit_event_count(),
+        audited,
+        "a search is a read, not an audited change"
+    );
+    assert_eq!(t.sim.stats().count("POST /api/v2/scim/.search"), 3);
+}
+
+#[tokio::test]
+async fn patch_remove_active_leaves_it_unassigned_and_the_user_active() {
+    let t = Tenant::with_users(1).await;
+    let id = t.id("user1@example.com");
+    let response = t
+        .patch(
+            &format!("/Users/{id}"),
+            json!([{"op": "remove", "path": "active"}]),
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::NO_CONTENT);
+    let user = json_ok(
+        t.scim(Method::GET, &format!("/Users/{id}"))
+            .send()
+            .await
+            .expect("send"),
+    )
+    .await;
+    assert!(user.get("active").is_none());
+    assert_eq!(
+        t.sim.user("user1@example.com").map(|u| u.active),
+        Some(true)
+    );
+    let active = json_ok(t.find_users("active eq true").await).await;
+    assert_eq!(active["totalResults"], json!(1));
+}

@@ -15,20 +15,24 @@
 //! |---|---|
 //! | `auth` | tokens, scopes, rate limit, faults, latency (the gateway middleware) |
 //! | `scim` | HTTP handlers for Users and Groups |
+//! | `discovery` | `/ServiceProviderConfig`, `/ResourceTypes`, `/Schemas` (RFC 7644 §4) |
 //! | `state` | the in-memory directory and its SCIM JSON rendering |
 //! | `filter` | the `<attr> eq <value>` filter subset |
 //! | `patch` | PATCH operations |
 //! | `audit` | the audit trail and its endpoint |
+//! | `view` | `attributes` / `excludedAttributes` projections |
 //! | `stats` | request counters (`/_sim/stats`) and, for benchmarks, request timings |
 
 mod audit;
 mod auth;
+mod discovery;
 mod error;
 mod filter;
 mod patch;
 mod scim;
 mod state;
 mod stats;
+mod view;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -39,7 +43,7 @@ use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::StatusCode;
 use axum::middleware::from_fn_with_state;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -161,6 +165,8 @@ pub(crate) struct Sim {
     timings: Mutex<Timings>,
     pub(crate) gate: Gate,
     pub(crate) wall: WallClock,
+    /// `http://host:port`, for `meta.location` of the discovery documents.
+    pub(crate) base_url: String,
     pub(crate) patch_status: StatusCode,
     pub(crate) audit_paging: AuditPaging,
     pub(crate) audit_wrapper: AuditWrapper,
@@ -191,6 +197,7 @@ impl Sim {
                 Duration::from_millis(args.latency_ms),
             ),
             wall,
+            base_url: base_url.to_string(),
             patch_status,
             audit_paging: args.audit_paging,
             audit_wrapper: args.audit_wrapper,
@@ -248,6 +255,10 @@ fn router(sim: Arc<Sim>) -> Router {
     let groups_item = "/api/v2/scim/Groups/{id}";
     let scim_routes = Router::new()
         .route("/api/v2/scim/Users", get(list_users).post(create_user))
+        // RFC 7644 §3.4.3 searches; the static `.search` segment wins over `{id}`.
+        .route("/api/v2/scim/Users/.search", post(search_users))
+        .route("/api/v2/scim/Groups/.search", post(search_groups))
+        .route("/api/v2/scim/.search", post(search_all))
         .route(
             users_item,
             get(get_user)
@@ -263,6 +274,22 @@ fn router(sim: Arc<Sim>) -> Router {
                 .patch(patch_group)
                 .delete(delete_group),
         )
+        // Discovery (RFC 7644 §4) sits behind the same SCIM token: Netskope documents nothing
+        // about these endpoints, and a narrower rule than "SCIM scope" would be invented.
+        .route(
+            "/api/v2/scim/ServiceProviderConfig",
+            get(discovery::get_service_provider_config),
+        )
+        .route(
+            "/api/v2/scim/ResourceTypes",
+            get(discovery::list_resource_types),
+        )
+        .route(
+            "/api/v2/scim/ResourceTypes/{id}",
+            get(discovery::get_resource_type),
+        )
+        .route("/api/v2/scim/Schemas", get(discovery::list_schemas))
+        .route("/api/v2/scim/Schemas/{id}", get(discovery::get_schema))
         .route_layer(from_fn_with_state((sim.clone(), Scope::Scim), auth::gate));
     let event_routes = Router::new()
         .route(AUDIT_PATH, get(audit::audit_events))

@@ -20,6 +20,7 @@ use serde_json::{Map, Value, json};
 use super::error::ScimError;
 use super::filter::{Filter, eq_ci, value_eq};
 use super::patch::{PatchOp, apply_group_ops, apply_user_ops, canonical_key, get_ci, member_ids};
+use super::view::View;
 
 pub(crate) const USER_SCHEMA: &str = "urn:ietf:params:scim:schemas:core:2.0:User";
 pub(crate) const GROUP_SCHEMA: &str = "urn:ietf:params:scim:schemas:core:2.0:Group";
@@ -38,25 +39,6 @@ impl Default for Page {
         Self {
             start_index: 1,
             count: 100,
-        }
-    }
-}
-
-/// Which attributes a response shows.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub(crate) struct View {
-    /// Netskope leaves `members` out of group reads unless `attributes=members` asks for them.
-    pub(crate) members: bool,
-    /// Lower-cased top-level names from `excludedAttributes` (`id` and `schemas` are never removed).
-    pub(crate) excluded: Vec<String>,
-}
-
-impl View {
-    /// The view of a write response: a created or replaced group shows its members.
-    pub(crate) fn full() -> Self {
-        Self {
-            members: true,
-            excluded: Vec::new(),
         }
     }
 }
@@ -196,7 +178,7 @@ impl Directory {
     /// `POST /Users`.
     pub(crate) fn create_user(&mut self, body: &Value, now: Duration) -> Result<Value, ScimError> {
         let (schemas, attrs) = split_body(body, USER_SCHEMA, &["id", "meta", "groups"])?;
-        let attrs = validate_user(attrs)?;
+        let attrs = validate_user(attrs, true)?;
         let user_name = attrs
             .get("userName")
             .and_then(Value::as_str)
@@ -228,13 +210,60 @@ impl Directory {
         view: &View,
     ) -> Result<Value, ScimError> {
         let predicate = filter.map(UserPredicate::compile).transpose()?;
-        let matched: Vec<&User> = match &predicate {
+        let matched = self.matching_users(predicate.as_ref());
+        Ok(list_response(&matched, page, |u| self.render_user(u, view)))
+    }
+
+    fn matching_users(&self, predicate: Option<&UserPredicate>) -> Vec<&User> {
+        match predicate {
             // Fast path for the lookup clients do on every event.
             Some(UserPredicate::UserName(name)) => self.user_by_name(name).into_iter().collect(),
             Some(p) => self.users.values().filter(|u| p.matches(u)).collect(),
             None => self.users.values().collect(),
+        }
+    }
+
+    /// `POST /.search`: users, then groups, in one list. A filter on an attribute that only
+    /// one of the two types has (`userName`, `displayName` of a group...) selects from that type
+    /// alone; one that neither understands is the user type's 400.
+    pub(crate) fn list_all(
+        &self,
+        filter: Option<&Filter>,
+        page: Page,
+        view: &View,
+    ) -> Result<Value, ScimError> {
+        let (users, groups) = match filter {
+            None => (self.matching_users(None), self.matching_groups(None)),
+            Some(filter) => {
+                let user_predicate = UserPredicate::compile(filter);
+                let group_predicate = GroupPredicate::compile(filter);
+                if let (Err(err), Err(_)) = (&user_predicate, &group_predicate) {
+                    return Err(err.clone());
+                }
+                let users = match &user_predicate {
+                    Ok(p) => self.matching_users(Some(p)),
+                    Err(_) => Vec::new(),
+                };
+                let groups = match &group_predicate {
+                    Ok(p) => self.matching_groups(Some(p)),
+                    Err(_) => Vec::new(),
+                };
+                (users, groups)
+            }
         };
-        Ok(list_response(&matched, page, |u| self.render_user(u, view)))
+        // Only the page is rendered, so a search over a large seeded tenant stays cheap.
+        let resources: Vec<Value> = users
+            .iter()
+            .map(|u| Either::User(u))
+            .chain(groups.iter().map(|g| Either::Group(g)))
+            .skip(page.start_index.saturating_sub(1))
+            .take(page.count)
+            .map(|item| match item {
+                Either::User(u) => self.render_user(u, view),
+                Either::Group(g) => self.render_group(g, view),
+            })
+            .collect();
+        Ok(list_json(users.len() + groups.len(), page, resources))
     }
 
     /// `PUT /Users/{id}`: replaces every client attribute; omitted ones are gone (and `active`
@@ -247,7 +276,7 @@ impl Directory {
     ) -> Result<Value, ScimError> {
         let mut user = self.user_or_404(id)?.clone();
         let (schemas, attrs) = split_body(body, USER_SCHEMA, &["id", "meta", "groups"])?;
-        user.attrs = validate_user(attrs)?;
+        user.attrs = validate_user(attrs, true)?;
         user.schemas = schemas;
         user.modified = now;
         self.check_user_name_free(user.user_name(), Some(id))?;
@@ -266,7 +295,9 @@ impl Directory {
         let mut user = self.user_or_404(id)?.clone();
         let mut attrs = user.attrs.clone();
         apply_user_ops(&mut attrs, ops)?;
-        let attrs = validate_user(attrs)?;
+        // A PATCH that removes `active` leaves it unassigned (RFC 7644 §3.5.2.2); an unassigned
+        // `active` still reads as active, so nothing about the user's access changes.
+        let attrs = validate_user(attrs, false)?;
         if attrs != user.attrs {
             user.attrs = attrs;
             user.modified = now;
@@ -347,7 +378,7 @@ impl Directory {
                 &self.user_location(&user.id),
             ),
         );
-        apply_exclusions(&mut out, view);
+        view.apply(&mut out);
         Value::Object(out)
     }
 
@@ -409,16 +440,20 @@ impl Directory {
         view: &View,
     ) -> Result<Value, ScimError> {
         let predicate = filter.map(GroupPredicate::compile).transpose()?;
-        let matched: Vec<&Group> = match &predicate {
+        let matched = self.matching_groups(predicate.as_ref());
+        Ok(list_response(&matched, page, |g| {
+            self.render_group(g, view)
+        }))
+    }
+
+    fn matching_groups(&self, predicate: Option<&GroupPredicate>) -> Vec<&Group> {
+        match predicate {
             Some(GroupPredicate::DisplayName(name)) => {
                 self.group_by_name(name).into_iter().collect()
             }
             Some(p) => self.groups.values().filter(|g| p.matches(g)).collect(),
             None => self.groups.values().collect(),
-        };
-        Ok(list_response(&matched, page, |g| {
-            self.render_group(g, view)
-        }))
+        }
     }
 
     /// `PUT /Groups/{id}`: replaces attributes *and* membership (omitted `members` empties it).
@@ -546,7 +581,7 @@ impl Directory {
                 &self.group_location(&group.id),
             ),
         );
-        apply_exclusions(&mut out, view);
+        view.apply(&mut out);
         Value::Object(out)
     }
 
@@ -682,8 +717,14 @@ fn split_body(
     Ok((schemas, attrs))
 }
 
-/// A user needs a non-empty string `userName`, and `active` must be a boolean (default true).
-fn validate_user(mut attrs: Map<String, Value>) -> Result<Map<String, Value>, ScimError> {
+/// A user needs a non-empty string `userName`, and `active` must be a boolean. A created or
+/// replaced user without `active` gets `active: true` written out (so that every client sees
+/// the state it will be treated as); `default_active` is false for a PATCH, whose `remove`
+/// must be able to leave the attribute unassigned.
+fn validate_user(
+    mut attrs: Map<String, Value>,
+    default_active: bool,
+) -> Result<Map<String, Value>, ScimError> {
     match attrs.get("userName") {
         Some(Value::String(name)) if !name.trim().is_empty() => {}
         Some(_) => {
@@ -695,9 +736,10 @@ fn validate_user(mut attrs: Map<String, Value>) -> Result<Map<String, Value>, Sc
     }
     match attrs.get("active") {
         Some(Value::Bool(_)) => {}
-        None => {
+        None if default_active => {
             attrs.insert("active".into(), Value::Bool(true));
         }
+        None => {}
         Some(_) => {
             return Err(ScimError::invalid_value(
                 "`active` must be a JSON boolean (true or false)",
@@ -718,12 +760,10 @@ fn validate_group(attrs: Map<String, Value>) -> Result<Map<String, Value>, ScimE
     }
 }
 
-fn apply_exclusions(out: &mut Map<String, Value>, view: &View) {
-    for name in &view.excluded {
-        if name != "id" && name != "schemas" {
-            out.retain(|k, _| !k.eq_ignore_ascii_case(name));
-        }
-    }
+/// A user or a group, for the root search's mixed list.
+enum Either<'a> {
+    User(&'a User),
+    Group(&'a Group),
 }
 
 fn list_response<T>(matched: &[&T], page: Page, render: impl Fn(&T) -> Value) -> Value {
@@ -733,9 +773,13 @@ fn list_response<T>(matched: &[&T], page: Page, render: impl Fn(&T) -> Value) ->
         .take(page.count)
         .map(|item| render(item))
         .collect();
+    list_json(matched.len(), page, resources)
+}
+
+fn list_json(total: usize, page: Page, resources: Vec<Value>) -> Value {
     json!({
         "schemas": [LIST_SCHEMA],
-        "totalResults": matched.len(),
+        "totalResults": total,
         "startIndex": page.start_index,
         "itemsPerPage": resources.len(),
         "Resources": resources,
