@@ -176,13 +176,21 @@ impl Sandbox {
     /// which every broker has. Tokens come from the variables of [`Sandbox::token_env`];
     /// anything else can be changed with `OFFBOARDER_<SECTION>__<KEY>` variables.
     pub fn config_toml(&self, group_id: &str) -> String {
-        let consumer_properties = match self.kafka {
-            Cluster::Mock(_) => {
-                "\n[kafka.consumer_properties]\n\"group.protocol\" = \"consumer\"\n"
+        // The mock's topics have the default names; a broker's carry a suffix and are named.
+        let (topics, consumer_properties) = match self.kafka {
+            Cluster::Mock(_) => (
+                String::new(),
+                "\n[kafka.consumer_properties]\n\"group.protocol\" = \"consumer\"\n".to_string(),
+            ),
+            Cluster::Broker(_) => {
+                let t = &self.topics;
+                let topics = format!(
+                    "\n[kafka.topics]\nterminations = \"{}\"\nrisk_signals = \"{}\"\noutcomes = \"{}\"\ndead_letter = \"{}\"\n",
+                    t.terminations, t.risk_signals, t.outcomes, t.dead_letter
+                );
+                (topics, String::new())
             }
-            Cluster::Broker(_) => "",
         };
-        let t = &self.topics;
         format!(
             r#"[netskope]
 tenant_url = "{tenant}"
@@ -202,19 +210,9 @@ listen = "127.0.0.1:0"
 brokers = "{brokers}"
 group_id = "{group_id}"
 connect_timeout = "5s"
-
-[kafka.topics]
-terminations = "{terminations}"
-risk_signals = "{risk_signals}"
-outcomes = "{outcomes}"
-dead_letter = "{dead_letter}"
-{consumer_properties}"#,
+{topics}{consumer_properties}"#,
             tenant = self.sim.base_url(),
             brokers = self.bootstrap_servers(),
-            terminations = t.terminations,
-            risk_signals = t.risk_signals,
-            outcomes = t.outcomes,
-            dead_letter = t.dead_letter,
         )
     }
 
