@@ -16,7 +16,7 @@
 //! | [`netskope`] | the Netskope client: SCIM users and groups, audit-event pages, one rate limiter per token, retries, typed errors |
 //! | [`outcome`] | the outcome record published per event |
 //! | [`sim`] | a Netskope tenant simulator (SCIM + audit + scopes + rate limits + faults) for the demo, tests and benchmarks |
-//! | [`sandbox`] | an in-process mock Kafka cluster plus the simulator, wired to a config, for the demo, tests and benchmarks |
+//! | [`sandbox`] | an in-process mock Kafka cluster (or topics on a real broker, for the interoperability tests) plus the simulator, wired to a config, for the demo, tests and benchmarks |
 //! | [`demo`] | `offboarder demo`: an in-process Kafka cluster and the simulator, sample events through the real pipeline |
 //! | [`telemetry`] | logs (human on a terminal, JSON otherwise), OTLP traces, each event's span and its trace context |
 //! | [`metrics`] | Prometheus metric names, help texts, buckets and the recorder |
