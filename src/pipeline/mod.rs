@@ -184,7 +184,8 @@ struct Shared {
     joined: AtomicBool,
     /// Assigned partitions whose first record has not been read yet: that record is checked
     /// against the committed offset (see [`resume_gap`]).
-    awaiting_first: Mutex<std::collections::HashSet<(String, i32)>>,
+    /// By topic, so that the check on every record borrows the topic name, never allocates.
+    awaiting_first: Mutex<BTreeMap<String, std::collections::BTreeSet<i32>>>,
 }
 
 impl Shared {
@@ -194,7 +195,7 @@ impl Shared {
 
     fn awaiting_first(
         &self,
-    ) -> std::sync::MutexGuard<'_, std::collections::HashSet<(String, i32)>> {
+    ) -> std::sync::MutexGuard<'_, BTreeMap<String, std::collections::BTreeSet<i32>>> {
         self.awaiting_first
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -251,7 +252,9 @@ impl ConsumerContext for Context {
                     "partition revoked"
                 );
                 tracker.revoke(p.topic(), p.partition());
-                awaiting.remove(&(p.topic().to_string(), p.partition()));
+                if let Some(partitions) = awaiting.get_mut(p.topic()) {
+                    partitions.remove(&p.partition());
+                }
             }
         }
     }
@@ -274,7 +277,10 @@ impl ConsumerContext for Context {
                     partition = p.partition(),
                     "partition assigned"
                 );
-                awaiting.insert((p.topic().to_string(), p.partition()));
+                awaiting
+                    .entry(p.topic().to_string())
+                    .or_default()
+                    .insert(p.partition());
             }
             drop(awaiting);
             if self.shared.paused.load(Ordering::SeqCst)
@@ -1039,9 +1045,14 @@ impl Pipeline {
     /// Registers a received event and sends it on: to its user's lane, or to the dead-letter
     /// topic.
     fn accept(&self, m: &BorrowedMessage<'_>) {
-        let key = (m.topic().to_string(), m.partition());
-        if self.core.shared.awaiting_first().remove(&key) {
-            self.check_resume_gap(key, m.offset());
+        let first = self
+            .core
+            .shared
+            .awaiting_first()
+            .get_mut(m.topic())
+            .is_some_and(|partitions| partitions.remove(&m.partition()));
+        if first {
+            self.check_resume_gap((m.topic().to_string(), m.partition()), m.offset());
         }
         if self.core.shared.dead_letter_stop.load(Ordering::SeqCst) {
             // Read while the partitions were being paused. Never registered, so its offset is
