@@ -64,20 +64,11 @@ fn user(n: usize) -> String {
     format!("user{n}@example.com")
 }
 
-fn event(id: &str, user: &str, fields: Value) -> Vec<u8> {
-    let mut e = json!({"event_id": id, "occurred_at": "2026-12-01T09:00:00Z",
-                       "user": {"user_name": user}, "source": "interop"});
-    if let (Some(e), Some(f)) = (e.as_object_mut(), fields.as_object()) {
-        e.extend(f.clone());
-    }
-    e.to_string().into_bytes()
-}
-
 fn hr(sandbox: &Sandbox, n: usize) -> (String, String, Vec<u8>) {
     (
         sandbox.topics.terminations.clone(),
         user(n),
-        event(&format!("hr-{n}"), &user(n), json!({})),
+        support::event(&format!("hr-{n}"), &user(n), json!({})),
     )
 }
 
@@ -85,7 +76,7 @@ fn xdr(sandbox: &Sandbox, n: usize, id: &str, fields: Value) -> (String, String,
     (
         sandbox.topics.risk_signals.clone(),
         user(n),
-        event(id, &user(n), fields),
+        support::event(id, &user(n), fields),
     )
 }
 
@@ -260,7 +251,7 @@ async fn mixed_events_get_one_final_outcome_each() {
     records.push((
         sandbox.topics.terminations.clone(),
         "ghost@example.com".into(),
-        event("hr-ghost", "ghost@example.com", json!({})),
+        support::event("hr-ghost", "ghost@example.com", json!({})),
     ));
     sandbox.publish(&records).await.expect("publish");
     let config = config(&sandbox, "real-mixed");
@@ -310,7 +301,7 @@ async fn invalid_events_go_to_the_dead_letter_topic() {
         (
             sandbox.topics.risk_signals.clone(),
             "k2",
-            event("no-score", &user(1), json!({})),
+            support::event("no-score", &user(1), json!({})),
             "schema_violation",
         ),
     ];

@@ -145,15 +145,6 @@ async fn sandbox() -> Sandbox {
     .expect("sandbox")
 }
 
-fn event(id: &str, user: &str, fields: Value) -> Vec<u8> {
-    let mut e = json!({"event_id": id, "occurred_at": "2026-12-01T09:00:00Z",
-                       "user": {"user_name": user}, "source": "interop"});
-    if let (Some(e), Some(f)) = (e.as_object_mut(), fields.as_object()) {
-        e.extend(f.clone());
-    }
-    e.to_string().into_bytes()
-}
-
 fn outcome(m: &OwnedMessage) -> Value {
     serde_json::from_str(&sandbox::text(m)).expect("outcome is JSON")
 }
@@ -222,13 +213,13 @@ async fn deactivation_is_applied_and_read_back() {
         (
             hr.clone(),
             "ann@example.com".into(),
-            event("t-ann", "ann@example.com", json!({})),
+            support::event("t-ann", "ann@example.com", json!({})),
         ),
         // userName matching is case-insensitive on both Netskope and RFC 7643 servers.
         (
             hr.clone(),
             "bob@example.com".into(),
-            event("t-bob", "Bob@Example.com", json!({})),
+            support::event("t-bob", "Bob@Example.com", json!({})),
         ),
     ];
     let config = tenant.config(&sandbox, "scim2-deactivate");
@@ -259,12 +250,12 @@ async fn quarantine_then_release_round_trips() {
         (
             xdr.clone(),
             "dan@example.com".into(),
-            event("q-dan", "dan@example.com", json!({"risk_score": 95})),
+            support::event("q-dan", "dan@example.com", json!({"risk_score": 95})),
         ),
         (
             xdr.clone(),
             "eve@example.com".into(),
-            event("q-eve", "eve@example.com", json!({"severity": "critical"})),
+            support::event("q-eve", "eve@example.com", json!({"severity": "critical"})),
         ),
     ];
     let finals = run(&sandbox, &config, tenant.client(&config), &quarantine, 2).await;
@@ -282,7 +273,7 @@ async fn quarantine_then_release_round_trips() {
     let release = vec![(
         xdr.clone(),
         "dan@example.com".into(),
-        event(
+        support::event(
             "r-dan",
             "dan@example.com",
             json!({"severity": "high", "state": "cleared"}),
@@ -307,12 +298,12 @@ async fn an_unknown_user_fails_without_touching_anyone() {
         (
             sandbox.topics.terminations.clone(),
             "ghost@example.com".into(),
-            event("t-ghost", "ghost@example.com", json!({})),
+            support::event("t-ghost", "ghost@example.com", json!({})),
         ),
         (
             sandbox.topics.risk_signals.clone(),
             "nobody@example.com".into(),
-            event("q-nobody", "nobody@example.com", json!({"risk_score": 99})),
+            support::event("q-nobody", "nobody@example.com", json!({"risk_score": 99})),
         ),
     ];
     let config = tenant.config(&sandbox, "scim2-unknown");

@@ -59,3 +59,14 @@ pub fn peer(var: &str) -> Option<String> {
         ),
     }
 }
+
+/// An input event's bytes: `event_id`, `occurred_at`, the user, a source, and `fields` merged in
+/// (a risk score, a severity, a state).
+pub fn event(id: &str, user: &str, fields: Value) -> Vec<u8> {
+    let mut e = serde_json::json!({"event_id": id, "occurred_at": "2026-12-01T09:00:00Z",
+                                   "user": {"user_name": user}, "source": "interop"});
+    if let (Some(e), Some(f)) = (e.as_object_mut(), fields.as_object()) {
+        e.extend(f.clone());
+    }
+    e.to_string().into_bytes()
+}
