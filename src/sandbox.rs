@@ -127,14 +127,17 @@ impl Sandbox {
             kafka,
             topics,
         };
-        // A real broker may take a moment before a new topic shows in its metadata.
-        for topic in [
-            &sandbox.topics.terminations,
-            &sandbox.topics.risk_signals,
-            &sandbox.topics.outcomes,
-            &sandbox.topics.dead_letter,
-        ] {
-            sandbox.wait_for_topic(topic).await?;
+        // A real broker may take a moment before a new topic shows in its metadata; the mock
+        // creates its topics before this point.
+        if let Cluster::Broker(_) = sandbox.kafka {
+            for topic in [
+                &sandbox.topics.terminations,
+                &sandbox.topics.risk_signals,
+                &sandbox.topics.outcomes,
+                &sandbox.topics.dead_letter,
+            ] {
+                sandbox.wait_for_topic(topic).await?;
+            }
         }
         Ok(sandbox)
     }
