@@ -2,10 +2,9 @@
 #   docker build -t offboarder .
 #   docker run --rm offboarder --help
 
+# librdkafka, OpenSSL, zlib, zstd and libcurl are built from source into the binary: the build
+# needs a C compiler, make and perl, which the rust image has.
 FROM rust:1-bookworm AS build
-RUN apt-get update \
- && apt-get install -y --no-install-recommends cmake pkg-config libssl-dev zlib1g-dev \
- && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
@@ -14,9 +13,11 @@ COPY examples ./examples
 COPY offboarder.example.toml ./
 RUN cargo build --release --locked --bin offboarder
 
+# The binary links only the C runtime. ca-certificates holds the public CAs that TLS to the
+# brokers and to Netskope verifies against.
 FROM debian:bookworm-slim
 RUN apt-get update \
- && apt-get install -y --no-install-recommends ca-certificates libssl3 zlib1g \
+ && apt-get install -y --no-install-recommends ca-certificates \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --uid 10001 --no-create-home offboarder
 COPY --from=build /src/target/release/offboarder /usr/local/bin/offboarder

@@ -343,8 +343,8 @@ async fn check_config(path: &Path) -> ExitCode {
         println!("  policy:    dry_run is on: no change will be made in Netskope");
     }
     let kafka = match config.kafka.producer_config() {
-        Ok(c) => match c.create() {
-            Ok(producer) => pipeline::check_topics(&producer, &config.kafka)
+        Ok(c) => match pipeline::broker_errors::producer(&c) {
+            Ok((producer, errors)) => pipeline::check_topics(&producer, &errors, &config.kafka)
                 .await
                 .map_err(|e| e.to_string()),
             Err(e) => Err(format!("cannot create a Kafka client: {e}")),

@@ -51,6 +51,9 @@ pub struct Sandbox {
     pub sim: SimHandle,
     sim_tokens: (String, String),
     kafka: Cluster,
+    /// librdkafka properties every client of the sandbox's Kafka needs (TLS, for instance):
+    /// its own clients use them, and [`Sandbox::config_toml`] writes them to `[kafka.properties]`.
+    kafka_properties: Vec<(String, String)>,
     pub topics: Topics,
 }
 
@@ -71,7 +74,7 @@ impl Sandbox {
         for (topic, n) in topic_layout(&topics, partitions) {
             kafka.create_topic(topic, n, 1)?;
         }
-        Self::with(Cluster::Mock(kafka), topics, sim_args).await
+        Self::with(Cluster::Mock(kafka), Vec::new(), topics, sim_args).await
     }
 
     /// Like [`Sandbox::start`], on a real broker at `bootstrap`: the four topics are created
@@ -82,8 +85,23 @@ impl Sandbox {
         sim_args: SimArgs,
         partitions: i32,
     ) -> Result<Self, SandboxError> {
+        Self::start_on_broker_with(bootstrap, &[], sim_args, partitions).await
+    }
+
+    /// Like [`Sandbox::start_on_broker`], with librdkafka `properties` for every client of the
+    /// broker (e.g. `security.protocol` and `ssl.ca.location` for a TLS listener).
+    pub async fn start_on_broker_with(
+        bootstrap: &str,
+        properties: &[(&str, &str)],
+        sim_args: SimArgs,
+        partitions: i32,
+    ) -> Result<Self, SandboxError> {
         use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
         use rdkafka::client::DefaultClientContext;
+        let properties: Vec<(String, String)> = properties
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         let suffix = format!("{}-{:016x}", std::process::id(), rand::random::<u64>());
         let base = Topics::default();
         let topics = Topics {
@@ -92,9 +110,8 @@ impl Sandbox {
             outcomes: format!("{}.{suffix}", base.outcomes),
             dead_letter: format!("{}.{suffix}", base.dead_letter),
         };
-        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-            .set("bootstrap.servers", bootstrap)
-            .create()?;
+        let admin: AdminClient<DefaultClientContext> =
+            client_config(bootstrap, &properties).create()?;
         let layout = topic_layout(&topics, partitions);
         let new: Vec<NewTopic> = layout
             .iter()
@@ -106,16 +123,26 @@ impl Sandbox {
                 SandboxError::Topic(format!("creating {topic}: {code:?}"))
             })?;
         }
-        Self::with(Cluster::Broker(bootstrap.to_string()), topics, sim_args).await
+        Self::with(
+            Cluster::Broker(bootstrap.to_string()),
+            properties,
+            topics,
+            sim_args,
+        )
+        .await
     }
 
-    async fn with(kafka: Cluster, topics: Topics, sim_args: SimArgs) -> Result<Self, SandboxError> {
+    async fn with(
+        kafka: Cluster,
+        kafka_properties: Vec<(String, String)>,
+        topics: Topics,
+        sim_args: SimArgs,
+    ) -> Result<Self, SandboxError> {
         let bootstrap = match &kafka {
             Cluster::Mock(mock) => mock.bootstrap_servers(),
             Cluster::Broker(servers) => servers.clone(),
         };
-        let producer: FutureProducer = ClientConfig::new()
-            .set("bootstrap.servers", bootstrap)
+        let producer: FutureProducer = client_config(&bootstrap, &kafka_properties)
             .set("linger.ms", "1")
             .create()?;
         let sim_tokens = (sim_args.scim_token.clone(), sim_args.events_token.clone());
@@ -125,6 +152,7 @@ impl Sandbox {
             sim,
             sim_tokens,
             kafka,
+            kafka_properties,
             topics,
         };
         // A real broker may take a moment before a new topic shows in its metadata; the mock
@@ -194,6 +222,17 @@ impl Sandbox {
                 (topics, String::new())
             }
         };
+        let properties = if self.kafka_properties.is_empty() {
+            String::new()
+        } else {
+            // A JSON string is a TOML basic string.
+            let lines: Vec<String> = self
+                .kafka_properties
+                .iter()
+                .map(|(k, v)| format!("{} = {}", json_string(k), json_string(v)))
+                .collect();
+            format!("\n[kafka.properties]\n{}\n", lines.join("\n"))
+        };
         format!(
             r#"[netskope]
 tenant_url = "{tenant}"
@@ -213,7 +252,7 @@ listen = "127.0.0.1:0"
 brokers = "{brokers}"
 group_id = "{group_id}"
 connect_timeout = "5s"
-{topics}{consumer_properties}"#,
+{topics}{consumer_properties}{properties}"#,
             tenant = self.sim.base_url(),
             brokers = self.bootstrap_servers(),
         )
@@ -310,11 +349,11 @@ connect_timeout = "5s"
         timeout: Duration,
         enough: impl Fn(&[OwnedMessage]) -> bool,
     ) -> Result<Vec<OwnedMessage>, rdkafka::error::KafkaError> {
-        let consumer: StreamConsumer = ClientConfig::new()
-            .set("bootstrap.servers", self.bootstrap_servers())
-            .set("group.id", "offboarder-sandbox-reader")
-            .set("enable.auto.commit", "false")
-            .create()?;
+        let consumer: StreamConsumer =
+            client_config(&self.bootstrap_servers(), &self.kafka_properties)
+                .set("group.id", "offboarder-sandbox-reader")
+                .set("enable.auto.commit", "false")
+                .create()?;
         let partitions = self.partitions_of(topic)?;
         {
             // Dropped before the consumer: a live list would hang the consumer's drop.
@@ -347,6 +386,20 @@ connect_timeout = "5s"
             .first()
             .map_or(0, |t| t.partitions().len() as i32))
     }
+}
+
+/// A client config for `bootstrap` with `properties`.
+fn client_config(bootstrap: &str, properties: &[(String, String)]) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", bootstrap);
+    for (k, v) in properties {
+        c.set(k, v);
+    }
+    c
+}
+
+fn json_string(s: &str) -> String {
+    serde_json::Value::from(s).to_string()
 }
 
 /// The payload of a message as UTF-8 text (lossy), for printing and assertions.

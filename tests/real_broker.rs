@@ -48,16 +48,7 @@ async fn sandbox(bootstrap: &str, users: usize) -> Sandbox {
 }
 
 fn config(sandbox: &Sandbox, group: &str) -> Config {
-    let mut c = sandbox.config(group);
-    c.pipeline.shutdown_grace = Duration::from_secs(10);
-    c.netskope.requests_per_minute = 600_000;
-    c.guard.max_deactivations = 100_000;
-    // tansu holds a fetch that has data for about half of fetch.wait.max.ms (500 ms by
-    // default) before answering; a short wait keeps these tests quick.
-    c.kafka
-        .consumer_properties
-        .insert("fetch.wait.max.ms".into(), "20".into());
-    c
+    support::broker_config(sandbox, group)
 }
 
 fn user(n: usize) -> String {

@@ -229,6 +229,7 @@ impl KafkaConfig {
         for (k, v) in &self.consumer_properties {
             c.set(k, v);
         }
+        probe_system_cas(&mut c);
         Ok(c)
     }
 
@@ -242,7 +243,34 @@ impl KafkaConfig {
         for (k, v) in &self.producer_properties {
             c.set(k, v);
         }
+        probe_system_cas(&mut c);
         Ok(c)
+    }
+}
+
+/// OpenSSL is built into the binary, so its compiled-in certificate directory is that of the
+/// build (`/usr/local/ssl`), not the host's. librdkafka takes the system CAs only when told to
+/// `probe` the usual places (`/etc/ssl/certs/ca-certificates.crt`, `/etc/pki/tls/certs/...`).
+/// Without this, TLS to brokers with publicly signed certificates (Confluent Cloud, MSK) and
+/// HTTPS to an OIDC token endpoint would fail unless every operator set the CA path. Set only
+/// where TLS is in use and the operator named no CA of their own.
+fn probe_system_cas(c: &mut ClientConfig) {
+    let protocol = c.get("security.protocol").unwrap_or("plaintext");
+    let tls = protocol.eq_ignore_ascii_case("ssl") || protocol.eq_ignore_ascii_case("sasl_ssl");
+    let unset = |c: &ClientConfig, keys: &[&str]| keys.iter().all(|k| c.get(k).is_none());
+    if tls
+        && unset(
+            c,
+            &["ssl.ca.location", "ssl.ca.pem", "ssl.ca.certificate.stores"],
+        )
+    {
+        c.set("ssl.ca.location", "probe");
+    }
+    let oidc = c
+        .get("sasl.oauthbearer.method")
+        .is_some_and(|m| m.eq_ignore_ascii_case("oidc"));
+    if oidc && unset(c, &["https.ca.location", "https.ca.pem"]) {
+        c.set("https.ca.location", "probe");
     }
 }
 
@@ -343,6 +371,74 @@ impl PipelineConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tls_without_a_ca_of_its_own_probes_the_system_cas() {
+        let mut c = KafkaConfig::default();
+        c.properties
+            .insert("security.protocol".into(), "SASL_SSL".into());
+        c.properties
+            .insert("sasl.oauthbearer.method".into(), "oidc".into());
+        for built in [c.consumer_config().unwrap(), c.producer_config().unwrap()] {
+            assert_eq!(built.get("ssl.ca.location"), Some("probe"));
+            assert_eq!(built.get("https.ca.location"), Some("probe"));
+        }
+    }
+
+    /// The librdkafka built into the binary has what the README promises. librdkafka's own
+    /// configure silently leaves out a library it cannot find, so a build that lost one would
+    /// otherwise only show when an operator's config is refused.
+    #[test]
+    fn the_built_in_librdkafka_has_tls_sasl_oidc_and_every_codec() {
+        use rdkafka::producer::BaseProducer;
+        let cases: &[&[(&str, &str)]] = &[
+            &[("security.protocol", "ssl")],
+            &[
+                ("security.protocol", "sasl_ssl"),
+                ("sasl.mechanism", "SCRAM-SHA-512"),
+                ("sasl.username", "u"),
+                ("sasl.password", "p"),
+            ],
+            &[
+                ("security.protocol", "sasl_ssl"),
+                ("sasl.mechanism", "OAUTHBEARER"),
+                ("sasl.oauthbearer.method", "oidc"),
+                ("sasl.oauthbearer.client.id", "id"),
+                ("sasl.oauthbearer.client.secret", "secret"),
+                (
+                    "sasl.oauthbearer.token.endpoint.url",
+                    "https://127.0.0.1:1/token",
+                ),
+            ],
+            &[("compression.codec", "gzip")],
+            &[("compression.codec", "zstd")],
+            &[("compression.codec", "lz4")],
+            &[("compression.codec", "snappy")],
+        ];
+        for props in cases {
+            let mut c = ClientConfig::new();
+            c.set("bootstrap.servers", "127.0.0.1:1");
+            for (k, v) in *props {
+                c.set(*k, *v);
+            }
+            if let Err(e) = c.create::<BaseProducer>() {
+                panic!("{props:?}: {e}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_named_ca_and_plaintext_are_left_alone() {
+        let mut c = KafkaConfig::default();
+        assert_eq!(c.producer_config().unwrap().get("ssl.ca.location"), None);
+        c.properties
+            .insert("security.protocol".into(), "ssl".into());
+        c.properties
+            .insert("ssl.ca.location".into(), "/etc/kafka/ca.pem".into());
+        let built = c.consumer_config().unwrap();
+        assert_eq!(built.get("ssl.ca.location"), Some("/etc/kafka/ca.pem"));
+        assert_eq!(built.get("https.ca.location"), None);
+    }
 
     #[test]
     fn guarantees_cannot_be_overridden() {

@@ -3,6 +3,7 @@
 //! | module | what it does |
 //! |---|---|
 //! | [`config`] | the `[kafka]` and `[pipeline]` tables, librdkafka configs with the worker's guarantees |
+//! | [`broker_errors`] | the producer's context: librdkafka's last error, for a start-up failure that says why |
 //! | [`offsets`] | which offset of each partition may be committed: never past an unfinished event |
 //! | [`dead_letter_limit`] | a flood of invalid events stops reading instead of emptying the topic into dead letters |
 //! | [`lanes`] | one event at a time per user, in arrival order; many users at once |
@@ -16,6 +17,7 @@
 //! the highest offset with nothing unfinished below it is stored for the background commit.
 
 pub mod batcher;
+pub mod broker_errors;
 pub mod config;
 pub mod dead_letter_limit;
 pub mod executor;
@@ -33,7 +35,7 @@ use rdkafka::consumer::{
 };
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, OwnedMessage};
-use rdkafka::producer::{FutureProducer, Producer};
+use rdkafka::producer::Producer as _;
 use rdkafka::{ClientContext, Message, TopicPartitionList};
 use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -781,12 +783,10 @@ impl Pipeline {
         let policy = Policy::new(config.policy.clone()).map_err(cfg)?;
         let schemas = Schemas::load().map_err(cfg)?;
         let kafka = config.kafka.clone();
-        let producer: FutureProducer = kafka
-            .producer_config()
-            .map_err(|e| cfg(e.to_string()))?
-            .create()
-            .map_err(|e| cfg(format!("kafka: cannot create the producer: {e}")))?;
-        check_topics(&producer, &kafka).await?;
+        let (producer, errors) =
+            broker_errors::producer(&kafka.producer_config().map_err(|e| cfg(e.to_string()))?)
+                .map_err(|e| cfg(format!("kafka: cannot create the producer: {e}")))?;
+        check_topics(&producer, &errors, &kafka).await?;
         config.guard.validate().map_err(cfg)?;
         for topic in [&kafka.topics.terminations, &kafka.topics.risk_signals] {
             // At 0 from the start, so that the first skip shows in increase().
@@ -1247,7 +1247,8 @@ fn fatal_consumer_error(e: &KafkaError) -> Option<String> {
 /// Checks, before consuming, that the brokers answer and that all four topics exist. Topics are
 /// never auto-created: a typo in a topic name must not start a worker that reads nothing.
 pub async fn check_topics(
-    producer: &FutureProducer,
+    producer: &broker_errors::Producer,
+    errors: &broker_errors::BrokerErrors,
     kafka: &KafkaConfig,
 ) -> Result<(), PipelineError> {
     let producer = producer.clone();
@@ -1260,8 +1261,14 @@ pub async fn check_topics(
                 PipelineError::Config(format!("kafka: metadata request did not run: {e}"))
             })?
             .map_err(|e| {
+                let why = errors.last().map_or_else(String::new, |reason| {
+                    format!(
+                        ". librdkafka's last error: {}",
+                        broker_errors::explain(&reason)
+                    )
+                });
                 PipelineError::Config(format!(
-                    "kafka: cannot reach the brokers at {brokers} within {}: {e}",
+                    "kafka: cannot reach the brokers at {brokers} within {}: {e}{why}",
                     humantime::format_duration(timeout)
                 ))
             })?;

@@ -11,7 +11,9 @@ use backon::{BackoffBuilder, ExponentialBuilder};
 use rdkafka::Message;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Headers, OwnedHeaders, OwnedMessage};
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{DeliveryFuture, FutureRecord, Producer as _};
+
+use super::broker_errors::Producer;
 
 use crate::outcome::Outcome;
 
@@ -67,7 +69,7 @@ impl Record {
 /// A record handed to the producer. Its broker acknowledgement is awaited separately, so that
 /// a lane can move on to its user's next event while the acknowledgement travels.
 pub struct Delivery {
-    producer: FutureProducer,
+    producer: Producer,
     record: Record,
     first: Result<DeliveryFuture, KafkaError>,
 }
@@ -98,17 +100,13 @@ pub struct FatalProducerError {
 }
 
 pub struct Publisher {
-    producer: FutureProducer,
+    producer: Producer,
     outcomes_topic: String,
     dead_letter_topic: String,
 }
 
 impl Publisher {
-    pub fn new(
-        producer: FutureProducer,
-        outcomes_topic: String,
-        dead_letter_topic: String,
-    ) -> Self {
+    pub fn new(producer: Producer, outcomes_topic: String, dead_letter_topic: String) -> Self {
         Self {
             producer,
             outcomes_topic,
@@ -219,7 +217,7 @@ impl Publisher {
 /// with backoff; a record too large for the topic is sent once more without its payload, so
 /// that it cannot block its partition forever. Only a fatal producer error ends the loop.
 async fn deliver(
-    producer: &FutureProducer,
+    producer: &Producer,
     mut record: Record,
     first_error: KafkaError,
 ) -> Result<(), FatalProducerError> {

@@ -60,6 +60,24 @@ pub fn peer(var: &str) -> Option<String> {
     }
 }
 
+/// The sandbox's worker config for a real broker, consumer group `group`: no Netskope budget
+/// or guard limit in the way, and quick fetches.
+pub fn broker_config(
+    sandbox: &offboarder::sandbox::Sandbox,
+    group: &str,
+) -> offboarder::config::Config {
+    let mut c = sandbox.config(group);
+    c.pipeline.shutdown_grace = std::time::Duration::from_secs(10);
+    c.netskope.requests_per_minute = 600_000;
+    c.guard.max_deactivations = 100_000;
+    // tansu holds a fetch that has data for about half of fetch.wait.max.ms (500 ms by
+    // default) before answering; a short wait keeps these tests quick.
+    c.kafka
+        .consumer_properties
+        .insert("fetch.wait.max.ms".into(), "20".into());
+    c
+}
+
 /// An input event's bytes: `event_id`, `occurred_at`, the user, a source, and `fields` merged in
 /// (a risk score, a severity, a state).
 pub fn event(id: &str, user: &str, fields: Value) -> Vec<u8> {
