@@ -2,7 +2,7 @@
 #   docker build -t offboarder .
 #   docker run --rm offboarder --help
 
-# librdkafka, OpenSSL, zlib, zstd and libcurl are built from source into the binary: the build
+# librdkafka, OpenSSL, zlib and zstd are built from source into the binary: the build
 # needs a C compiler, make and perl, which the rust image has.
 FROM rust:1-bookworm AS build
 WORKDIR /src

@@ -155,8 +155,20 @@ impl KafkaConfig {
             ("consumer_properties", &self.consumer_properties),
             ("producer_properties", &self.producer_properties),
         ] {
-            for name in map.keys() {
+            for (name, value) in map {
                 check_name(table, name)?;
+                if name.eq_ignore_ascii_case("sasl.oauthbearer.method")
+                    && value.eq_ignore_ascii_case("oidc")
+                {
+                    return Err(KafkaConfigError::Invalid {
+                        field: table,
+                        reason: "sasl.oauthbearer.method = \"oidc\" is not available: \
+                                 librdkafka is built in without libcurl, which it needs to fetch \
+                                 OIDC tokens. Use SASL/SCRAM, SASL/PLAIN or mutual TLS (see the \
+                                 README, Configuration)"
+                            .into(),
+                    });
+                }
                 if is_secret_name(name) {
                     return Err(KafkaConfigError::SecretInPlainText {
                         table,
@@ -251,26 +263,17 @@ impl KafkaConfig {
 /// OpenSSL is built into the binary, so its compiled-in certificate directory is that of the
 /// build (`/usr/local/ssl`), not the host's. librdkafka takes the system CAs only when told to
 /// `probe` the usual places (`/etc/ssl/certs/ca-certificates.crt`, `/etc/pki/tls/certs/...`).
-/// Without this, TLS to brokers with publicly signed certificates (Confluent Cloud, MSK) and
-/// HTTPS to an OIDC token endpoint would fail unless every operator set the CA path. Set only
-/// where TLS is in use and the operator named no CA of their own.
+/// Without this, TLS to brokers with publicly signed certificates (Confluent Cloud, MSK) would
+/// fail unless every operator set the CA path. Set only where TLS is in use and the operator
+/// named no CA of their own.
 fn probe_system_cas(c: &mut ClientConfig) {
     let protocol = c.get("security.protocol").unwrap_or("plaintext");
     let tls = protocol.eq_ignore_ascii_case("ssl") || protocol.eq_ignore_ascii_case("sasl_ssl");
-    let unset = |c: &ClientConfig, keys: &[&str]| keys.iter().all(|k| c.get(k).is_none());
-    if tls
-        && unset(
-            c,
-            &["ssl.ca.location", "ssl.ca.pem", "ssl.ca.certificate.stores"],
-        )
-    {
+    let unset = ["ssl.ca.location", "ssl.ca.pem", "ssl.ca.certificate.stores"]
+        .iter()
+        .all(|k| c.get(k).is_none());
+    if tls && unset {
         c.set("ssl.ca.location", "probe");
-    }
-    let oidc = c
-        .get("sasl.oauthbearer.method")
-        .is_some_and(|m| m.eq_ignore_ascii_case("oidc"));
-    if oidc && unset(c, &["https.ca.location", "https.ca.pem"]) {
-        c.set("https.ca.location", "probe");
     }
 }
 
@@ -377,19 +380,26 @@ mod tests {
         let mut c = KafkaConfig::default();
         c.properties
             .insert("security.protocol".into(), "SASL_SSL".into());
-        c.properties
-            .insert("sasl.oauthbearer.method".into(), "oidc".into());
         for built in [c.consumer_config().unwrap(), c.producer_config().unwrap()] {
             assert_eq!(built.get("ssl.ca.location"), Some("probe"));
-            assert_eq!(built.get("https.ca.location"), Some("probe"));
         }
     }
 
-    /// The librdkafka built into the binary has what the README promises. librdkafka's own
-    /// configure silently leaves out a library it cannot find, so a build that lost one would
-    /// otherwise only show when an operator's config is refused.
     #[test]
-    fn the_built_in_librdkafka_has_tls_sasl_oidc_and_every_codec() {
+    fn oidc_is_refused_with_what_to_use_instead() {
+        let mut c = KafkaConfig::default();
+        c.properties
+            .insert("sasl.oauthbearer.method".into(), "OIDC".into());
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("libcurl") && e.contains("SCRAM"), "{e}");
+    }
+
+    /// The librdkafka built into the binary has what the README promises. librdkafka's own
+    /// configure silently leaves out a library it cannot find (it dropped a static libcurl,
+    /// whose directory rdkafka-sys does not pass on, so OIDC is not built in), and a build that
+    /// lost one would otherwise only show when an operator's config is refused.
+    #[test]
+    fn the_built_in_librdkafka_has_tls_sasl_and_every_codec() {
         use rdkafka::producer::BaseProducer;
         let cases: &[&[(&str, &str)]] = &[
             &[("security.protocol", "ssl")],
@@ -401,15 +411,11 @@ mod tests {
             ],
             &[
                 ("security.protocol", "sasl_ssl"),
-                ("sasl.mechanism", "OAUTHBEARER"),
-                ("sasl.oauthbearer.method", "oidc"),
-                ("sasl.oauthbearer.client.id", "id"),
-                ("sasl.oauthbearer.client.secret", "secret"),
-                (
-                    "sasl.oauthbearer.token.endpoint.url",
-                    "https://127.0.0.1:1/token",
-                ),
+                ("sasl.mechanism", "PLAIN"),
+                ("sasl.username", "u"),
+                ("sasl.password", "p"),
             ],
+            &[("security.protocol", "ssl"), ("ssl.ca.location", "probe")],
             &[("compression.codec", "gzip")],
             &[("compression.codec", "zstd")],
             &[("compression.codec", "lz4")],
@@ -437,7 +443,6 @@ mod tests {
             .insert("ssl.ca.location".into(), "/etc/kafka/ca.pem".into());
         let built = c.consumer_config().unwrap();
         assert_eq!(built.get("ssl.ca.location"), Some("/etc/kafka/ca.pem"));
-        assert_eq!(built.get("https.ca.location"), None);
     }
 
     #[test]
