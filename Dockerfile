@@ -3,7 +3,7 @@
 #   docker run --rm offboarder --help
 
 # librdkafka, OpenSSL, zlib and zstd are built from source into the binary: the build
-# needs a C compiler, make and perl, which the rust image has.
+# needs gcc, g++, make and perl, which the rust image has.
 FROM rust:1-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
