@@ -806,6 +806,8 @@ fn table(rows: &[Row]) -> String {
 }
 
 fn main() {
+    // The admin endpoints are read with reqwest, which needs a rustls provider installed.
+    offboarder::tls::install();
     // `cargo bench` passes `--bench`; anything else filters the scenarios by name.
     let filters: Vec<String> = std::env::args()
         .skip(1)

@@ -18,6 +18,7 @@
 //! | [`sim`] | a Netskope tenant simulator (SCIM + audit + scopes + rate limits + faults) for the demo, tests and benchmarks |
 //! | [`sandbox`] | an in-process mock Kafka cluster (or topics on a real broker, for the interoperability tests) plus the simulator, wired to a config, for the demo, tests and benchmarks |
 //! | [`demo`] | `offboarder demo`: an in-process Kafka cluster and the simulator, sample events through the real pipeline |
+//! | [`tls`] | the rustls crypto provider (ring) every https client needs, installed once per process |
 //! | [`telemetry`] | logs (human on a terminal, JSON otherwise), OTLP traces, each event's span and its trace context |
 //! | [`metrics`] | Prometheus metric names, help texts, buckets and the recorder |
 //! | [`admin`] | the admin listener: `/metrics`, `/healthz`, `/readyz`, and the guard's status and release |
@@ -38,4 +39,5 @@ pub mod sandbox;
 pub mod secret;
 pub mod sim;
 pub mod telemetry;
+pub mod tls;
 pub mod verify;

@@ -234,6 +234,7 @@ async fn guard(command: GuardCommand) -> ExitCode {
         return ExitCode::from(EXIT_CONFIG);
     }
     let base = config.admin.local_url();
+    offboarder::tls::install();
     let http = reqwest::Client::new();
     let request = if release {
         let token = match config.admin.read_token() {

@@ -149,6 +149,7 @@ async fn a_burst_of_10000_terminations_stops_at_the_limit_until_released() {
     assert_eq!(quarantined, SIGNALS, "quarantines went on during the halt");
     assert!(handle.in_flight() > 0, "halted events keep their offsets");
 
+    offboarder::tls::install();
     let http = reqwest::Client::new();
     let readyz = http
         .get(format!("http://{addr}/readyz"))

@@ -78,7 +78,7 @@ impl TlsBroker {
             .signed_by(&key, &ca)
             .expect("broker certificate");
 
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
         let tls = ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .expect("TLS versions")

@@ -119,6 +119,7 @@ async fn metrics_agree_with_the_outcomes_of_a_run() {
     pipeline_handle.stop();
     worker.await.unwrap().unwrap();
 
+    offboarder::tls::install();
     let text = reqwest::get(format!("http://{addr}/metrics"))
         .await
         .unwrap()

@@ -126,6 +126,7 @@ async fn readyz_turns_not_ready_when_the_simulator_is_down() {
     .await
     .unwrap();
     let worker = tokio::spawn(pipeline.run());
+    offboarder::tls::install();
     let http = reqwest::Client::new();
     let readyz = format!("http://{addr}/readyz");
     let get = |url: String| {

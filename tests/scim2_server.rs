@@ -41,6 +41,7 @@ impl Tenant {
         let url = support::peer("SCIM2_SERVER_URL")?;
         let token = support::peer("SCIM2_SERVER_TOKEN")?;
         let name = format!("t{:016x}", rand::random::<u64>());
+        offboarder::tls::install();
         Some(Self {
             base: format!("{}/{name}/v2", url.trim_end_matches('/')),
             token,

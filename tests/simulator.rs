@@ -23,6 +23,7 @@ struct Tenant {
 impl Tenant {
     async fn start(args: SimArgs) -> Self {
         let sim = start(args).await.expect("simulator starts");
+        offboarder::tls::install();
         Self {
             sim,
             http: Client::new(),

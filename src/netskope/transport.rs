@@ -151,6 +151,7 @@ impl Transport {
         max_body: usize,
         timeout: Option<Duration>,
     ) -> Result<Self, reqwest::Error> {
+        crate::tls::install();
         let mut builder = reqwest::Client::builder()
             // A redirect would carry the token header to wherever it points.
             .redirect(reqwest::redirect::Policy::none())
