@@ -8,6 +8,7 @@ FROM rust:1-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
+COPY crates ./crates
 COPY schemas ./schemas
 COPY examples ./examples
 COPY offboarder.example.toml ./

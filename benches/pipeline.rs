@@ -16,8 +16,8 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use netskope_sim::SimArgs;
 use offboarder::sandbox::{self, Sandbox, prometheus_sum};
-use offboarder::sim::SimArgs;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{BorrowedMessage, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -571,7 +571,7 @@ struct Seen {
     patches: BTreeMap<String, OffsetDateTime>,
 }
 
-fn seen_by_simulator(timings: &[offboarder::sim::RequestTiming]) -> Seen {
+fn seen_by_simulator(timings: &[netskope_sim::RequestTiming]) -> Seen {
     let mut seen = Seen {
         resolves: BTreeMap::new(),
         patches: BTreeMap::new(),
@@ -807,7 +807,7 @@ fn table(rows: &[Row]) -> String {
 
 fn main() {
     // The admin endpoints are read with reqwest, which needs a rustls provider installed.
-    offboarder::tls::install();
+    offboarder_base::tls::install();
     // `cargo bench` passes `--bench`; anything else filters the scenarios by name.
     let filters: Vec<String> = std::env::args()
         .skip(1)

@@ -27,9 +27,9 @@ use serde::Deserialize;
 use subtle::ConstantTimeEq;
 
 use crate::guard::Guard;
-use crate::metrics as names;
-use crate::netskope::NetskopeClient;
-use crate::secret::SecretSource;
+use netskope::NetskopeClient;
+use offboarder_base::metric_names as names;
+use offboarder_base::secret::SecretSource;
 
 /// The readiness fault set while the blast-radius guard halts.
 pub const GUARD_FAULT: &str = "guard";
@@ -67,7 +67,7 @@ impl Default for AdminConfig {
 
 impl AdminConfig {
     /// The admin token, if one is configured.
-    pub fn read_token(&self) -> Result<Option<SecretString>, crate::secret::SecretError> {
+    pub fn read_token(&self) -> Result<Option<SecretString>, offboarder_base::secret::SecretError> {
         match self.token.read("admin.token", None)? {
             Some(t) => Ok(Some(t)),
             None => Ok(std::env::var(ADMIN_TOKEN_ENV)

@@ -13,10 +13,10 @@ use serde::Deserialize;
 
 use crate::admin::AdminConfig;
 use crate::guard::GuardConfig;
-use crate::netskope::NetskopeConfig;
 use crate::pipeline::config::{KafkaConfig, PipelineConfig};
 use crate::policy::PolicyConfig;
 use crate::verify::VerifyConfig;
+use netskope::NetskopeConfig;
 
 /// Prefix of environment overrides.
 pub const ENV_PREFIX: &str = "OFFBOARDER_";

@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 
 use crate::pipeline::Pipeline;
 use crate::sandbox::{self, Sandbox};
-use crate::sim::SimArgs;
+use netskope_sim::SimArgs;
 
 const GROUP: &str = "Quarantine_HighRisk";
 

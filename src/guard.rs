@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::metrics as names;
+use offboarder_base::metric_names as names;
 
 /// The `[guard]` table.
 #[derive(Debug, Clone, Deserialize)]

@@ -6,10 +6,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use netskope::{ErrorClass, NetskopeClient};
+#[cfg(feature = "demo")]
+use netskope_sim::SimArgs;
 use offboarder::config::Config;
-use offboarder::netskope::{ErrorClass, NetskopeClient};
 use offboarder::pipeline::{self, Pipeline, PipelineHandle};
-use offboarder::sim::SimArgs;
 use offboarder::telemetry::{self, LogFormat};
 
 #[derive(Parser)]
@@ -39,6 +40,7 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    #[cfg(feature = "demo")]
     /// Run the whole worker against an in-process Kafka cluster and tenant simulator, with
     /// sample events, and print what happened. Needs nothing installed. The simulator's tokens
     /// come from OFFBOARDER_SIM_SCIM_TOKEN / OFFBOARDER_SIM_EVENTS_TOKEN when set.
@@ -48,6 +50,7 @@ enum Command {
         records: bool,
     },
     /// Run a Netskope tenant simulator (SCIM, audit events, token scopes, rate limits, faults).
+    #[cfg(feature = "demo")]
     Simulate(SimArgs),
     /// Validate a config file, then check, without acting, that the brokers and Netskope answer
     /// with the credentials it names.
@@ -84,12 +87,14 @@ const EXIT_CONFIG: u8 = 2;
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     let default_level = match cli.command {
+        #[cfg(feature = "demo")]
         Command::Demo { .. } => "warn",
         _ => "info",
     };
     let _telemetry = telemetry::init(cli.log_format, default_level);
     match cli.command {
         Command::Run { config } => run(&config).await,
+        #[cfg(feature = "demo")]
         Command::Demo { records } => match offboarder::demo::run(records).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -97,7 +102,8 @@ async fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Simulate(args) => match offboarder::sim::run(args).await {
+        #[cfg(feature = "demo")]
+        Command::Simulate(args) => match netskope_sim::run(args).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("simulator failed: {e}");
@@ -234,7 +240,7 @@ async fn guard(command: GuardCommand) -> ExitCode {
         return ExitCode::from(EXIT_CONFIG);
     }
     let base = config.admin.local_url();
-    offboarder::tls::install();
+    offboarder_base::tls::install();
     let http = reqwest::Client::new();
     let request = if release {
         let token = match config.admin.read_token() {
@@ -320,6 +326,9 @@ async fn check_config(path: &Path) -> ExitCode {
         config_fault(e.to_string());
     }
     if let Err(e) = config.guard.validate() {
+        config_fault(e);
+    }
+    if let Err(e) = config.verify.validate() {
         config_fault(e);
     }
     if let Err(e) = config.admin.read_token() {

@@ -1,6 +1,8 @@
-//! The worker's Prometheus metrics: names, help texts, buckets, and the recorder.
+//! The worker's Prometheus recorder: help texts, buckets, and the counters that start at 0.
 //!
-//! Instrumented code calls the `metrics` crate's macros with the names below; until a recorder
+//! The names live in `offboarder_base::metric_names`, a leaf every crate may use; they are
+//! re-exported here for tests and tools. Instrumented code calls the `metrics` crate's macros
+//! with those names; until a recorder
 //! is installed (by `offboarder run`, or a test) those calls cost almost nothing and record
 //! nothing. Labels carry route templates, operation names and statuses, never an id, a user
 //! name or a token, so their number stays small.
@@ -8,40 +10,7 @@
 use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
 use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
 
-/// Events read from an input topic; `result` = `accepted` or `dead_letter`.
-pub const EVENTS_CONSUMED: &str = "offboarder_events_consumed_total";
-/// Outcomes published, by `action` and `status`.
-pub const OUTCOMES: &str = "offboarder_outcomes_total";
-/// Records sent to the dead-letter topic, by `reason`.
-pub const DEAD_LETTERS: &str = "offboarder_dead_letters_total";
-/// HTTP attempts to Netskope, by `op` and `status` (the HTTP status, or `error`).
-pub const SCIM_REQUESTS: &str = "offboarder_scim_requests_total";
-/// Time from sending a request to Netskope's response headers, by `op`.
-pub const SCIM_REQUEST_DURATION: &str = "offboarder_scim_request_seconds";
-/// 429 answers, by `token` (`SCIM` or `events`).
-pub const THROTTLED: &str = "offboarder_scim_throttled_total";
-/// Time a request waited for its token's budget, by `token`.
-pub const LIMITER_WAIT: &str = "offboarder_rate_limiter_wait_seconds";
-/// Events received and not yet finished (acting, or waiting for verification).
-pub const IN_FLIGHT: &str = "offboarder_in_flight_events";
-/// Applied actions waiting for verification.
-pub const PENDING_VERIFICATIONS: &str = "offboarder_pending_verifications";
-/// From an action's answer to its verification, by `method` and `result`.
-pub const VERIFICATION_LATENCY: &str = "offboarder_verification_latency_seconds";
-/// Messages behind the partition's end, by `topic` and `partition`, from librdkafka's
-/// statistics.
-pub const CONSUMER_LAG: &str = "offboarder_consumer_lag";
-/// 1 when `/readyz` answers ready, else 0.
-pub const READY: &str = "offboarder_ready";
-/// 1 while the blast-radius guard halts destructive actions, else 0.
-pub const GUARD_HALTED: &str = "offboarder_guard_halted";
-/// Times the blast-radius guard halted destructive actions.
-pub const GUARD_HALTS: &str = "offboarder_guard_halts_total";
-/// 1 once the dead-letter limit stopped reading (a deployment fault), else 0.
-pub const DEAD_LETTER_LIMIT: &str = "offboarder_dead_letter_limit_tripped";
-/// Offsets between a partition's committed offset and the first record read after it was
-/// assigned, by `topic`: records the worker never saw (see `pipeline::resume_gap`).
-pub const RESUME_SKIPPED: &str = "offboarder_resume_skipped_offsets_total";
+pub use offboarder_base::metric_names::*;
 
 const WAIT_BUCKETS: &[f64] = &[0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
 const REQUEST_BUCKETS: &[f64] = &[

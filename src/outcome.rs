@@ -2,14 +2,13 @@
 //! dashboards and audits. `schemas/outcome.v1.json` describes it; a test checks every kind of
 //! outcome against that file so the two cannot drift apart.
 //!
-//! An outcome never carries a token: errors are copied from [`NetskopeError`], whose messages
-//! are built without one.
+//! An outcome never carries a token: its errors are mapped from the client's errors, whose
+//! messages are built without one, by the pipeline that meets both (`pipeline::executor`). The
+//! record itself knows nothing of the client.
 
 use serde::Serialize;
 use serde_json::Value;
 use time::OffsetDateTime;
-
-use crate::netskope::NetskopeError;
 
 /// What the worker did, or would have done, for the event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -88,16 +87,6 @@ pub struct OutcomeError {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub http_status: Option<u16>,
     pub message: String,
-}
-
-impl From<&NetskopeError> for OutcomeError {
-    fn from(e: &NetskopeError) -> Self {
-        Self {
-            kind: e.kind().to_string(),
-            http_status: e.http_status(),
-            message: e.to_string(),
-        }
-    }
 }
 
 /// The SCIM request that was sent (or, in dry-run, would have been).
@@ -208,7 +197,6 @@ mod tests {
             assert_eq!(id.get_variant(), uuid::Variant::RFC4122);
         }
     }
-    use crate::netskope::Op;
 
     fn validator() -> jsonschema::Validator {
         let schema: Value =
@@ -260,10 +248,11 @@ mod tests {
         });
         let mut failed = base(Status::Failed, Action::Quarantine);
         failed.group = Some("Quarantine_HighRisk".into());
-        failed.error = Some(OutcomeError::from(&NetskopeError::NotFound {
-            op: Op::ResolveUser,
-            what: "user \"alice\"".into(),
-        }));
+        failed.error = Some(OutcomeError {
+            kind: "not_found".into(),
+            http_status: None,
+            message: "GET /Users (resolve_user): user \"alice\" not found".into(),
+        });
         let mut skipped = base(Status::Skipped, Action::None);
         skipped.reason = Some("risk score 30 is below 80".into());
         let dry = base(Status::DryRun, Action::Delete);

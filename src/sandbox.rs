@@ -14,9 +14,9 @@ use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use secrecy::SecretString;
 
 use crate::config::Config;
-use crate::netskope::{NetskopeClient, Tokens};
 use crate::pipeline::config::Topics;
-use crate::sim::{self, SimArgs, SimHandle};
+use netskope::{NetskopeClient, Tokens};
+use netskope_sim::{SimArgs, SimHandle};
 
 const SCIM_TOKEN_ENV: &str = "OFFBOARDER_SANDBOX_SCIM_TOKEN";
 const EVENTS_TOKEN_ENV: &str = "OFFBOARDER_SANDBOX_EVENTS_TOKEN";
@@ -29,7 +29,7 @@ pub enum SandboxError {
     #[error("tenant simulator: {0}")]
     Sim(#[from] std::io::Error),
     #[error("Netskope client: {0}")]
-    Client(#[from] crate::netskope::ConfigError),
+    Client(#[from] netskope::ConfigError),
     #[error("topic: {0}")]
     Topic(String),
 }
@@ -146,7 +146,7 @@ impl Sandbox {
             .set("linger.ms", "1")
             .create()?;
         let sim_tokens = (sim_args.scim_token.clone(), sim_args.events_token.clone());
-        let sim = sim::start(sim_args).await?;
+        let sim = netskope_sim::start(sim_args).await?;
         let sandbox = Self {
             producer,
             sim,

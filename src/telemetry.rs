@@ -103,7 +103,7 @@ fn otlp_provider() -> Result<Option<SdkTracerProvider>, String> {
     if !configured {
         return Ok(None);
     }
-    crate::tls::install();
+    offboarder_base::tls::install();
     let exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_http()
         .build()

@@ -24,9 +24,9 @@ use std::time::Duration;
 use serde::Deserialize;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::clock::WallClock;
-use crate::metrics as names;
-use crate::netskope::{AuditEvent, AuditWindow, ErrorClass, NetskopeClient, NetskopeError};
+use netskope::{AuditEvent, AuditWindow, ErrorClass, NetskopeClient, NetskopeError};
+use offboarder_base::clock::WallClock;
+use offboarder_base::metric_names as names;
 
 /// Transient read-back failures of one action before it is reported unverified.
 const MAX_READBACK_FAILURES: u32 = 5;
@@ -99,7 +99,7 @@ impl Default for VerifyConfig {
 
 impl VerifyConfig {
     pub fn validate(&self) -> Result<(), String> {
-        if !(1..=crate::netskope::audit::MAX_PAGE_LIMIT).contains(&self.page_limit) {
+        if !(1..=netskope::audit::MAX_PAGE_LIMIT).contains(&self.page_limit) {
             return Err("verify.page_limit: must be between 1 and 5000".into());
         }
         if self.poll_interval.is_zero() {

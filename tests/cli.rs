@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
+use netskope_sim::SimArgs;
 use offboarder::sandbox::{self, Sandbox};
-use offboarder::sim::SimArgs;
 use serde_json::{Value, json};
 use tokio::io::AsyncReadExt;
 use tokio::process::Command;
@@ -115,6 +115,22 @@ async fn check_config_probes_kafka_and_netskope() {
     assert!(
         stdout.contains("offboarder.outcome (kafka.topics.outcomes): does not exist"),
         "{stdout}"
+    );
+    // Every table is validated, [verify] included: a page size Netskope refuses stops here,
+    // not at `run`.
+    let out = command(
+        &sandbox,
+        &["check-config", "--config", good.to_str().unwrap()],
+    )
+    .env("OFFBOARDER_VERIFY__PAGE_LIMIT", "0")
+    .output()
+    .await
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("verify.page_limit: must be between 1 and 5000"),
+        "{stderr}"
     );
     // check-config acts on nothing.
     let mutating = sandbox

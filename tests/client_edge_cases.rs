@@ -5,10 +5,8 @@
 
 use std::time::Duration;
 
-use offboarder::netskope::config::{AuthHeader, PagingParam, RemoveStyle};
-use offboarder::netskope::{
-    AuditWindow, ErrorClass, NetskopeClient, NetskopeConfig, NetskopeError, Tokens,
-};
+use netskope::config::{AuthHeader, PagingParam, RemoveStyle};
+use netskope::{AuditWindow, ErrorClass, NetskopeClient, NetskopeConfig, NetskopeError, Tokens};
 use secrecy::SecretString;
 use serde_json::{Value, json};
 use tokio::time::Instant;

@@ -4,11 +4,9 @@
 
 use std::time::Duration;
 
-use offboarder::netskope::config::{PagingParam, RemoveStyle};
-use offboarder::netskope::{
-    AuditWindow, ErrorClass, NetskopeClient, NetskopeConfig, NetskopeError, Tokens,
-};
-use offboarder::sim::{self, AuditPaging, AuditWrapper, SimArgs, SimHandle};
+use netskope::config::{PagingParam, RemoveStyle};
+use netskope::{AuditWindow, ErrorClass, NetskopeClient, NetskopeConfig, NetskopeError, Tokens};
+use netskope_sim::{AuditPaging, AuditWrapper, SimArgs, SimHandle};
 use secrecy::SecretString;
 
 const SCIM_TOKEN: &str = "sim-scim-token";
@@ -40,7 +38,7 @@ fn client(sim: &SimHandle) -> NetskopeClient {
 }
 
 async fn sim_with(args: SimArgs) -> SimHandle {
-    sim::start(args).await.expect("simulator starts")
+    netskope_sim::start(args).await.expect("simulator starts")
 }
 
 async fn seeded(users: usize) -> SimHandle {
@@ -63,7 +61,7 @@ fn answered(sim: &SimHandle, pick: impl Fn(u16) -> bool) -> u64 {
 }
 
 /// All events in a wide window, paged.
-async fn all_audit_events(c: &NetskopeClient, limit: u32) -> Vec<offboarder::netskope::AuditEvent> {
+async fn all_audit_events(c: &NetskopeClient, limit: u32) -> Vec<netskope::AuditEvent> {
     let window = AuditWindow {
         start: 0,
         end: u64::MAX / 2,
@@ -261,7 +259,7 @@ async fn audit_events_page_with_offset_and_record_each_call() {
     assert_eq!(ids.len(), 8, "no page repeated another");
     let e = &events[0];
     assert_eq!(e.audit_log_event.as_deref(), Some("Rest API V2 Call"));
-    assert_eq!(e.user.as_deref(), Some(sim::SCIM_TOKEN_NAME));
+    assert_eq!(e.user.as_deref(), Some(netskope_sim::SCIM_TOKEN_NAME));
     let values = &e.supporting_data.as_ref().unwrap().data_values;
     assert_eq!(values[0], 204);
     assert_eq!(values[1], "PATCH");
@@ -366,7 +364,10 @@ async fn one_token_with_both_scopes_serves_both_with_one_budget() {
     c.deactivate(&u.id).await.unwrap();
     let events = all_audit_events(&c, 10).await;
     assert_eq!(events.len(), 1);
-    assert_eq!(events[0].user.as_deref(), Some(sim::COMBINED_TOKEN_NAME));
+    assert_eq!(
+        events[0].user.as_deref(),
+        Some(netskope_sim::COMBINED_TOKEN_NAME)
+    );
 }
 
 /// The simulator allows 20 requests a minute; the client believes it has 600. The client must

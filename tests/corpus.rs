@@ -6,9 +6,9 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use netskope_sim::SimArgs;
 use offboarder::pipeline::Pipeline;
 use offboarder::sandbox::{self, Sandbox};
-use offboarder::sim::SimArgs;
 use offboarder::verify::VerifyMode;
 use rdkafka::Message;
 use rdkafka::message::OwnedMessage;

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use offboarder::netskope::{ErrorClass, NetskopeClient, NetskopeConfig, NetskopeError, Tokens};
+use netskope::{ErrorClass, NetskopeClient, NetskopeConfig, NetskopeError, Tokens};
 use offboarder::outcome::{Action, RequestDescription, Status};
 use offboarder::pipeline::batcher::{Applied, Change, GroupBatcher};
 use offboarder::pipeline::config::PipelineConfig;

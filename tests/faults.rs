@@ -8,8 +8,8 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use netskope_sim::SimArgs;
 use offboarder::sandbox::{self, Sandbox};
-use offboarder::sim::SimArgs;
 use rdkafka::message::OwnedMessage;
 use serde_json::{Value, json};
 use tokio::process::{Child, Command};
@@ -255,7 +255,7 @@ async fn sigkill_mid_burst_loses_nothing_and_repeats_only_idempotent_requests() 
 /// `failed` and a dead letter).
 #[tokio::test(start_paused = true)]
 async fn a_scim_storm_is_waited_out_without_failing_or_dead_lettering_anything() {
-    use offboarder::netskope::{NetskopeClient, NetskopeConfig, Tokens};
+    use netskope::{NetskopeClient, NetskopeConfig, Tokens};
     use offboarder::outcome::Status;
     use offboarder::pipeline::config::PipelineConfig;
     use offboarder::pipeline::executor::Executor;
@@ -265,7 +265,7 @@ async fn a_scim_storm_is_waited_out_without_failing_or_dead_lettering_anything()
 
     const USERS: usize = 200;
     const STORM: Duration = Duration::from_secs(60);
-    let sim = offboarder::sim::start(SimArgs {
+    let sim = netskope_sim::start(SimArgs {
         users: USERS,
         rate_limit_per_min: 0,
         fault_rate: 0.5,
@@ -524,7 +524,7 @@ async fn a_slow_netskope_is_retried_within_the_budget_and_the_in_flight_bound() 
     let abandoned_while_slow: u64 = stats_while_slow
         .requests
         .values()
-        .filter_map(|by| by.get(&offboarder::sim::CLIENT_CLOSED))
+        .filter_map(|by| by.get(&netskope_sim::CLIENT_CLOSED))
         .sum();
     sandbox.sim.set_latency(Duration::ZERO);
     let outcomes = sandbox

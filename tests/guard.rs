@@ -6,10 +6,10 @@ mod support;
 use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, Instant};
 
+use netskope_sim::SimArgs;
 use offboarder::admin::{self, AdminConfig};
 use offboarder::pipeline::Pipeline;
 use offboarder::sandbox::{self, Sandbox};
-use offboarder::sim::SimArgs;
 use offboarder::verify::VerifyMode;
 use rdkafka::message::OwnedMessage;
 use secrecy::SecretString;
@@ -149,7 +149,7 @@ async fn a_burst_of_10000_terminations_stops_at_the_limit_until_released() {
     assert_eq!(quarantined, SIGNALS, "quarantines went on during the halt");
     assert!(handle.in_flight() > 0, "halted events keep their offsets");
 
-    offboarder::tls::install();
+    offboarder_base::tls::install();
     let http = reqwest::Client::new();
     let readyz = http
         .get(format!("http://{addr}/readyz"))

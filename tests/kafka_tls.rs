@@ -17,9 +17,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use netskope_sim::SimArgs;
 use offboarder::pipeline::{Pipeline, PipelineError};
 use offboarder::sandbox::{self, Sandbox};
-use offboarder::sim::SimArgs;
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose,
 };

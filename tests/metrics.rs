@@ -5,10 +5,10 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use netskope_sim::SimArgs;
 use offboarder::admin::{self, AdminConfig};
 use offboarder::pipeline::Pipeline;
 use offboarder::sandbox::{self, Sandbox};
-use offboarder::sim::SimArgs;
 use serde_json::{Value, json};
 
 use offboarder::sandbox::prometheus_sum as sum;
@@ -119,7 +119,7 @@ async fn metrics_agree_with_the_outcomes_of_a_run() {
     pipeline_handle.stop();
     worker.await.unwrap().unwrap();
 
-    offboarder::tls::install();
+    offboarder_base::tls::install();
     let text = reqwest::get(format!("http://{addr}/metrics"))
         .await
         .unwrap()

@@ -5,7 +5,7 @@ use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use offboarder::netskope::{AuditWindow, NetskopeClient, NetskopeConfig, Tokens};
+use netskope::{AuditWindow, NetskopeClient, NetskopeConfig, Tokens};
 use secrecy::SecretString;
 use serde_json::json;
 use tracing_subscriber::fmt::MakeWriter;

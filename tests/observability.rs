@@ -4,10 +4,10 @@
 
 use std::time::Duration;
 
+use netskope_sim::SimArgs;
 use offboarder::admin::{self, AdminConfig};
 use offboarder::pipeline::Pipeline;
 use offboarder::sandbox::{self, Sandbox};
-use offboarder::sim::SimArgs;
 use offboarder::verify::VerifyMode;
 use serde_json::{Value, json};
 
@@ -126,7 +126,7 @@ async fn readyz_turns_not_ready_when_the_simulator_is_down() {
     .await
     .unwrap();
     let worker = tokio::spawn(pipeline.run());
-    offboarder::tls::install();
+    offboarder_base::tls::install();
     let http = reqwest::Client::new();
     let readyz = format!("http://{addr}/readyz");
     let get = |url: String| {

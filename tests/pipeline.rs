@@ -8,11 +8,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
+use netskope::{NetskopeClient, NetskopeError, Tokens};
+use netskope_sim::SimArgs;
 use offboarder::config::Config;
-use offboarder::netskope::{NetskopeClient, NetskopeError, Tokens};
 use offboarder::pipeline::{Pipeline, PipelineError, Summary};
 use offboarder::sandbox::{self, Sandbox};
-use offboarder::sim::SimArgs;
 use offboarder::verify::VerifyMode;
 use rdkafka::Message;
 use rdkafka::message::OwnedMessage;

@@ -13,10 +13,10 @@ mod support;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
+use netskope_sim::SimArgs;
 use offboarder::config::Config;
 use offboarder::pipeline::{Pipeline, Summary};
 use offboarder::sandbox::{self, Sandbox};
-use offboarder::sim::SimArgs;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::OwnedMessage;
 use rdkafka::producer::{FutureProducer, FutureRecord};

@@ -12,12 +12,12 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
+use netskope::config::{AuthHeader, RemoveStyle};
+use netskope::{NetskopeClient, Tokens};
+use netskope_sim::SimArgs;
 use offboarder::config::Config;
-use offboarder::netskope::config::{AuthHeader, RemoveStyle};
-use offboarder::netskope::{NetskopeClient, Tokens};
 use offboarder::pipeline::Pipeline;
 use offboarder::sandbox::{self, Sandbox};
-use offboarder::sim::SimArgs;
 use offboarder::verify::VerifyMode;
 use rdkafka::message::OwnedMessage;
 use secrecy::SecretString;
@@ -41,7 +41,7 @@ impl Tenant {
         let url = support::peer("SCIM2_SERVER_URL")?;
         let token = support::peer("SCIM2_SERVER_TOKEN")?;
         let name = format!("t{:016x}", rand::random::<u64>());
-        offboarder::tls::install();
+        offboarder_base::tls::install();
         Some(Self {
             base: format!("{}/{name}/v2", url.trim_end_matches('/')),
             token,

@@ -1,5 +1,5 @@
 //! The Netskope simulator over real HTTP: every behaviour a client relies on (or must survive)
-//! is asserted here against `offboarder::sim::start`.
+//! is asserted here against `netskope_sim::start`.
 //!
 //! These tests run on real time (the server and reqwest share one runtime, and paused time would
 //! auto-advance while they wait on sockets). The audit lag and the rate limiter's refill are
@@ -7,7 +7,7 @@
 
 use std::time::{Duration, Instant};
 
-use offboarder::sim::{AuditPaging, AuditWrapper, SimArgs, SimHandle, start};
+use netskope_sim::{AuditPaging, AuditWrapper, SimArgs, SimHandle, start};
 use reqwest::{Client, Method, RequestBuilder, Response, StatusCode};
 use serde_json::{Value, json};
 
@@ -23,7 +23,7 @@ struct Tenant {
 impl Tenant {
     async fn start(args: SimArgs) -> Self {
         let sim = start(args).await.expect("simulator starts");
-        offboarder::tls::install();
+        offboarder_base::tls::install();
         Self {
             sim,
             http: Client::new(),
@@ -1015,7 +1015,7 @@ async fn sim_stats_count_by_route_template_and_status() {
         .await
         .expect("send");
     assert_eq!(response.status(), StatusCode::OK);
-    let over_http: offboarder::sim::SimStats = response.json().await.expect("stats json");
+    let over_http: netskope_sim::SimStats = response.json().await.expect("stats json");
     let stats = t.sim.stats();
     assert_eq!(over_http, stats);
 

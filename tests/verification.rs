@@ -10,14 +10,14 @@ use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use offboarder::clock::WallClock;
-use offboarder::netskope::{NetskopeClient, NetskopeConfig, Tokens};
+use netskope::{NetskopeClient, NetskopeConfig, Tokens};
+use netskope_sim::{SimArgs, SimHandle};
 use offboarder::pipeline::Pipeline;
 use offboarder::sandbox::{self, Sandbox};
-use offboarder::sim::{self, SimArgs, SimHandle};
 use offboarder::verify::{
     self, Check, Expected, Pending, RequestKey, Verification, Verifier, VerifyConfig, VerifyMode,
 };
+use offboarder_base::clock::WallClock;
 use rdkafka::message::OwnedMessage;
 use secrecy::SecretString;
 use serde_json::{Value, json};
@@ -66,7 +66,7 @@ async fn simulator(users: usize, audit_lag_secs: u64) -> (SimHandle, Arc<Netskop
         ..SimArgs::default()
     };
     let (scim, events) = (args.scim_token.clone(), args.events_token.clone());
-    let sim = sim::start(args).await.unwrap();
+    let sim = netskope_sim::start(args).await.unwrap();
     let client = client_for(&sim.base_url(), &scim, Some(&events));
     (sim, client)
 }
@@ -348,7 +348,7 @@ async fn a_token_without_the_audit_scope_falls_back_to_read_back_with_one_warnin
         ..SimArgs::default()
     };
     let scim_only = args.scim_token.clone();
-    let sim = sim::start(args).await.unwrap();
+    let sim = netskope_sim::start(args).await.unwrap();
     let client = client_for(&sim.base_url(), &scim_only, None);
     let cfg = config(VerifyMode::AuditThenReadback);
 

@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use offboarder::netskope::filter;
+use netskope::filter;
 
 fuzz_target!(|name: &str| {
     let built = filter::eq("userName", name);

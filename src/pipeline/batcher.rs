@@ -16,7 +16,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use crate::netskope::{ErrorClass, NetskopeClient, NetskopeError};
+use netskope::{ErrorClass, NetskopeClient, NetskopeError};
 
 /// Which way a membership change goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,7 +67,7 @@ impl GroupBatcher {
     pub async fn submit(&self, change: Change, user_id: String) -> Result<Applied, NetskopeError> {
         let (reply, answer) = oneshot::channel();
         let gone = || NetskopeError::Transient {
-            op: crate::netskope::Op::PatchMembers,
+            op: netskope::Op::PatchMembers,
             status: None,
             reason: "the group batcher stopped".into(),
             attempts: 0,

@@ -12,7 +12,7 @@ use rdkafka::ClientConfig;
 use secrecy::ExposeSecret;
 use serde::Deserialize;
 
-use crate::secret::{SecretError, SecretSource};
+use offboarder_base::secret::{SecretError, SecretSource};
 
 /// Topic names.
 #[derive(Debug, Clone, Deserialize)]

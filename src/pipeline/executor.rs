@@ -20,19 +20,29 @@ use tokio::time::Instant;
 
 use super::batcher::{Change, GroupBatcher};
 use super::config::PipelineConfig;
-use crate::clock::WallClock;
-use crate::netskope::cache::TtlCache;
-use crate::netskope::scim::{GROUP_SCHEMA, add_members_patch, deactivate_patch};
-use crate::netskope::{ErrorClass, NetskopeClient, NetskopeError, UserRef};
-use crate::outcome::{RequestDescription, Status};
+use crate::outcome::{OutcomeError, RequestDescription, Status};
 use crate::policy::Decision;
 use crate::verify::{Check, Expected, RequestKey, next_request_seq};
+use netskope::cache::TtlCache;
+use netskope::scim::{GROUP_SCHEMA, add_members_patch, deactivate_patch};
+use netskope::{ErrorClass, NetskopeClient, NetskopeError, UserRef};
+use offboarder_base::clock::WallClock;
 
 /// Remembered quarantines: a repeat signal within this time sends no second PATCH.
 const QUARANTINE_MEMORY_SIZE: usize = 100_000;
 /// Backoff between tries of one event; each try already includes the client's own retries.
 const RETRY_MIN_DELAY: Duration = Duration::from_secs(2);
 const RETRY_MAX_DELAY: Duration = Duration::from_secs(120);
+
+/// The outcome's `error` for a client error: the edge where the client's error type meets the
+/// outcome record, so that neither depends on the other.
+pub fn outcome_error(e: &NetskopeError) -> OutcomeError {
+    OutcomeError {
+        kind: e.kind().to_string(),
+        http_status: e.http_status(),
+        message: e.to_string(),
+    }
+}
 
 /// What the executor did for one event.
 #[derive(Debug, Clone, PartialEq)]

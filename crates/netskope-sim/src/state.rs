@@ -830,8 +830,8 @@ pub(crate) fn rfc3339(since_epoch: Duration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sim::filter::parse_filter;
-    use crate::sim::patch::parse_patch;
+    use crate::filter::parse_filter;
+    use crate::patch::parse_patch;
 
     const NOW: Duration = Duration::from_secs(1_700_000_000);
 

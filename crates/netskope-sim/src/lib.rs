@@ -8,7 +8,7 @@
 //! behaviour is a flag in [`SimArgs`], so a test can pick the variant it wants to prove the
 //! client survives.
 //!
-//! Time is read only through [`crate::clock`], so the audit lag and the rate limiter follow
+//! Time is read only through [`offboarder_base::clock`], so the audit lag and the rate limiter follow
 //! `tokio::time::pause`.
 //!
 //! | module | what it does |
@@ -58,7 +58,7 @@ use error::ScimError;
 use state::Directory;
 use stats::Timings;
 
-use crate::clock::WallClock;
+use offboarder_base::clock::WallClock;
 
 /// Request bodies above this size are refused with 413 (SCIM PATCHes of 5,000 members stay far
 /// below it).

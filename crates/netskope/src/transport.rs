@@ -16,7 +16,7 @@ use tracing::{Instrument, debug, warn};
 use super::config::{AuthHeader, RetryConfig};
 use super::error::{NetskopeError, Op, TokenRole};
 use super::limiter::TokenLimiter;
-use crate::metrics as names;
+use offboarder_base::metric_names as names;
 
 const NETSKOPE_TOKEN_HEADER: HeaderName = HeaderName::from_static("netskope-api-token");
 /// Longest piece of a server's error text kept in an error message.
@@ -151,7 +151,7 @@ impl Transport {
         max_body: usize,
         timeout: Option<Duration>,
     ) -> Result<Self, reqwest::Error> {
-        crate::tls::install();
+        offboarder_base::tls::install();
         let mut builder = reqwest::Client::builder()
             // A redirect would carry the token header to wherever it points.
             .redirect(reqwest::redirect::Policy::none())

@@ -26,7 +26,7 @@ use serde_json::json;
 
 use super::error::ScimError;
 use super::{Sim, lock};
-use crate::clock::TokioClock;
+use offboarder_base::clock::TokioClock;
 
 /// Audit-trail name of the SCIM token when it is distinct from the events token.
 pub const SCIM_TOKEN_NAME: &str = "offboarder-scim";

@@ -215,7 +215,7 @@ pub(crate) async fn audit_events(State(sim): State<Arc<Sim>>, RawQuery(q): RawQu
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::clock::WallClock;
+    use offboarder_base::clock::WallClock;
     use std::time::Duration;
 
     const T0: u64 = 1_700_000_000;

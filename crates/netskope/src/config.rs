@@ -11,7 +11,7 @@ use secrecy::SecretString;
 use serde::Deserialize;
 use url::Url;
 
-use crate::secret::{SecretError, SecretSource};
+use offboarder_base::secret::{SecretError, SecretSource};
 
 /// Which HTTP header carries the token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]

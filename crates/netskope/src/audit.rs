@@ -112,7 +112,7 @@ impl NetskopeClient {
     /// Reads one event of the last minute: proves the audit endpoint answers and the token
     /// has its scope.
     pub async fn probe_audit(&self) -> Result<(), NetskopeError> {
-        let now = crate::clock::WallClock::new().now_secs();
+        let now = offboarder_base::clock::WallClock::new().now_secs();
         let window = AuditWindow {
             start: now.saturating_sub(60),
             end: now,

@@ -23,7 +23,7 @@ use governor::{
 };
 use tokio::time::Instant;
 
-use crate::clock::{TokioClock, wait_until};
+use offboarder_base::clock::{TokioClock, wait_until};
 
 type Gcra =
     RateLimiter<NotKeyed, InMemoryState, TokioClock, NoOpMiddleware<governor::nanos::Nanos>>;

@@ -1,0 +1,238 @@
+//! Admission and backpressure: each record read is registered, decoded and validated, and
+//! handed to its user's lane or to the dead-letter path; reading pauses while the worker is full
+//! (or the blast-radius guard halted, for the terminations topic) and resumes below half.
+
+use std::sync::atomic::Ordering;
+
+use rdkafka::Message;
+use rdkafka::consumer::Consumer;
+use rdkafka::message::BorrowedMessage;
+
+use super::Pipeline;
+use super::consumer::{except_topic, only_topic};
+use super::process::{Job, until_killed};
+use crate::event::EventKind;
+use crate::telemetry::{self};
+use crate::verify::Verifier;
+use offboarder_base::metric_names as m_names;
+use tracing::Instrument;
+
+/// How full the worker is.
+pub(super) struct Load {
+    pub(super) acting: usize,
+    pub(super) pending: usize,
+    /// Destructive events waiting for the blast-radius guard's release. They hold their
+    /// offsets but not the reading: risk signals keep flowing past them.
+    pub(super) parked: usize,
+    pub(super) max_acting: usize,
+    pub(super) max_pending: usize,
+}
+
+impl Load {
+    /// At `max_in_flight` events being acted on, or `verify.max_pending` actions awaiting
+    /// verification: read no more.
+    pub(super) fn full(&self) -> bool {
+        self.acting >= self.max_acting
+            || self.pending >= self.max_pending
+            || self.parked >= self.max_acting
+    }
+
+    pub(super) fn below_half(&self) -> bool {
+        self.acting < self.max_acting.div_ceil(2) && self.pending < self.max_pending.div_ceil(2)
+    }
+}
+
+impl Pipeline {
+    /// Events being acted on and actions awaiting verification, against their bounds.
+    pub(super) fn load(&self) -> Load {
+        let open = self.core.shared.tracker().open();
+        let pending = self.core.verifier.as_ref().map_or(0, Verifier::pending);
+        let parked = self.core.shared.guard.waiting();
+        Load {
+            acting: open.saturating_sub(pending).saturating_sub(parked),
+            pending,
+            parked,
+            max_acting: self.settings.max_in_flight,
+            max_pending: self.max_pending,
+        }
+    }
+
+    /// Pauses or resumes every assigned partition. A resumed partition's first fetch can take
+    /// up to a second in librdkafka, so this is the slow path, for stalls only.
+    pub(super) fn set_paused(&self, pause: bool, load: &Load) {
+        self.core.shared.paused.store(pause, Ordering::SeqCst);
+        let consumer = &self.core.consumer;
+        let result = consumer.assignment().and_then(|assignment| {
+            if pause {
+                consumer.pause(&assignment)
+            } else if self.core.shared.guard_paused.load(Ordering::SeqCst) {
+                // The guard's hold on the terminations topic outlasts this stall.
+                consumer.resume(&except_topic(&assignment, &self.kafka.topics.terminations))
+            } else {
+                consumer.resume(&assignment)
+            }
+        });
+        let (acting, pending) = (load.acting, load.pending);
+        match result {
+            Ok(()) if pause => tracing::warn!(
+                acting,
+                pending_verification = pending,
+                stalled_for = %humantime::format_duration(self.settings.pause_after),
+                "no event finished while at the in-flight limit; partitions paused"
+            ),
+            Ok(()) => tracing::info!(acting, pending_verification = pending, "partitions resumed"),
+            Err(e) => tracing::warn!(error = %e, pause, "cannot pause or resume partitions"),
+        }
+    }
+
+    /// Pauses the terminations topic while the guard halts destructive actions, and resumes
+    /// it after a release (unless the worker is paused at its in-flight bound anyway).
+    pub(super) fn follow_guard(&self) {
+        let shared = &self.core.shared;
+        let halted = shared.guard.is_halted();
+        if halted == shared.guard_paused.load(Ordering::SeqCst) {
+            return;
+        }
+        shared.guard_paused.store(halted, Ordering::SeqCst);
+        let topic = &self.kafka.topics.terminations;
+        let consumer = &self.core.consumer;
+        let result = consumer.assignment().and_then(|assignment| {
+            let held = only_topic(&assignment, topic);
+            if held.count() == 0 {
+                Ok(())
+            } else if halted {
+                consumer.pause(&held)
+            } else if shared.paused.load(Ordering::SeqCst) {
+                Ok(())
+            } else {
+                consumer.resume(&held)
+            }
+        });
+        match result {
+            Ok(()) if halted => tracing::warn!(
+                topic,
+                "blast-radius guard: the terminations topic is paused until a release"
+            ),
+            Ok(()) => tracing::info!(topic, "blast-radius guard released: terminations resume"),
+            Err(e) => {
+                tracing::warn!(error = %e, topic, "cannot pause or resume the terminations topic")
+            }
+        }
+    }
+
+    /// Registers a received event and sends it on: to its user's lane, or to the dead-letter
+    /// topic.
+    pub(super) fn accept(&self, m: &BorrowedMessage<'_>) {
+        let first = self
+            .core
+            .shared
+            .awaiting_first()
+            .get_mut(m.topic())
+            .is_some_and(|partitions| partitions.remove(&m.partition()));
+        if first {
+            self.check_resume_gap((m.topic().to_string(), m.partition()), m.offset());
+        }
+        if self.core.shared.dead_letter_stop.load(Ordering::SeqCst) {
+            // Read while the partitions were being paused. Never registered, so its offset is
+            // never stored: it is read again after the restart.
+            return;
+        }
+        let received = self.clock.now_datetime();
+        let kind = if m.topic() == self.kafka.topics.terminations {
+            EventKind::Termination
+        } else {
+            EventKind::RiskSignal
+        };
+        let decoded = self
+            .schemas
+            .decode(kind, m.payload(), self.settings.max_event_bytes);
+        let admitted = self
+            .dead_letter_limit
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .admit(decoded.is_err());
+        if !admitted {
+            self.stop_reading_on_dead_letter_flood(m);
+            return;
+        }
+        let ticket = self
+            .core
+            .shared
+            .tracker()
+            .begin(m.topic(), m.partition(), m.offset());
+        let (span, trace) =
+            telemetry::event_span(m.headers(), m.topic(), m.partition(), m.offset());
+        let message = m.detach();
+        let kill = self.core.handle.kill.clone();
+        let result = if decoded.is_ok() {
+            "accepted"
+        } else {
+            "dead_letter"
+        };
+        metrics::counter!(m_names::EVENTS_CONSUMED, "topic" => m.topic().to_string(), "result" => result)
+            .increment(1);
+        self.core.gauge_in_flight();
+        match decoded {
+            Ok(event) => {
+                span.record("source_event_id", event.event_id());
+                span.record("user", event.user_name());
+                let key = event.user_name().to_lowercase();
+                self.lanes.submit(
+                    key,
+                    Job {
+                        event,
+                        message,
+                        ticket,
+                        received,
+                        trace,
+                        span,
+                    },
+                );
+            }
+            Err(rejection) => {
+                let core = self.core.clone();
+                let work = core
+                    .reject(
+                        message,
+                        ticket,
+                        rejection.reason.as_str(),
+                        rejection.detail,
+                        trace,
+                    )
+                    .instrument(span);
+                self.tasks.spawn(until_killed(kill, work));
+            }
+        }
+    }
+
+    /// The dead-letter limit tripped at `m`: stop reading for good, hold `m`'s offset (it is
+    /// never registered), and say why, once. Events already in flight finish normally.
+    pub(super) fn stop_reading_on_dead_letter_flood(&self, m: &BorrowedMessage<'_>) {
+        let shared = &self.core.shared;
+        if shared.dead_letter_stop.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let reason = self
+            .dead_letter_limit
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .describe();
+        tracing::error!(
+            topic = m.topic(),
+            partition = m.partition(),
+            offset = m.offset(),
+            "{reason}"
+        );
+        metrics::gauge!(m_names::DEAD_LETTER_LIMIT).set(1.0);
+        shared
+            .readiness
+            .set_fault(crate::admin::DEAD_LETTER_FAULT, Some(reason));
+        // Paused like a stall, so that newly assigned partitions are paused too, but never
+        // resumed: the loop goes on polling only to stay in the group.
+        shared.paused.store(true, Ordering::SeqCst);
+        let consumer = &self.core.consumer;
+        if let Err(e) = consumer.assignment().and_then(|a| consumer.pause(&a)) {
+            tracing::warn!(error = %e, "cannot pause the partitions; events read meanwhile are dropped unregistered");
+        }
+    }
+}

@@ -1,0 +1,432 @@
+//! The per-event core: what happens to one valid event after admission. The policy decides,
+//! the executor acts, verification confirms, the outcome is published, and the offset is
+//! finished once the broker acknowledged it. Invalid records take the dead-letter path here too.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use rdkafka::consumer::Consumer;
+use rdkafka::message::OwnedMessage;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::consumer::KafkaConsumer;
+use super::executor::Executor;
+use super::offsets::Ticket;
+use super::publish::{Delivery, Publisher};
+use super::{PipelineError, PipelineHandle, Shared};
+use crate::event::Event;
+use crate::guard::Admission;
+use crate::outcome::{self, Outcome, SourceRef, Status, Timestamps, VerificationEvidence};
+use crate::policy::{Decision, Policy};
+use crate::telemetry::EventTrace;
+use crate::verify::{Pending, Verification, Verifier};
+use offboarder_base::clock::WallClock;
+use offboarder_base::metric_names as m_names;
+use tracing::Instrument;
+
+/// Runs an event's `work` until the kill switch trips (`None` then).
+///
+/// `work` is boxed first, and that is most of the worker's speed on a flood of events that
+/// need no action. tokio-util's cancellation wrapper is three nested async functions, each
+/// holding the future it wraps twice (as argument and as local), so an unboxed kilobyte-sized
+/// event future came out at 7 to 11 KiB; tokio then copies a task's future on every move (into
+/// its cell, and the whole stage again on completion). Boxed, each layer holds a pointer.
+pub(super) fn until_killed<F: Future>(
+    kill: CancellationToken,
+    work: F,
+) -> impl Future<Output = Option<F::Output>> {
+    kill.run_until_cancelled_owned(Box::pin(work))
+}
+
+/// One valid event on its way through a lane.
+pub(super) struct Job {
+    pub(super) event: Event,
+    pub(super) message: OwnedMessage,
+    pub(super) ticket: Ticket,
+    pub(super) received: time::OffsetDateTime,
+    pub(super) trace: EventTrace,
+    /// The event's span: lane work, SCIM calls and the verification wait run inside it.
+    pub(super) span: tracing::Span,
+}
+
+impl Job {
+    /// An outcome of this event with what every outcome of it carries (ids, source, user,
+    /// action, group, received time, trace); the caller adds what its phase found.
+    pub(super) fn outcome(&self, decision: &Decision, status: Status) -> Outcome {
+        Outcome {
+            outcome_id: outcome::new_outcome_id(),
+            source_event_id: self.event.event_id().to_string(),
+            source: SourceRef {
+                topic: self.ticket.topic.clone(),
+                partition: self.ticket.partition,
+                offset: self.ticket.offset,
+            },
+            user_name: self.event.user_name().to_string(),
+            scim_user_id: None,
+            action: decision.action(),
+            status,
+            group: match decision {
+                Decision::Quarantine { group } | Decision::Release { group } => Some(group.clone()),
+                _ => None,
+            },
+            reason: None,
+            error: None,
+            request: None,
+            verification: None,
+            attempts: 0,
+            timestamps: Timestamps {
+                received: self.received,
+                acted: None,
+                verified: None,
+            },
+            trace_id: self.trace.trace_id.clone(),
+        }
+    }
+}
+
+/// What the lanes and dead-letter tasks need, shared behind one `Arc`.
+pub(super) struct Core {
+    pub(super) consumer: KafkaConsumer,
+    pub(super) shared: Arc<Shared>,
+    pub(super) publisher: Publisher,
+    pub(super) executor: Executor,
+    /// `None` when `verify.mode = "off"`: the action outcome is then the final one.
+    pub(super) verifier: Option<Verifier>,
+    /// Verification waits and dead-letter sends, waited for at shutdown.
+    pub(super) tasks: TaskTracker,
+    pub(super) clock: WallClock,
+    pub(super) policy: Policy,
+    /// Bounds the events acting on Netskope at once (`max_concurrent_users`). Taken after the
+    /// guard's admission, so that halted events hold no permit and quarantines go on.
+    pub(super) concurrency: Semaphore,
+    pub(super) handle: PipelineHandle,
+    pub(super) fatal: Mutex<Option<PipelineError>>,
+    pub(super) failed: AtomicBool,
+    pub(super) dead_letters: AtomicU64,
+    pub(super) outcomes: Mutex<BTreeMap<&'static str, u64>>,
+}
+
+impl Core {
+    /// Marks an event finished and stores the offset it unblocks. Under the tracker's lock, so
+    /// that stored offsets only ever grow.
+    pub(super) fn finish(&self, ticket: &Ticket) {
+        let mut tracker = self.shared.tracker();
+        if let Some(offset) = tracker.finish(ticket)
+            && let Err(e) = self
+                .consumer
+                .store_offset(&ticket.topic, ticket.partition, offset)
+        {
+            // The partition was revoked meanwhile; its new owner re-delivers.
+            tracing::debug!(topic = ticket.topic, partition = ticket.partition, offset, error = %e, "offset not stored");
+        }
+        // Set under the tracker's lock: two events finishing on two threads would otherwise
+        // race, and the older count could be written last and stick.
+        metrics::gauge!(m_names::IN_FLIGHT).set(tracker.open() as f64);
+        drop(tracker);
+        self.shared.progress.notify_one();
+    }
+
+    pub(super) fn gauge_in_flight(&self) {
+        let tracker = self.shared.tracker();
+        metrics::gauge!(m_names::IN_FLIGHT).set(tracker.open() as f64);
+    }
+
+    /// Records the first fatal error and stops the pipeline. Events not yet finished keep
+    /// their offsets and are processed again after the operator fixes the cause.
+    pub(super) fn fail(&self, error: PipelineError) {
+        tracing::error!(error = %error, "stopping the worker");
+        let mut fatal = self.fatal.lock().unwrap_or_else(|p| p.into_inner());
+        if fatal.is_none() {
+            *fatal = Some(error);
+        }
+        self.failed.store(true, Ordering::SeqCst);
+        self.handle.stop();
+    }
+
+    pub(super) async fn process(self: Arc<Self>, job: Job) {
+        if self.failed.load(Ordering::SeqCst) {
+            return;
+        }
+        let decision = self.policy.decide(&job.event);
+        tracing::Span::current().record("action", decision.action().as_str());
+        if matches!(decision, Decision::Deactivate | Decision::Delete)
+            && !self.executor.dry_run()
+            && let Admission::Halted { tripped } = self.shared.guard.try_admit()
+        {
+            if tripped {
+                Box::pin(self.report_halt(&job, &decision)).await;
+            }
+            self.shared.guard.admitted().await;
+        }
+        // Taken after the guard, so that halted events hold no permit. The semaphore is never
+        // closed, so acquiring only waits.
+        let _permit = self.concurrency.acquire().await;
+        // Boxed, and so allocated, only now: thousands of events waiting for a permit each
+        // cost their job, not the kilobytes of state that acting on Netskope needs.
+        Box::pin(self.clone().act(job, decision)).await;
+    }
+
+    /// Carries out an admitted event's decision and publishes its outcome.
+    pub(super) async fn act(self: Arc<Self>, job: Job, decision: Decision) {
+        let user_name = job.event.user_name().to_string();
+        let report = match self.executor.execute(&user_name, &decision).await {
+            Ok(report) => report,
+            Err(e) => return self.fail(PipelineError::Netskope(e)),
+        };
+        if report.retries_exhausted {
+            let detail = report.error.as_ref().map(|e| e.to_string());
+            let detail = detail.unwrap_or_default();
+            if !self
+                .send_dead_letter(
+                    &job.message,
+                    super::publish::RETRIES_EXHAUSTED,
+                    &detail,
+                    &job.trace.traceparent,
+                )
+                .await
+            {
+                return;
+            }
+        }
+        let mut outcome = job.outcome(&decision, report.status);
+        outcome.scim_user_id = report.scim_user_id;
+        outcome.reason = report.reason;
+        outcome.error = report.error.as_ref().map(super::executor::outcome_error);
+        outcome.request = report.request;
+        outcome.attempts = report.attempts;
+        outcome.timestamps.acted = report.acted_at;
+        if outcome.status == Status::Failed {
+            tracing::warn!(
+                source_event_id = outcome.source_event_id,
+                user = outcome.user_name,
+                action = outcome.action.as_str(),
+                status = outcome.status.as_str(),
+                error = outcome.error.as_ref().map(|e| e.message.as_str()),
+                "event failed"
+            );
+        } else {
+            tracing::info!(
+                source_event_id = outcome.source_event_id,
+                user = outcome.user_name,
+                action = outcome.action.as_str(),
+                status = outcome.status.as_str(),
+                reason = outcome.reason.as_deref(),
+                "event done"
+            );
+        }
+        // Handed to the producer here, in lane order; acknowledged in a task of its own, so the
+        // lane moves on to the user's next event instead of waiting out linger.ms and a round
+        // trip per event.
+        let delivery = self
+            .publisher
+            .enqueue_outcome(&outcome, &job.trace.traceparent)
+            .await;
+        let verify = match (&self.verifier, report.expected) {
+            (Some(verifier), Some(expected)) if outcome.status == Status::Applied => {
+                let acted_at = report
+                    .acted_at
+                    .map_or(0, |t| t.unix_timestamp().max(0) as u64);
+                Some((verifier.clone(), Pending { expected, acted_at }))
+            }
+            _ => None,
+        };
+        let core = self.clone();
+        let kill = self.handle.kill.clone();
+        let work = core
+            .complete(outcome, delivery, verify, job.ticket, job.trace)
+            .instrument(job.span);
+        self.tasks.spawn(until_killed(kill, work));
+    }
+
+    /// The guard halted at this event: say so once, loudly, on the outcomes topic, in the log
+    /// and on `/readyz`. The event keeps its offset and waits for a release.
+    pub(super) async fn report_halt(&self, job: &Job, decision: &Decision) {
+        let reason = self.shared.guard.halt_reason();
+        tracing::error!(
+            source_event_id = job.event.event_id(),
+            user = job.event.user_name(),
+            "{reason}"
+        );
+        self.shared
+            .readiness
+            .set_fault(crate::admin::GUARD_FAULT, Some(reason.clone()));
+        let mut outcome = job.outcome(decision, Status::Halted);
+        outcome.reason = Some(reason);
+        // Not final: the offset is not stored, whatever the acknowledgement.
+        self.publish(&outcome, &job.trace.traceparent).await;
+    }
+
+    /// After the lane: waits for the outcome's acknowledgement, then either finishes the event
+    /// or, for an applied action, waits for its verification and publishes that as the final
+    /// outcome. If the verifier stops first (shutdown), the event stays open and is delivered
+    /// again.
+    pub(super) async fn complete(
+        self: Arc<Self>,
+        outcome: Outcome,
+        delivery: Delivery,
+        verify: Option<(Verifier, Pending)>,
+        ticket: Ticket,
+        trace: EventTrace,
+    ) {
+        if !self.acknowledged(&outcome, delivery).await {
+            return;
+        }
+        match verify {
+            // Boxed: waiting for the verifier and publishing a second outcome make a future
+            // several times the size of the rest, and every event's `complete` task would carry
+            // (and copy, at spawn and at each stage change) that space whether it verifies or
+            // not. Events that skip verification are the most numerous.
+            Some((verifier, pending)) => {
+                Box::pin(async move {
+                    let answer = verifier.submit(pending).await;
+                    self.verified(outcome, answer, ticket, trace).await;
+                })
+                .await;
+            }
+            None => self.finish(&ticket),
+        }
+    }
+
+    /// Publishes an outcome and waits for its acknowledgement; `false` when the producer
+    /// failed for good.
+    pub(super) async fn publish(&self, outcome: &Outcome, traceparent: &str) -> bool {
+        let delivery = self.publisher.enqueue_outcome(outcome, traceparent).await;
+        self.acknowledged(outcome, delivery).await
+    }
+
+    /// Waits for an outcome's acknowledgement and counts it; `false` when the producer failed
+    /// for good.
+    pub(super) async fn acknowledged(&self, outcome: &Outcome, delivery: Delivery) -> bool {
+        if let Err(e) = delivery.acknowledged().await {
+            self.fail(e.into());
+            return false;
+        }
+        tracing::Span::current().record("outcome", outcome.status.as_str());
+        metrics::counter!(
+            m_names::OUTCOMES,
+            "action" => outcome.action.as_str(),
+            "status" => outcome.status.as_str()
+        )
+        .increment(1);
+        *self
+            .outcomes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(outcome.status.as_str())
+            .or_default() += 1;
+        true
+    }
+
+    /// Waits for an applied action's verification and publishes it as the event's final
+    /// outcome. If the verifier stops first (shutdown), the event stays open and is delivered
+    /// again.
+    pub(super) async fn verified(
+        self: Arc<Self>,
+        applied: Outcome,
+        answer: tokio::sync::oneshot::Receiver<Verification>,
+        ticket: Ticket,
+        trace: EventTrace,
+    ) {
+        let Ok(v) = answer.await else { return };
+        let status = if v.verified {
+            Status::Verified
+        } else {
+            Status::Unverified
+        };
+        let audit_timestamp = v
+            .audit_timestamp
+            .and_then(|ts| time::OffsetDateTime::from_unix_timestamp(i64::try_from(ts).ok()?).ok());
+        let outcome = Outcome {
+            outcome_id: outcome::new_outcome_id(),
+            status,
+            reason: None,
+            verification: Some(VerificationEvidence {
+                method: v.method,
+                audit_event_id: v.audit_event_id,
+                audit_timestamp,
+                evidence: v.evidence,
+            }),
+            timestamps: Timestamps {
+                verified: Some(self.clock.now_datetime()),
+                ..applied.timestamps
+            },
+            ..applied
+        };
+        let evidence = outcome.verification.as_ref().map(|v| v.evidence.as_str());
+        if status == Status::Unverified {
+            tracing::warn!(
+                source_event_id = outcome.source_event_id,
+                user = outcome.user_name,
+                action = outcome.action.as_str(),
+                evidence,
+                "action unverified"
+            );
+        } else {
+            tracing::info!(
+                source_event_id = outcome.source_event_id,
+                user = outcome.user_name,
+                action = outcome.action.as_str(),
+                evidence,
+                "action verified"
+            );
+        }
+        if self.publish(&outcome, &trace.traceparent).await {
+            self.finish(&ticket);
+        }
+    }
+
+    /// Publishes a dead letter; `false` when the producer failed for good and the worker is
+    /// stopping.
+    pub(super) async fn send_dead_letter(
+        &self,
+        message: &OwnedMessage,
+        reason: &str,
+        detail: &str,
+        traceparent: &str,
+    ) -> bool {
+        match self
+            .publisher
+            .dead_letter(message, reason, detail, traceparent)
+            .await
+        {
+            Ok(()) => {
+                self.dead_letters.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!(m_names::DEAD_LETTERS, "reason" => reason.to_string())
+                    .increment(1);
+                true
+            }
+            Err(e) => {
+                self.fail(e.into());
+                false
+            }
+        }
+    }
+
+    /// Sends an event that failed decoding or validation to the dead-letter topic.
+    pub(super) async fn reject(
+        self: Arc<Self>,
+        message: OwnedMessage,
+        ticket: Ticket,
+        reason: &'static str,
+        detail: String,
+        trace: EventTrace,
+    ) {
+        tracing::warn!(
+            topic = ticket.topic,
+            partition = ticket.partition,
+            offset = ticket.offset,
+            reason,
+            detail,
+            "invalid event sent to the dead-letter topic"
+        );
+        if self
+            .send_dead_letter(&message, reason, &detail, &trace.traceparent)
+            .await
+        {
+            self.finish(&ticket);
+        }
+    }
+}
