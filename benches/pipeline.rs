@@ -16,8 +16,6 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use netskope_sim::SimArgs;
-use offboarder::sandbox::{self, Sandbox, prometheus_sum};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{BorrowedMessage, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -26,6 +24,9 @@ use serde_json::{Value, json};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use tokio::process::{Child, Command};
+
+use netskope_sim::SimArgs;
+use offboarder::sandbox::{self, Sandbox, prometheus_sum};
 
 /// Requests per minute per token, in the simulator and in the worker's limiter.
 const BUDGET: u32 = 3000;

@@ -26,10 +26,11 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use subtle::ConstantTimeEq;
 
-use crate::guard::Guard;
 use netskope::NetskopeClient;
 use offboarder_base::metric_names as names;
 use offboarder_base::secret::SecretSource;
+
+use crate::guard::Guard;
 
 /// The readiness fault set while the blast-radius guard halts.
 pub const GUARD_FAULT: &str = "guard";

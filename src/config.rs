@@ -11,12 +11,13 @@ use figment::Figment;
 use figment::providers::{Env, Format, Toml};
 use serde::Deserialize;
 
+use netskope::NetskopeConfig;
+
 use crate::admin::AdminConfig;
 use crate::guard::GuardConfig;
 use crate::pipeline::config::{KafkaConfig, PipelineConfig};
 use crate::policy::PolicyConfig;
 use crate::verify::VerifyConfig;
-use netskope::NetskopeConfig;
 
 /// Prefix of environment overrides.
 pub const ENV_PREFIX: &str = "OFFBOARDER_";

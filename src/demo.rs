@@ -12,9 +12,10 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
+use netskope_sim::SimArgs;
+
 use crate::pipeline::Pipeline;
 use crate::sandbox::{self, Sandbox};
-use netskope_sim::SimArgs;
 
 const GROUP: &str = "Quarantine_HighRisk";
 

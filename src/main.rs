@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+
 use netskope::{ErrorClass, NetskopeClient};
 #[cfg(feature = "demo")]
 use netskope_sim::SimArgs;

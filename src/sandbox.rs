@@ -13,10 +13,11 @@ use rdkafka::producer::{DefaultProducerContext, FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use secrecy::SecretString;
 
-use crate::config::Config;
-use crate::pipeline::config::Topics;
 use netskope::{NetskopeClient, Tokens};
 use netskope_sim::{SimArgs, SimHandle};
+
+use crate::config::Config;
+use crate::pipeline::config::Topics;
 
 const SCIM_TOKEN_ENV: &str = "OFFBOARDER_SANDBOX_SCIM_TOKEN";
 const EVENTS_TOKEN_ENV: &str = "OFFBOARDER_SANDBOX_EVENTS_TOKEN";

@@ -6,11 +6,12 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
-use netskope_sim::SimArgs;
-use offboarder::sandbox::{self, Sandbox};
 use serde_json::{Value, json};
 use tokio::io::AsyncReadExt;
 use tokio::process::Command;
+
+use netskope_sim::SimArgs;
+use offboarder::sandbox::{self, Sandbox};
 
 mod support;
 use support::fake_collector;

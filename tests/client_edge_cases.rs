@@ -5,13 +5,14 @@
 
 use std::time::Duration;
 
-use netskope::config::{AuthHeader, PagingParam, RemoveStyle};
-use netskope::{AuditWindow, ErrorClass, NetskopeClient, NetskopeConfig, NetskopeError, Tokens};
 use secrecy::SecretString;
 use serde_json::{Value, json};
 use tokio::time::Instant;
 use wiremock::matchers::{body_json, header, method, path, query_param, query_param_is_missing};
 use wiremock::{Mock, MockServer, ResponseTemplate};
+
+use netskope::config::{AuthHeader, PagingParam, RemoveStyle};
+use netskope::{AuditWindow, ErrorClass, NetskopeClient, NetskopeConfig, NetskopeError, Tokens};
 
 const TOKEN: &str = "test-token-9f8e7d6c";
 const USERS: &str = "/api/v2/scim/Users";

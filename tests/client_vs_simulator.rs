@@ -4,10 +4,11 @@
 
 use std::time::Duration;
 
+use secrecy::SecretString;
+
 use netskope::config::{PagingParam, RemoveStyle};
 use netskope::{AuditWindow, ErrorClass, NetskopeClient, NetskopeConfig, NetskopeError, Tokens};
 use netskope_sim::{AuditPaging, AuditWrapper, SimArgs, SimHandle};
-use secrecy::SecretString;
 
 const SCIM_TOKEN: &str = "sim-scim-token";
 const EVENTS_TOKEN: &str = "sim-events-token";

@@ -6,14 +6,15 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use netskope_sim::SimArgs;
-use offboarder::pipeline::Pipeline;
-use offboarder::sandbox::{self, Sandbox};
-use offboarder::verify::VerifyMode;
 use rdkafka::Message;
 use rdkafka::message::OwnedMessage;
 use serde::Deserialize;
 use serde_json::Value;
+
+use netskope_sim::SimArgs;
+use offboarder::pipeline::Pipeline;
+use offboarder::sandbox::{self, Sandbox};
+use offboarder::verify::VerifyMode;
 
 #[derive(Debug, Deserialize)]
 struct Corpus {

@@ -7,17 +7,18 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use secrecy::SecretString;
+use serde_json::{Value, json};
+use tokio::time::Instant;
+use wiremock::matchers::{body_json, method, path, query_param};
+use wiremock::{Match, Mock, MockServer, Request, ResponseTemplate};
+
 use netskope::{ErrorClass, NetskopeClient, NetskopeConfig, NetskopeError, Tokens};
 use offboarder::outcome::{Action, RequestDescription, Status};
 use offboarder::pipeline::batcher::{Applied, Change, GroupBatcher};
 use offboarder::pipeline::config::PipelineConfig;
 use offboarder::pipeline::executor::Executor;
 use offboarder::policy::Decision;
-use secrecy::SecretString;
-use serde_json::{Value, json};
-use tokio::time::Instant;
-use wiremock::matchers::{body_json, method, path, query_param};
-use wiremock::{Match, Mock, MockServer, Request, ResponseTemplate};
 
 const TOKEN: &str = "test-token-executor-1a2b";
 const USERS: &str = "/api/v2/scim/Users";

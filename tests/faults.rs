@@ -8,11 +8,12 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use netskope_sim::SimArgs;
-use offboarder::sandbox::{self, Sandbox};
 use rdkafka::message::OwnedMessage;
 use serde_json::{Value, json};
 use tokio::process::{Child, Command};
+
+use netskope_sim::SimArgs;
+use offboarder::sandbox::{self, Sandbox};
 
 const BIN: &str = env!("CARGO_BIN_EXE_offboarder");
 

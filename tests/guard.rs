@@ -6,14 +6,15 @@ mod support;
 use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, Instant};
 
+use rdkafka::message::OwnedMessage;
+use secrecy::SecretString;
+use serde_json::{Value, json};
+
 use netskope_sim::SimArgs;
 use offboarder::admin::{self, AdminConfig};
 use offboarder::pipeline::Pipeline;
 use offboarder::sandbox::{self, Sandbox};
 use offboarder::verify::VerifyMode;
-use rdkafka::message::OwnedMessage;
-use secrecy::SecretString;
-use serde_json::{Value, json};
 
 const ADMIN_TOKEN: &str = "test-admin-token-7c1e";
 const PATCH_USER: &str = "PATCH /api/v2/scim/Users/{id}";

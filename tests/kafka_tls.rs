@@ -17,9 +17,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use netskope_sim::SimArgs;
-use offboarder::pipeline::{Pipeline, PipelineError};
-use offboarder::sandbox::{self, Sandbox};
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose,
 };
@@ -28,6 +25,10 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio_rustls::rustls::{self, ServerConfig};
+
+use netskope_sim::SimArgs;
+use offboarder::pipeline::{Pipeline, PipelineError};
+use offboarder::sandbox::{self, Sandbox};
 
 const WAIT: Duration = Duration::from_secs(60);
 

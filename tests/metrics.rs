@@ -5,13 +5,13 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use serde_json::{Value, json};
+
 use netskope_sim::SimArgs;
 use offboarder::admin::{self, AdminConfig};
 use offboarder::pipeline::Pipeline;
-use offboarder::sandbox::{self, Sandbox};
-use serde_json::{Value, json};
-
 use offboarder::sandbox::prometheus_sum as sum;
+use offboarder::sandbox::{self, Sandbox};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_agree_with_the_outcomes_of_a_run() {

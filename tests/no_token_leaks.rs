@@ -5,12 +5,13 @@ use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use netskope::{AuditWindow, NetskopeClient, NetskopeConfig, Tokens};
 use secrecy::SecretString;
 use serde_json::json;
 use tracing_subscriber::fmt::MakeWriter;
 use wiremock::matchers::{header, method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
+
+use netskope::{AuditWindow, NetskopeClient, NetskopeConfig, Tokens};
 
 const SCIM_TOKEN: &str = "scim-SECRET-4b1d2c3e";
 const EVENTS_TOKEN: &str = "events-SECRET-77aa88bb";

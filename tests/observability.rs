@@ -4,12 +4,13 @@
 
 use std::time::Duration;
 
+use serde_json::{Value, json};
+
 use netskope_sim::SimArgs;
 use offboarder::admin::{self, AdminConfig};
 use offboarder::pipeline::Pipeline;
 use offboarder::sandbox::{self, Sandbox};
 use offboarder::verify::VerifyMode;
-use serde_json::{Value, json};
 
 const PARENT_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const PARENT_SPAN: &str = "00f067aa0ba902b7";

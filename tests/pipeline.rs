@@ -8,16 +8,17 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
+use rdkafka::Message;
+use rdkafka::message::OwnedMessage;
+use secrecy::SecretString;
+use serde_json::{Value, json};
+
 use netskope::{NetskopeClient, NetskopeError, Tokens};
 use netskope_sim::SimArgs;
 use offboarder::config::Config;
 use offboarder::pipeline::{Pipeline, PipelineError, Summary};
 use offboarder::sandbox::{self, Sandbox};
 use offboarder::verify::VerifyMode;
-use rdkafka::Message;
-use rdkafka::message::OwnedMessage;
-use secrecy::SecretString;
-use serde_json::{Value, json};
 
 const GROUP: &str = "Quarantine_HighRisk";
 const WAIT: Duration = Duration::from_secs(60);

@@ -13,15 +13,16 @@ mod support;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use netskope_sim::SimArgs;
-use offboarder::config::Config;
-use offboarder::pipeline::{Pipeline, Summary};
-use offboarder::sandbox::{self, Sandbox};
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::OwnedMessage;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use serde_json::{Value, json};
+
+use netskope_sim::SimArgs;
+use offboarder::config::Config;
+use offboarder::pipeline::{Pipeline, Summary};
+use offboarder::sandbox::{self, Sandbox};
 
 const WAIT: Duration = Duration::from_secs(90);
 const GROUP: &str = "Quarantine_HighRisk";

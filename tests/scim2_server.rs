@@ -12,6 +12,10 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
+use rdkafka::message::OwnedMessage;
+use secrecy::SecretString;
+use serde_json::{Value, json};
+
 use netskope::config::{AuthHeader, RemoveStyle};
 use netskope::{NetskopeClient, Tokens};
 use netskope_sim::SimArgs;
@@ -19,9 +23,6 @@ use offboarder::config::Config;
 use offboarder::pipeline::Pipeline;
 use offboarder::sandbox::{self, Sandbox};
 use offboarder::verify::VerifyMode;
-use rdkafka::message::OwnedMessage;
-use secrecy::SecretString;
-use serde_json::{Value, json};
 
 const QUARANTINE: &str = "Quarantine_HighRisk";
 const WAIT: Duration = Duration::from_secs(60);

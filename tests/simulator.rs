@@ -7,9 +7,10 @@
 
 use std::time::{Duration, Instant};
 
-use netskope_sim::{AuditPaging, AuditWrapper, SimArgs, SimHandle, start};
 use reqwest::{Client, Method, RequestBuilder, Response, StatusCode};
 use serde_json::{Value, json};
+
+use netskope_sim::{AuditPaging, AuditWrapper, SimArgs, SimHandle, start};
 
 const SCIM: &str = "sim-scim-token";
 const EVENTS: &str = "sim-events-token";

@@ -10,14 +10,6 @@ use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use netskope::{NetskopeClient, NetskopeConfig, Tokens};
-use netskope_sim::{SimArgs, SimHandle};
-use offboarder::pipeline::Pipeline;
-use offboarder::sandbox::{self, Sandbox};
-use offboarder::verify::{
-    self, Check, Expected, Pending, RequestKey, Verification, Verifier, VerifyConfig, VerifyMode,
-};
-use offboarder_base::clock::WallClock;
 use rdkafka::message::OwnedMessage;
 use secrecy::SecretString;
 use serde_json::{Value, json};
@@ -26,6 +18,15 @@ use tokio::time::Instant;
 use tracing_subscriber::fmt::MakeWriter;
 use wiremock::matchers::{method, path, query_param};
 use wiremock::{Mock, MockServer, ResponseTemplate};
+
+use netskope::{NetskopeClient, NetskopeConfig, Tokens};
+use netskope_sim::{SimArgs, SimHandle};
+use offboarder::pipeline::Pipeline;
+use offboarder::sandbox::{self, Sandbox};
+use offboarder::verify::{
+    self, Check, Expected, Pending, RequestKey, Verification, Verifier, VerifyConfig, VerifyMode,
+};
+use offboarder_base::clock::WallClock;
 
 const POLL: Duration = Duration::from_secs(15);
 

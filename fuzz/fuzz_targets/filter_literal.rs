@@ -3,6 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+
 use netskope::filter;
 
 fuzz_target!(|name: &str| {

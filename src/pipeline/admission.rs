@@ -3,19 +3,25 @@
 //! (or the blast-radius guard halted, for the terminations topic) and resumes below half.
 
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 
 use rdkafka::Message;
 use rdkafka::consumer::Consumer;
 use rdkafka::message::BorrowedMessage;
-
-use super::Pipeline;
-use super::consumer::{except_topic, only_topic};
-use super::process::{Job, until_killed};
-use crate::event::EventKind;
-use crate::telemetry::{self};
-use crate::verify::Verifier;
-use offboarder_base::metric_names as m_names;
+use tokio_util::task::TaskTracker;
 use tracing::Instrument;
+
+use offboarder_base::clock::WallClock;
+use offboarder_base::metric_names as m_names;
+
+use super::config::{KafkaConfig, PipelineConfig};
+use super::consumer::{check_resume_gap, except_topic, only_topic};
+use super::dead_letter_limit::DeadLetterLimit;
+use super::lanes::Lanes;
+use super::process::{Core, Job, until_killed};
+use crate::event::{EventKind, Schemas};
+use crate::telemetry;
+use crate::verify::Verifier;
 
 /// How full the worker is.
 pub(super) struct Load {
@@ -42,7 +48,21 @@ impl Load {
     }
 }
 
-impl Pipeline {
+/// The reading side of a pipeline: what turns each record read into a job on its user's lane
+/// or a dead letter, and decides when reading pauses. It ends with [`Intake::drain`].
+pub(super) struct Intake {
+    pub(super) core: Arc<Core>,
+    pub(super) lanes: Lanes<Job>,
+    pub(super) tasks: TaskTracker,
+    pub(super) schemas: Schemas,
+    pub(super) kafka: KafkaConfig,
+    pub(super) settings: PipelineConfig,
+    pub(super) max_pending: usize,
+    pub(super) clock: WallClock,
+    pub(super) dead_letter_limit: Mutex<DeadLetterLimit>,
+}
+
+impl Intake {
     /// Events being acted on and actions awaiting verification, against their bounds.
     pub(super) fn load(&self) -> Load {
         let open = self.core.shared.tracker().open();
@@ -130,7 +150,11 @@ impl Pipeline {
             .get_mut(m.topic())
             .is_some_and(|partitions| partitions.remove(&m.partition()));
         if first {
-            self.check_resume_gap((m.topic().to_string(), m.partition()), m.offset());
+            check_resume_gap(
+                self.core.consumer.clone(),
+                (m.topic().to_string(), m.partition()),
+                m.offset(),
+            );
         }
         if self.core.shared.dead_letter_stop.load(Ordering::SeqCst) {
             // Read while the partitions were being paused. Never registered, so its offset is

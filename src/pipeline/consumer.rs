@@ -11,9 +11,10 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::Producer as _;
 use rdkafka::{ClientContext, TopicPartitionList};
 
-use super::config::KafkaConfig;
-use super::{Pipeline, PipelineError, Shared};
 use offboarder_base::metric_names as m_names;
+
+use super::config::KafkaConfig;
+use super::shared::{PipelineError, Shared};
 
 /// How many offsets lie between a partition's committed offset and the first record read
 /// after its assignment, when that is more than one. A Kafka broker resumes exactly at the
@@ -168,46 +169,47 @@ pub(super) fn except_topic(list: &TopicPartitionList, topic: &str) -> TopicParti
     out
 }
 
-impl Pipeline {
-    /// Compares the first record read from a newly assigned partition with the group's
-    /// committed offset, off the consumer loop (it is a request to the group coordinator), and
-    /// says loudly when records were skipped: each may be a termination never acted on.
-    pub(super) fn check_resume_gap(&self, (topic, partition): (String, i32), first: i64) {
-        let core = self.core.clone();
-        tokio::task::spawn_blocking(move || {
-            let committed = {
-                let mut list = TopicPartitionList::new();
-                list.add_partition(&topic, partition);
-                core.consumer
-                    .committed_offsets(list, Duration::from_secs(10))
-                    .ok()
-                    .and_then(|l| l.find_partition(&topic, partition).map(|p| p.offset()))
-            };
-            let Some(committed) = committed else {
-                tracing::debug!(
-                    topic,
-                    partition,
-                    "committed offset unknown; no resume check"
-                );
-                return;
-            };
-            if let Some(gap) = resume_gap(committed, first) {
-                tracing::error!(
-                    topic,
-                    partition,
-                    committed = ?committed,
-                    first_read = first,
-                    skipped = gap,
-                    "records skipped on resume: the first record read after the assignment is not \
-                     the committed offset. Those records were never seen by this worker: check the \
-                     topic's retention (the worker may have been down longer), compaction and \
-                     transactions, or the broker, then replay the range if it held events"
-                );
-                metrics::counter!(m_names::RESUME_SKIPPED, "topic" => topic)
-                    .increment(gap.unsigned_abs());
-            }
-        });
-    }
+/// Compares the first record read from a newly assigned partition with the group's
+/// committed offset, off the consumer loop (it is a request to the group coordinator), and
+/// says loudly when records were skipped: each may be a termination never acted on.
+pub(super) fn check_resume_gap(
+    consumer: Arc<KafkaConsumer>,
+    (topic, partition): (String, i32),
+    first: i64,
+) {
+    tokio::task::spawn_blocking(move || {
+        let committed = {
+            let mut list = TopicPartitionList::new();
+            list.add_partition(&topic, partition);
+            consumer
+                .committed_offsets(list, Duration::from_secs(10))
+                .ok()
+                .and_then(|l| l.find_partition(&topic, partition).map(|p| p.offset()))
+        };
+        let Some(committed) = committed else {
+            tracing::debug!(
+                topic,
+                partition,
+                "committed offset unknown; no resume check"
+            );
+            return;
+        };
+        if let Some(gap) = resume_gap(committed, first) {
+            tracing::error!(
+                topic,
+                partition,
+                committed = ?committed,
+                first_read = first,
+                skipped = gap,
+                "records skipped on resume: the first record read after the assignment is not \
+                 the committed offset. Those records were never seen by this worker: check the \
+                 topic's retention (the worker may have been down longer), compaction and \
+                 transactions, or the broker, then replay the range if it held events"
+            );
+            metrics::counter!(m_names::RESUME_SKIPPED, "topic" => topic)
+                .increment(gap.unsigned_abs());
+        }
+    });
 }
 
 /// Consumer errors no retry can fix: the worker stops with the reason instead of logging the

@@ -7,9 +7,10 @@ use std::time::Duration;
 use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 
-use super::{Pipeline, PipelineError, Summary};
+use super::admission::Intake;
+use super::shared::{PipelineError, Summary};
 
-impl Pipeline {
+impl Intake {
     pub(super) async fn drain(self, received: u64) -> Result<Summary, PipelineError> {
         let handle = self.core.handle.clone();
         let open = self.core.shared.tracker().open();

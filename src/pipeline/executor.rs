@@ -18,15 +18,16 @@ use serde_json::json;
 use time::OffsetDateTime;
 use tokio::time::Instant;
 
+use netskope::cache::TtlCache;
+use netskope::scim::{GROUP_SCHEMA, add_members_patch, deactivate_patch};
+use netskope::{ErrorClass, NetskopeClient, NetskopeError, UserRef};
+use offboarder_base::clock::WallClock;
+
 use super::batcher::{Change, GroupBatcher};
 use super::config::PipelineConfig;
 use crate::outcome::{OutcomeError, RequestDescription, Status};
 use crate::policy::Decision;
 use crate::verify::{Check, Expected, RequestKey, next_request_seq};
-use netskope::cache::TtlCache;
-use netskope::scim::{GROUP_SCHEMA, add_members_patch, deactivate_patch};
-use netskope::{ErrorClass, NetskopeClient, NetskopeError, UserRef};
-use offboarder_base::clock::WallClock;
 
 /// Remembered quarantines: a repeat signal within this time sends no second PATCH.
 const QUARANTINE_MEMORY_SIZE: usize = 100_000;

@@ -11,21 +11,22 @@ use rdkafka::message::OwnedMessage;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use offboarder_base::clock::WallClock;
+use offboarder_base::metric_names as m_names;
 
 use super::consumer::KafkaConsumer;
 use super::executor::Executor;
 use super::offsets::Ticket;
 use super::publish::{Delivery, Publisher};
-use super::{PipelineError, PipelineHandle, Shared};
+use super::shared::{PipelineError, PipelineHandle, Shared};
 use crate::event::Event;
 use crate::guard::Admission;
 use crate::outcome::{self, Outcome, SourceRef, Status, Timestamps, VerificationEvidence};
 use crate::policy::{Decision, Policy};
 use crate::telemetry::EventTrace;
 use crate::verify::{Pending, Verification, Verifier};
-use offboarder_base::clock::WallClock;
-use offboarder_base::metric_names as m_names;
-use tracing::Instrument;
 
 /// Runs an event's `work` until the kill switch trips (`None` then).
 ///
@@ -89,7 +90,7 @@ impl Job {
 
 /// What the lanes and dead-letter tasks need, shared behind one `Arc`.
 pub(super) struct Core {
-    pub(super) consumer: KafkaConsumer,
+    pub(super) consumer: Arc<KafkaConsumer>,
     pub(super) shared: Arc<Shared>,
     pub(super) publisher: Publisher,
     pub(super) executor: Executor,

@@ -24,9 +24,10 @@ use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use serde_json::json;
 
+use offboarder_base::clock::TokioClock;
+
 use super::error::ScimError;
 use super::{Sim, lock};
-use offboarder_base::clock::TokioClock;
 
 /// Audit-trail name of the SCIM token when it is distinct from the events token.
 pub const SCIM_TOKEN_NAME: &str = "offboarder-scim";

@@ -48,9 +48,7 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-pub use audit::{AuditPaging, AuditWrapper};
-pub use auth::{COMBINED_TOKEN_NAME, EVENTS_TOKEN_NAME, SCIM_TOKEN_NAME};
-pub use stats::{CLIENT_CLOSED, RequestTiming, SimStats};
+use offboarder_base::clock::WallClock;
 
 use audit::AuditLog;
 use auth::{Gate, Scope};
@@ -58,7 +56,9 @@ use error::ScimError;
 use state::Directory;
 use stats::Timings;
 
-use offboarder_base::clock::WallClock;
+pub use audit::{AuditPaging, AuditWrapper};
+pub use auth::{COMBINED_TOKEN_NAME, EVENTS_TOKEN_NAME, SCIM_TOKEN_NAME};
+pub use stats::{CLIENT_CLOSED, RequestTiming, SimStats};
 
 /// Request bodies above this size are refused with 413 (SCIM PATCHes of 5,000 members stay far
 /// below it).

@@ -4,6 +4,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
+
 use netskope_sim::SimArgs;
 
 /// A Netskope tenant simulator: SCIM 2.0 users and groups, audit events, token scopes, rate

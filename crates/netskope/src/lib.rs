@@ -26,15 +26,15 @@ use std::time::Duration;
 use secrecy::ExposeSecret;
 use url::Url;
 
-pub use audit::{AuditEvent, AuditWindow};
-pub use config::{ConfigError, Endpoints, NetskopeConfig, Tokens};
-pub use error::{ErrorClass, NetskopeError, Op, TokenRole};
-pub use scim::{ScimUser, UserRef};
-
 use cache::TtlCache;
 use config::{PagingParam, RemoveStyle};
 use limiter::TokenLimiter;
 use transport::{Token, Transport};
+
+pub use audit::{AuditEvent, AuditWindow};
+pub use config::{ConfigError, Endpoints, NetskopeConfig, Tokens};
+pub use error::{ErrorClass, NetskopeError, Op, TokenRole};
+pub use scim::{ScimUser, UserRef};
 
 /// How long a group id stays cached. Groups are few and long-lived; a PATCH that finds the group
 /// gone drops the entry at once.

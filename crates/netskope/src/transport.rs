@@ -13,10 +13,11 @@ use reqwest::header::{
 use secrecy::{ExposeSecret, SecretString};
 use tracing::{Instrument, debug, warn};
 
+use offboarder_base::metric_names as names;
+
 use super::config::{AuthHeader, RetryConfig};
 use super::error::{NetskopeError, Op, TokenRole};
 use super::limiter::TokenLimiter;
-use offboarder_base::metric_names as names;
 
 const NETSKOPE_TOKEN_HEADER: HeaderName = HeaderName::from_static("netskope-api-token");
 /// Longest piece of a server's error text kept in an error message.
