@@ -6,7 +6,7 @@
 //! sets `KAFKA_BOOTSTRAP` and `KAFKA_PEER`; set `KAFKA_BOOTSTRAP` yourself to run these against
 //! any other broker, e.g. Apache Kafka from docker-compose.yml. Each test creates topics of its
 //! own. The broker runs the classic consumer-group protocol here: tansu 0.6.0 has no KIP-848
-//! (`ConsumerGroupHeartbeat`), see the README's "Tested against".
+//! (`ConsumerGroupHeartbeat`), see docs/testing.md, "Tested against".
 
 mod support;
 

@@ -2,7 +2,7 @@
 //! run through scim2-cli (`scim2 test`). The simulator is meant to be RFC 7643/7644 wherever
 //! Netskope gives no reason to differ, so every check the checker does not pass must be one of
 //! the deliberate, Netskope-shaped departures listed in [`DEPARTURES`] — and every listed
-//! departure must still occur, so that the list (which the README repeats) cannot go stale.
+//! departure must still occur, so that the list (which docs/simulator.md repeats) cannot go stale.
 //!
 //! The real binary runs (`offboarder simulate --listen 127.0.0.1:0`), so the discovery documents
 //! and routes are checked as a deployed simulator serves them. `scripts/test` installs scim2-cli
@@ -38,7 +38,7 @@ struct Departure {
 }
 
 /// The deliberate departures from RFC 7644, each backed by a Netskope fact from the project's
-/// Netskope API notes (section "SCIM 2.0"). The README's table of the simulator's departures
+/// Netskope API notes (section "SCIM 2.0"). The table in docs/simulator.md of the simulator's departures
 /// repeats this list.
 const DEPARTURES: &[Departure] = &[
     Departure {
@@ -258,7 +258,7 @@ fn simulator_passes_scim2_tester_except_for_netskope_departures() {
             .any(|c| departure_for(c).is_some_and(|d| std::ptr::eq(d, departure)));
         if !occurs {
             problems.push(format!(
-                "listed departure no longer occurs (remove it from DEPARTURES and the README's table): \
+                "listed departure no longer occurs (remove it from DEPARTURES and the table in docs/simulator.md): \
                  {} {}: {}",
                 departure.status, departure.check, departure.reason_contains
             ));

@@ -164,8 +164,8 @@ impl KafkaConfig {
                         field: table,
                         reason: "sasl.oauthbearer.method = \"oidc\" is not available: \
                                  librdkafka is built in without libcurl, which it needs to fetch \
-                                 OIDC tokens. Use SASL/SCRAM, SASL/PLAIN or mutual TLS (see the \
-                                 README, Configuration)"
+                                 OIDC tokens. Use SASL/SCRAM, SASL/PLAIN or mutual TLS (see \
+                                 docs/configuration.md)"
                             .into(),
                     });
                 }
@@ -394,7 +394,7 @@ mod tests {
         assert!(e.contains("libcurl") && e.contains("SCRAM"), "{e}");
     }
 
-    /// The librdkafka built into the binary has what the README promises. librdkafka's own
+    /// The librdkafka built into the binary has what docs/configuration.md promises. librdkafka's own
     /// configure silently leaves out a library it cannot find (it dropped a static libcurl,
     /// whose directory rdkafka-sys does not pass on, so OIDC is not built in), and a build that
     /// lost one would otherwise only show when an operator's config is refused.

@@ -55,7 +55,7 @@ pub fn peer(var: &str) -> Option<String> {
         _ => panic!(
             "{var} is not set. The interoperability tests need real peers: run them with \
              scripts/test, which installs and starts them, or point {var} at a running one \
-             (see the README, \"Tests\"). OFFBOARDER_SKIP_PEERS=1 skips them."
+             (see docs/testing.md). OFFBOARDER_SKIP_PEERS=1 skips them."
         ),
     }
 }
