@@ -1,44 +1,24 @@
 //! The token must never appear in a log line, an error message or a `Debug` dump, whatever
 //! the server answers, including a server that echoes the token back in its error body.
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
+mod support;
+
 use std::time::Duration;
 
 use secrecy::SecretString;
 use serde_json::json;
-use tracing_subscriber::fmt::MakeWriter;
 use wiremock::matchers::{header, method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
 use netskope::{AuditWindow, NetskopeClient, NetskopeConfig, Tokens};
+use support::CapturedLogs;
 
 const SCIM_TOKEN: &str = "scim-SECRET-4b1d2c3e";
 const EVENTS_TOKEN: &str = "events-SECRET-77aa88bb";
 
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> MakeWriter<'a> for Captured {
-    type Writer = Captured;
-    fn make_writer(&'a self) -> Self::Writer {
-        self.clone()
-    }
-}
-
 #[tokio::test(start_paused = true)]
 async fn no_token_in_logs_errors_or_debug_output() {
-    let logs = Captured::default();
+    let logs = CapturedLogs::default();
     let human = tracing_subscriber::fmt()
         .with_writer(logs.clone())
         .with_max_level(tracing::Level::TRACE)

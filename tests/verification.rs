@@ -5,9 +5,10 @@
 //! milliseconds. The last test runs the whole pipeline on the mock Kafka cluster to show that an
 //! event's offset waits for its verification.
 
+mod support;
+
 use std::collections::HashSet;
-use std::io::Write;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::message::OwnedMessage;
@@ -15,7 +16,6 @@ use secrecy::SecretString;
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
-use tracing_subscriber::fmt::MakeWriter;
 use wiremock::matchers::{method, path, query_param};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
@@ -27,6 +27,7 @@ use offboarder::verify::{
     self, Check, Expected, Pending, RequestKey, Verification, Verifier, VerifyConfig, VerifyMode,
 };
 use offboarder_base::clock::WallClock;
+use support::CapturedLogs;
 
 const POLL: Duration = Duration::from_secs(15);
 
@@ -314,29 +315,9 @@ async fn without_an_audit_event_read_back_decides() {
     );
 }
 
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> MakeWriter<'a> for Captured {
-    type Writer = Captured;
-    fn make_writer(&'a self) -> Self::Writer {
-        self.clone()
-    }
-}
-
 #[tokio::test(start_paused = true)]
 async fn a_token_without_the_audit_scope_falls_back_to_read_back_with_one_warning() {
-    let logs = Captured::default();
+    let logs = CapturedLogs::default();
     let subscriber = tracing_subscriber::fmt()
         .with_writer(logs.clone())
         .with_ansi(false)

@@ -2,9 +2,11 @@
 // Each test binary compiles this module and uses only part of it.
 #![allow(dead_code)]
 
+use std::io::Write;
 use std::sync::{Arc, Mutex};
 
 use serde_json::Value;
+use tracing_subscriber::fmt::MakeWriter;
 
 /// `(topic, partition, offset)` of the input event an outcome is about (empty or -1 where a
 /// field is missing, so that a malformed outcome shows up as its own source).
@@ -87,4 +89,26 @@ pub fn event(id: &str, user: &str, fields: Value) -> Vec<u8> {
         e.extend(f.clone());
     }
     e.to_string().into_bytes()
+}
+
+/// A log sink for a test's tracing subscriber: everything written stays in memory, for the test
+/// to search (for a token that must not be there, or a warning that must).
+#[derive(Clone, Default)]
+pub struct CapturedLogs(pub Arc<Mutex<Vec<u8>>>);
+
+impl Write for CapturedLogs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> MakeWriter<'a> for CapturedLogs {
+    type Writer = CapturedLogs;
+    fn make_writer(&'a self) -> Self::Writer {
+        self.clone()
+    }
 }
