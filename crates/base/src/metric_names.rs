@@ -36,5 +36,6 @@ pub const GUARD_HALTS: &str = "offboarder_guard_halts_total";
 /// 1 once the dead-letter limit stopped reading (a deployment fault), else 0.
 pub const DEAD_LETTER_LIMIT: &str = "offboarder_dead_letter_limit_tripped";
 /// Offsets between a partition's committed offset and the first record read after it was
-/// assigned, by `topic`: records the worker never saw (see the worker's `pipeline::resume_gap`).
+/// assigned, by `topic`: records the worker never saw (see the worker's
+/// `pipeline::consumer::resume_gap`).
 pub const RESUME_SKIPPED: &str = "offboarder_resume_skipped_offsets_total";
