@@ -169,22 +169,18 @@ impl Guard {
     /// Waits until a destructive action is admitted (at once, unless halted).
     pub async fn admitted(&self) {
         let mut changes = self.changes.subscribe();
-        let mut counted = false;
+        let mut counted: Option<Waiter<'_>> = None;
         loop {
             if self.try_admit() == Admission::Admitted {
                 break;
             }
-            if !counted {
-                self.lock().waiting += 1;
-                counted = true;
+            if counted.is_none() {
+                counted = Some(Waiter::new(self));
             }
             // The sender lives as long as `self`; an error cannot happen while we borrow it.
             if changes.changed().await.is_err() {
                 break;
             }
-        }
-        if counted {
-            self.lock().waiting -= 1;
         }
     }
 
@@ -245,6 +241,24 @@ impl Guard {
             self.max,
             humantime::format_duration(self.window)
         )
+    }
+}
+
+/// One event waiting in [`Guard::admitted`], counted in `waiting` for as long as it lives. The
+/// count goes down on drop, so a waiter whose task is cancelled (a shutdown, a revoked
+/// partition) stops counting too instead of holding the reading back for good.
+struct Waiter<'a>(&'a Guard);
+
+impl<'a> Waiter<'a> {
+    fn new(guard: &'a Guard) -> Self {
+        guard.lock().waiting += 1;
+        Self(guard)
+    }
+}
+
+impl Drop for Waiter<'_> {
+    fn drop(&mut self) {
+        self.0.lock().waiting -= 1;
     }
 }
 
@@ -320,6 +334,22 @@ mod tests {
         assert!(!g.status().released);
         assert_eq!(g.try_admit(), Admission::Halted { tripped: true });
         assert_eq!(g.status().halts, 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_cancelled_waiter_stops_counting() {
+        let g = Arc::new(guard(1, 600));
+        assert_eq!(g.try_admit(), Admission::Admitted);
+        assert_eq!(g.try_admit(), Admission::Halted { tripped: true });
+        let waiter = {
+            let g = g.clone();
+            tokio::spawn(async move { g.admitted().await })
+        };
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(g.waiting(), 1);
+        waiter.abort();
+        assert!(waiter.await.expect_err("aborted").is_cancelled());
+        assert_eq!(g.waiting(), 0, "an aborted waiter must not stay counted");
     }
 
     #[test]
