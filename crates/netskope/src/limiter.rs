@@ -103,7 +103,7 @@ impl TokenLimiter {
         let slower = (s.per_min / 2).max(floor);
         if slower != s.per_min {
             s.per_min = slower;
-            s.gcra = Arc::new(build(slower, &self.clock));
+            s.gcra = Arc::new(rebuild(&s.gcra, slower, &self.clock));
         }
         s.successes = 0;
         if let Some(wait) = retry_after {
@@ -135,7 +135,7 @@ impl TokenLimiter {
             let faster =
                 (s.per_min + (self.configured_per_min / 10).max(1)).min(self.configured_per_min);
             s.per_min = faster;
-            s.gcra = Arc::new(build(faster, &self.clock));
+            s.gcra = Arc::new(rebuild(&s.gcra, faster, &self.clock));
             s.successes = 0;
         }
     }
@@ -171,8 +171,30 @@ fn pause(s: &mut State, wait: Duration) {
 /// enough to start quickly, small enough not to empty a server-side window in one go.
 fn build(per_min: u32, clock: &TokioClock) -> Gcra {
     let rate = NonZeroU32::new(per_min).unwrap_or(NonZeroU32::MIN);
-    let burst = NonZeroU32::new((per_min / 6).max(1)).unwrap_or(NonZeroU32::MIN);
+    let burst = NonZeroU32::new(burst_of(per_min)).unwrap_or(NonZeroU32::MIN);
     RateLimiter::direct_with_clock(Quota::per_minute(rate).allow_burst(burst), clock.clone())
+}
+
+fn burst_of(per_min: u32) -> u32 {
+    (per_min / 6).max(1)
+}
+
+/// A limiter at the new rate that holds as many cells as `old` has left, at most its own burst.
+/// A fresh limiter starts full, so rebuilding one on a 429 would hand out a free burst right
+/// after the server said to slow down. A rate change moves the pace; it never refills the
+/// bucket. `old` is being replaced, so counting its cells by taking them costs nothing.
+fn rebuild(old: &Gcra, per_min: u32, clock: &TokioClock) -> Gcra {
+    let new = build(per_min, clock);
+    let burst = burst_of(per_min);
+    let mut left = 0;
+    while left < burst && old.check().is_ok() {
+        left += 1;
+    }
+    for _ in left..burst {
+        // Cannot fail: a fresh limiter holds `burst` cells.
+        let _ = new.check();
+    }
+    new
 }
 
 impl std::fmt::Debug for TokenLimiter {
@@ -219,6 +241,34 @@ mod tests {
         l.on_throttled(None);
         assert_eq!(l.current_per_min(), 300 / MIN_RATE_DIVISOR, "floored");
         assert_eq!(l.throttled_total(), 6);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_rate_change_keeps_the_bucket_level() {
+        let l = TokenLimiter::new(60); // one a second, burst of 10
+        for _ in 0..10 {
+            l.acquire().await;
+        }
+        // The bucket is empty when the 429 halves the rate: the next request waits one
+        // interval of the new rate (2 s), not a fresh burst.
+        l.on_throttled(None);
+        let t0 = Instant::now();
+        l.acquire().await;
+        assert_eq!(t0.elapsed(), Duration::from_secs(2));
+
+        // A bucket with cells left keeps them (up to the new burst) across a change.
+        let l = TokenLimiter::new(60);
+        for _ in 0..7 {
+            l.acquire().await;
+        }
+        l.on_throttled(None); // 30 a minute, burst of 5; 3 cells were left
+        let t0 = Instant::now();
+        for _ in 0..3 {
+            l.acquire().await;
+        }
+        assert_eq!(t0.elapsed(), Duration::ZERO);
+        l.acquire().await;
+        assert_eq!(t0.elapsed(), Duration::from_secs(2));
     }
 
     #[tokio::test(start_paused = true)]
