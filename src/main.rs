@@ -134,18 +134,20 @@ async fn run(path: &Path) -> ExitCode {
     if config.policy.dry_run {
         tracing::warn!("policy.dry_run is on: no change will be made in Netskope");
     }
-    let pipeline = match Pipeline::new(&config, client.clone()).await {
-        Ok(p) => p,
-        Err(e) => {
-            tracing::error!("{e}");
-            return ExitCode::from(if e.is_config() { EXIT_CONFIG } else { 1 });
-        }
-    };
+    // The recorder first: building the pipeline sets series to 0, and a series set before the
+    // recorder exists is lost until its first increment.
     let metrics = match offboarder::metrics::install() {
         Ok(handle) => Some(handle),
         Err(e) => {
             tracing::warn!(error = %e, "metrics are off: the recorder could not be installed");
             None
+        }
+    };
+    let pipeline = match Pipeline::new(&config, client.clone()).await {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::error!("{e}");
+            return ExitCode::from(if e.is_config() { EXIT_CONFIG } else { 1 });
         }
     };
     let readiness = pipeline.handle().readiness();

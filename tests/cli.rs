@@ -149,7 +149,9 @@ async fn run_acts_then_stops_cleanly_on_sigterm() {
     let sandbox = sandbox().await;
     publish_terminations(&sandbox, 3).await;
     let path = config_file(&sandbox, "run", "");
+    let listen = format!("127.0.0.1:{}", free_port());
     let mut child = command(&sandbox, &["run", "--config", path.to_str().unwrap()])
+        .env("OFFBOARDER_ADMIN__LISTEN", &listen)
         .spawn()
         .unwrap();
 
@@ -172,6 +174,24 @@ async fn run_acts_then_stops_cleanly_on_sigterm() {
         (count("applied"), count("verified")),
         (3, 3),
         "{statuses:?}"
+    );
+    // Every alert-worthy series exists at 0 from the start, in the binary's own start-up
+    // order, so that `increase()` sees the first skip after a restart.
+    offboarder_base::tls::install();
+    let metrics = reqwest::get(format!("http://{listen}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let skipped = format!(
+        "offboarder_resume_skipped_offsets_total{{topic=\"{}\"}} 0",
+        sandbox.topics.terminations
+    );
+    assert!(metrics.contains(&skipped), "{skipped} missing:\n{metrics}");
+    assert!(
+        metrics.contains("offboarder_guard_halts_total 0"),
+        "{metrics}"
     );
     let pid = child.id().expect("running").to_string();
     let sent = Command::new("kill")
