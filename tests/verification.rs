@@ -500,3 +500,84 @@ async fn offsets_wait_for_verification_so_a_restart_re_verifies() {
         all.len()
     );
 }
+
+/// A quarantine that read-back shows undone (an administrator took the user out of the group
+/// meanwhile) is forgotten: the next critical signal for that user acts again instead of being
+/// `skipped` as "already quarantined" for the rest of `quarantine_memory`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quarantine_read_back_as_undone_is_forgotten_so_the_next_signal_acts() {
+    // No audit event within the run: every action is read back once `timeout` has passed.
+    let sandbox = Sandbox::start(
+        SimArgs {
+            users: 2,
+            rate_limit_per_min: 0,
+            audit_lag_secs: 3600,
+            ..SimArgs::default()
+        },
+        1,
+    )
+    .await
+    .unwrap();
+    let signal = |id: &str| {
+        let e = json!({"event_id": id, "occurred_at": "2026-11-25T09:00:00Z",
+                       "user": {"user_name": user(1)}, "source": "crowdstrike",
+                       "severity": "critical"});
+        (
+            sandbox.topics.risk_signals.clone(),
+            user(1),
+            e.to_string().into_bytes(),
+        )
+    };
+    let mut config = sandbox.config("forget-undone");
+    config.verify.mode = VerifyMode::AuditThenReadback;
+    config.verify.timeout = Duration::from_secs(5);
+    let client = sandbox.client(&config).unwrap();
+    let pipeline = Pipeline::new(&config, client.clone()).await.unwrap();
+    let handle = pipeline.handle();
+    let worker = tokio::spawn(pipeline.run());
+
+    sandbox.publish(&[signal("q-1")]).await.unwrap();
+    sandbox
+        .read(&sandbox.topics.outcomes, Duration::from_secs(60), |r| {
+            r.iter().any(|m| status_of(m) == "applied")
+        })
+        .await
+        .unwrap();
+    // Before the read-back is due, an administrator undoes the quarantine.
+    let group = &config.policy.quarantine_group;
+    let group_id = sandbox.sim.group_id(group).expect("the group was created");
+    let user_id = sandbox.sim.user(&user(1)).unwrap().id;
+    client
+        .remove_members(&group_id, std::slice::from_ref(&user_id))
+        .await
+        .unwrap();
+    sandbox
+        .read(&sandbox.topics.outcomes, Duration::from_secs(60), |r| {
+            r.iter().any(|m| status_of(m) == "unverified")
+        })
+        .await
+        .unwrap();
+
+    sandbox.publish(&[signal("q-2")]).await.unwrap();
+    let all = sandbox
+        .read(&sandbox.topics.outcomes, Duration::from_secs(60), |r| {
+            r.iter().any(|m| {
+                let o: Value = serde_json::from_str(&sandbox::text(m)).unwrap();
+                o["source_event_id"] == "q-2"
+            })
+        })
+        .await
+        .unwrap();
+    handle.stop();
+    worker.await.unwrap().unwrap();
+    let second: Vec<Value> = all
+        .iter()
+        .map(|m| serde_json::from_str(&sandbox::text(m)).unwrap())
+        .filter(|o: &Value| o["source_event_id"] == "q-2")
+        .collect();
+    assert_eq!(second[0]["status"], "applied", "{second:?}");
+    assert!(
+        sandbox.sim.group_members(group).unwrap().contains(&user_id),
+        "the user is quarantined again"
+    );
+}

@@ -314,7 +314,8 @@ pub struct PipelineConfig {
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
     /// How long the worker remembers a user it quarantined: a repeat signal within this time
-    /// sends no second PATCH. After a restart the first repeat sends one (harmless) PATCH.
+    /// sends no second PATCH. After a restart the first repeat sends one (harmless) PATCH. A
+    /// quarantine that ends `unverified` is forgotten at once.
     #[serde(with = "humantime_serde")]
     pub quarantine_memory: Duration,
     /// The dead-letter limit's window: how many of the most recent events are counted.

@@ -278,13 +278,19 @@ impl Executor {
         }
     }
 
+    /// Forgets that this worker quarantined `user_id` in `group`: read-back found the user
+    /// outside the group, so the next signal must act instead of being skipped as a repeat.
+    pub fn forget_quarantine(&self, group: &str, user_id: &str) {
+        self.quarantined.remove(&quarantine_key(group, user_id));
+    }
+
     async fn membership(
         &self,
         user: &UserRef,
         group: &str,
         change: Change,
     ) -> Result<Done, NetskopeError> {
-        let memory_key = format!("{}\n{}", group.to_lowercase(), user.id);
+        let memory_key = quarantine_key(group, &user.id);
         if change == Change::Add && self.quarantined.get(&memory_key).is_some() {
             return Ok(Done {
                 status: Status::Skipped,
@@ -379,4 +385,8 @@ fn nothing_to_release(user: &UserRef, group: &str) -> Done {
         request: None,
         expected: None,
     }
+}
+/// The quarantine memory's key: group names match case-insensitively, as in Netskope.
+fn quarantine_key(group: &str, user_id: &str) -> String {
+    format!("{}\n{user_id}", group.to_lowercase())
 }

@@ -23,7 +23,7 @@ use super::publish::{Delivery, Publisher};
 use super::shared::{PipelineError, PipelineHandle, Shared};
 use crate::event::Event;
 use crate::guard::Admission;
-use crate::outcome::{self, Outcome, SourceRef, Status, Timestamps, VerificationEvidence};
+use crate::outcome::{self, Action, Outcome, SourceRef, Status, Timestamps, VerificationEvidence};
 use crate::policy::{Decision, Policy};
 use crate::telemetry::EventTrace;
 use crate::verify::{Pending, Verification, Verifier};
@@ -356,6 +356,14 @@ impl Core {
             },
             ..applied
         };
+        if status == Status::Unverified
+            && outcome.action == Action::Quarantine
+            && let (Some(group), Some(user_id)) = (&outcome.group, &outcome.scim_user_id)
+        {
+            // The user may not be in the group (read-back says so, or nothing confirmed it):
+            // the next signal for them must act, not be skipped as a repeat.
+            self.executor.forget_quarantine(group, user_id);
+        }
         let evidence = outcome.verification.as_ref().map(|v| v.evidence.as_str());
         if status == Status::Unverified {
             tracing::warn!(
