@@ -150,7 +150,8 @@ async fn sigkill_mid_burst_loses_nothing_and_repeats_only_idempotent_requests() 
 
     let started = Instant::now();
     let mut first = start_worker(&sandbox, &path);
-    let before_kill = sandbox
+    // Killed once a third as many outcome records as events are out.
+    sandbox
         .read(&sandbox.topics.outcomes, Duration::from_secs(120), |r| {
             r.len() >= total / 3
         })
@@ -160,9 +161,19 @@ async fn sigkill_mid_burst_loses_nothing_and_repeats_only_idempotent_requests() 
     let _ = first.wait().await;
     let at_kill = sandbox.sim.stats();
     let killed_after = started.elapsed();
+    // Everything the first worker published before it died (it is dead: the topic no longer
+    // grows), to show that the kill came before the end.
+    let published_at_kill = sandbox
+        .read(&sandbox.topics.outcomes, Duration::from_secs(3), |_| false)
+        .await
+        .expect("outcomes at the kill");
+    let final_at_kill = last_status(&published_at_kill)
+        .values()
+        .filter(|s| is_final(s))
+        .count();
     assert!(
-        before_kill.len() < 2 * total,
-        "killed partway, not after the end"
+        final_at_kill < total,
+        "killed partway: {final_at_kill} of {total} events already had their final outcome"
     );
 
     let mut second = start_worker(&sandbox, &path);
@@ -192,11 +203,11 @@ async fn sigkill_mid_burst_loses_nothing_and_repeats_only_idempotent_requests() 
     let user_patches = stats.count("PATCH /api/v2/scim/Users/{id}");
     let group_patches = stats.count("PATCH /api/v2/scim/Groups/{id}");
     println!(
-        "{total} events; SIGKILL after {killed_after:.1?} with {} outcome records out and {} user \
-         PATCHes sent; after the restart {} outcome records, final statuses {by_status:?}; user \
+        "{total} events; SIGKILL after {killed_after:.1?} with {} outcome records out ({final_at_kill} \
+         events final) and {} user PATCHes sent; after the restart {} outcome records, final statuses {by_status:?}; user \
          PATCHes {user_patches} for {TERMINATIONS} terminations ({} repeated), group PATCHes \
          {group_patches}; {:.1?} in all",
-        before_kill.len(),
+        published_at_kill.len(),
         at_kill.count("PATCH /api/v2/scim/Users/{id}"),
         outcomes.len(),
         user_patches.saturating_sub(TERMINATIONS as u64),
@@ -209,7 +220,13 @@ async fn sigkill_mid_burst_loses_nothing_and_repeats_only_idempotent_requests() 
         "every input event has a final outcome: {by_status:?}"
     );
     assert_eq!(by_status.get("failed"), None, "nothing failed");
+    assert_eq!(by_status.get("unverified"), None, "nothing unverified");
     assert_eq!(by_status.get("skipped"), Some(&BELOW));
+    assert_eq!(by_status.get("verified"), Some(&(total - BELOW)));
+    assert!(
+        outcomes.len() > published_at_kill.len(),
+        "the restarted worker finished what the first left"
+    );
     // Only idempotent requests can repeat: PATCH active=false and membership changes. No
     // create, replace or delete of a user was ever sent, and the group was created once.
     let methods: HashSet<&str> = stats
