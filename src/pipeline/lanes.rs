@@ -7,15 +7,24 @@
 //! permit after the blast-radius guard, so that a halted deactivation blocks no one else). A
 //! lane's task exits when its queue is empty, so idle users cost nothing. The queues together
 //! hold at most the in-flight events, which the consumer bounds.
+//!
+//! A handler that panics must not wedge its lane in silence: the user's later events would
+//! queue behind it forever and their offsets never be stored. The panic is caught and handed
+//! to `on_panic` (the pipeline stops the worker with it); the lane stays registered, so the
+//! user's later events wait for the restart that delivers them again, in order.
 
+use std::any::Any;
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 
+use futures::FutureExt;
 use tokio_util::task::TaskTracker;
 
 type Handler<T> = dyn Fn(T) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync;
+type PanicHandler = dyn Fn(String) + Send + Sync;
 
 /// Lanes of work items of type `T`, each handled by `handler`.
 pub struct Lanes<T: Send + 'static> {
@@ -27,11 +36,17 @@ struct Inner<T> {
     /// being handled.
     queues: Mutex<HashMap<String, VecDeque<T>>>,
     handler: Box<Handler<T>>,
+    on_panic: Box<PanicHandler>,
     tasks: TaskTracker,
 }
 
 impl<T: Send + 'static> Lanes<T> {
-    pub fn new<F, Fut>(tasks: TaskTracker, handler: F) -> Self
+    /// `on_panic` receives what a panicking handler said, with its lane's key.
+    pub fn new<F, Fut>(
+        tasks: TaskTracker,
+        handler: F,
+        on_panic: impl Fn(String) + Send + Sync + 'static,
+    ) -> Self
     where
         F: Fn(T) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = ()> + Send + 'static,
@@ -40,6 +55,7 @@ impl<T: Send + 'static> Lanes<T> {
             inner: Arc::new(Inner {
                 queues: Mutex::new(HashMap::new()),
                 handler: Box::new(move |item| Box::pin(handler(item))),
+                on_panic: Box::new(on_panic),
                 tasks,
             }),
         }
@@ -74,7 +90,13 @@ impl<T: Send + 'static> Inner<T> {
     async fn run(self: Arc<Self>, key: String, first: T) {
         let mut next = Some(first);
         while let Some(item) = next {
-            (self.handler)(item).await;
+            if let Err(panic) = AssertUnwindSafe((self.handler)(item)).catch_unwind().await {
+                (self.on_panic)(format!(
+                    "an event of lane {key:?} panicked: {}",
+                    panic_text(panic.as_ref())
+                ));
+                return;
+            }
             let mut queues = self.lock();
             next = match queues.get_mut(&key).and_then(VecDeque::pop_front) {
                 Some(item) => Some(item),
@@ -85,6 +107,15 @@ impl<T: Send + 'static> Inner<T> {
             };
         }
     }
+}
+
+/// What a panic said, when it said it with a string.
+fn panic_text(panic: &(dyn Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(no message)")
 }
 
 #[cfg(test)]
@@ -101,17 +132,21 @@ mod tests {
         let tasks = TaskTracker::new();
         let lanes = {
             let (log, running, peak) = (log.clone(), running.clone(), peak.clone());
-            Lanes::new(tasks.clone(), move |(user, n): (String, u32)| {
-                let (log, running, peak) = (log.clone(), running.clone(), peak.clone());
-                async move {
-                    let now = running.fetch_add(1, Ordering::SeqCst) + 1;
-                    peak.fetch_max(now, Ordering::SeqCst);
-                    // Later items of a lane are faster: a race would reorder them.
-                    tokio::time::sleep(Duration::from_millis(100 - u64::from(n) * 10)).await;
-                    log.lock().unwrap().push((user, n));
-                    running.fetch_sub(1, Ordering::SeqCst);
-                }
-            })
+            Lanes::new(
+                tasks.clone(),
+                move |(user, n): (String, u32)| {
+                    let (log, running, peak) = (log.clone(), running.clone(), peak.clone());
+                    async move {
+                        let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                        peak.fetch_max(now, Ordering::SeqCst);
+                        // Later items of a lane are faster: a race would reorder them.
+                        tokio::time::sleep(Duration::from_millis(100 - u64::from(n) * 10)).await;
+                        log.lock().unwrap().push((user, n));
+                        running.fetch_sub(1, Ordering::SeqCst);
+                    }
+                },
+                |panic| panic!("no handler panics here: {panic}"),
+            )
         };
         for n in 0..5 {
             for user in ["a", "b", "c"] {
@@ -131,5 +166,56 @@ mod tests {
         }
         assert_eq!(peak.load(Ordering::SeqCst), 3, "three users ran at once");
         assert_eq!(lanes.active(), 0, "idle lanes are gone");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_panicking_handler_is_reported_and_stops_only_its_lane() {
+        let handled = Arc::new(Mutex::new(Vec::new()));
+        let panics = Arc::new(Mutex::new(Vec::new()));
+        let tasks = TaskTracker::new();
+        let lanes = {
+            let (handled, panics) = (handled.clone(), panics.clone());
+            Lanes::new(
+                tasks.clone(),
+                move |(user, n): (&'static str, u32)| {
+                    let handled = handled.clone();
+                    async move {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                        if (user, n) == ("a", 1) {
+                            panic!("boom");
+                        }
+                        handled.lock().unwrap().push((user, n));
+                    }
+                },
+                move |panic| panics.lock().unwrap().push(panic),
+            )
+        };
+        for n in 0..3 {
+            for user in ["a", "b"] {
+                lanes.submit(user.to_string(), (user, n));
+            }
+        }
+        tasks.close();
+        tasks.wait().await;
+        let handled = handled.lock().unwrap();
+        assert_eq!(
+            *handled
+                .iter()
+                .filter(|(u, _)| *u == "a")
+                .collect::<Vec<_>>(),
+            [&("a", 0)]
+        );
+        assert_eq!(handled.iter().filter(|(u, _)| *u == "b").count(), 3);
+        let panics = panics.lock().unwrap();
+        assert_eq!(panics.len(), 1);
+        assert!(
+            panics[0].contains("\"a\"") && panics[0].contains("boom"),
+            "{panics:?}"
+        );
+        assert_eq!(
+            lanes.active(),
+            1,
+            "the panicked lane stays, holding its later event"
+        );
     }
 }

@@ -139,15 +139,19 @@ impl Pipeline {
             outcomes: Mutex::new(BTreeMap::new()),
         });
         let lanes = {
-            let core = core.clone();
-            Lanes::new(tasks.clone(), move |job: Job| {
-                let kill = core.handle.kill.clone();
-                let span = job.span.clone();
-                let work = until_killed(kill, core.clone().process(job).instrument(span));
-                async move {
-                    work.await;
-                }
-            })
+            let (core, supervisor) = (core.clone(), core.clone());
+            Lanes::new(
+                tasks.clone(),
+                move |job: Job| {
+                    let kill = core.handle.kill.clone();
+                    let span = job.span.clone();
+                    let work = until_killed(kill, core.clone().process(job).instrument(span));
+                    async move {
+                        work.await;
+                    }
+                },
+                move |panic| supervisor.fail(PipelineError::Internal(panic)),
+            )
         };
         Ok(Self {
             intake: Intake {

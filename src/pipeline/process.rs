@@ -331,7 +331,17 @@ impl Core {
         ticket: Ticket,
         trace: EventTrace,
     ) {
-        let Ok(v) = answer.await else { return };
+        let Ok(v) = answer.await else {
+            // The poller holds the sender until it answers, and lives as long as the core this
+            // task holds: a closed channel means it died (a panic). Stop, rather than leave this
+            // event's offset frozen in silence.
+            self.fail(PipelineError::Internal(
+                "the verifier stopped without answering; events awaiting verification come \
+                 again after a restart"
+                    .into(),
+            ));
+            return;
+        };
         let status = if v.verified {
             Status::Verified
         } else {

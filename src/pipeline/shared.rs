@@ -30,6 +30,10 @@ pub enum PipelineError {
     /// The consumer hit an error it cannot recover from (e.g. not authorized for the group).
     #[error("stopping: Kafka consumer: {0}")]
     Consumer(String),
+    /// A part of the worker failed in a way no retry can fix (a panic): the events in flight
+    /// keep their offsets and come again after the restart.
+    #[error("stopping: internal error: {0}")]
+    Internal(String),
 }
 
 impl PipelineError {
