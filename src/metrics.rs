@@ -1,16 +1,15 @@
 //! The worker's Prometheus recorder: help texts, buckets, and the counters that start at 0.
 //!
-//! The names live in `offboarder_base::metric_names`, a leaf every crate may use; they are
-//! re-exported here for tests and tools. Instrumented code calls the `metrics` crate's macros
-//! with those names; until a recorder
-//! is installed (by `offboarder run`, or a test) those calls cost almost nothing and record
-//! nothing. Labels carry route templates, operation names and statuses, never an id, a user
+//! The names live in `offboarder_base::metric_names`, a leaf every crate may use. Instrumented
+//! code calls the `metrics` crate's macros with those names; until a recorder is installed (by
+//! `offboarder run`, or a test) those calls cost almost nothing and record nothing. Labels carry
+//! route templates, operation names and statuses, never an id, a user
 //! name or a token, so their number stays small.
 
 use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
 use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
 
-pub use offboarder_base::metric_names::*;
+use offboarder_base::metric_names::*;
 
 const WAIT_BUCKETS: &[f64] = &[0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
 const REQUEST_BUCKETS: &[f64] = &[

@@ -219,7 +219,8 @@ impl Verifier {
         let n = self.pending.fetch_add(1, Ordering::SeqCst) + 1;
         metrics::gauge!(names::PENDING_VERIFICATIONS).set(n as f64);
         if self.tx.send((action, reply)).await.is_err() {
-            // The poller is gone (shutdown): the receiver reports a closed channel.
+            // The poller is gone (it died): the receiver reports a closed channel, and the
+            // pipeline stops on it.
             self.pending.fetch_sub(1, Ordering::SeqCst);
         }
         answer

@@ -11,7 +11,6 @@ use rdkafka::message::BorrowedMessage;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use offboarder_base::clock::WallClock;
 use offboarder_base::metric_names as m_names;
 
 use super::config::{KafkaConfig, PipelineConfig};
@@ -58,7 +57,6 @@ pub(super) struct Intake {
     pub(super) kafka: KafkaConfig,
     pub(super) settings: PipelineConfig,
     pub(super) max_pending: usize,
-    pub(super) clock: WallClock,
     pub(super) dead_letter_limit: Mutex<DeadLetterLimit>,
 }
 
@@ -161,7 +159,7 @@ impl Intake {
             // never stored: it is read again after the restart.
             return;
         }
-        let received = self.clock.now_datetime();
+        let received = self.core.clock.now_datetime();
         let kind = if m.topic() == self.kafka.topics.terminations {
             EventKind::Termination
         } else {

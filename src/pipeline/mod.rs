@@ -11,6 +11,7 @@
 //! | `admission` | each record read: registered, decoded, validated, handed to its user's lane or to the dead-letter path; pausing and resuming reading under load and for the guard |
 //! | `process` | one valid event: policy, guard, executor, verification, outcome, offset finished |
 //! | `drain` | shutdown: stop reading, let in-flight events finish within the grace period, report what is left open |
+//! | `shared` | what the parts share: the state read by the loop, the callbacks and the lanes; the handle; the run's error and summary |
 //! | [`config`] | the `[kafka]` and `[pipeline]` tables, librdkafka configs with the worker's guarantees |
 //! | [`broker_errors`] | the producer's context: librdkafka's last error, for a start-up failure that says why |
 //! | [`offsets`] | which offset of each partition may be committed: never past an unfinished event |
@@ -162,7 +163,6 @@ impl Pipeline {
                 kafka,
                 settings: config.pipeline.clone(),
                 max_pending: config.verify.max_pending,
-                clock: WallClock::new(),
                 dead_letter_limit: Mutex::new(DeadLetterLimit::new(
                     config.pipeline.dead_letter_window,
                     config.pipeline.dead_letter_max_ratio,

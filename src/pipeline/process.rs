@@ -322,8 +322,8 @@ impl Core {
     }
 
     /// Waits for an applied action's verification and publishes it as the event's final
-    /// outcome. If the verifier stops first (shutdown), the event stays open and is delivered
-    /// again.
+    /// outcome. If the verifier stops without answering, the worker stops and the event, still
+    /// open, is delivered again after the restart.
     pub(super) async fn verified(
         self: Arc<Self>,
         applied: Outcome,
