@@ -92,6 +92,9 @@ fn zero_counters() {
         metrics::counter!(DEAD_LETTERS, "reason" => reason).absolute(0);
     }
     metrics::counter!(GUARD_HALTS).absolute(0);
+    for token in [netskope::TokenRole::Scim, netskope::TokenRole::Events] {
+        metrics::counter!(TOKEN_RELOADS, "token" => token.to_string()).absolute(0);
+    }
 }
 
 fn describe() {
@@ -114,6 +117,10 @@ fn describe() {
         "Time from sending a request to Netskope's response headers, by operation."
     );
     describe_counter!(THROTTLED, "HTTP 429 answers from Netskope, by token.");
+    describe_counter!(
+        TOKEN_RELOADS,
+        "Tokens read again from their file after a 401 and found replaced, by token."
+    );
     describe_histogram!(
         LIMITER_WAIT,
         Unit::Seconds,

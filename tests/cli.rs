@@ -43,7 +43,12 @@ fn config_file(sandbox: &Sandbox, name: &str, extra: &str) -> PathBuf {
 
 /// Publishes terminations `hr-1` … `hr-<n>` for user1@example.com … user<n>@example.com.
 async fn publish_terminations(sandbox: &Sandbox, n: usize) {
-    let records: Vec<(String, String, Vec<u8>)> = (1..=n)
+    publish_terminations_of(sandbox, 1..=n).await;
+}
+
+/// Publishes terminations `hr-<k>` for user<k>@example.com, for each k of `users`.
+async fn publish_terminations_of(sandbox: &Sandbox, users: std::ops::RangeInclusive<usize>) {
+    let records: Vec<(String, String, Vec<u8>)> = users
         .map(|n| {
             let user = format!("user{n}@example.com");
             let event = json!({"event_id": format!("hr-{n}"), "occurred_at": "2026-11-25T09:00:00Z",
@@ -162,13 +167,7 @@ async fn run_acts_then_stops_cleanly_on_sigterm() {
         })
         .await
         .unwrap();
-    let statuses: Vec<String> = outcomes
-        .iter()
-        .map(|m| {
-            let o: Value = serde_json::from_str(&sandbox::text(m)).unwrap();
-            o["status"].as_str().unwrap().to_string()
-        })
-        .collect();
+    let statuses = statuses(&outcomes);
     let count = |s: &str| statuses.iter().filter(|x| *x == s).count();
     assert_eq!(
         (count("applied"), count("verified")),
@@ -313,6 +312,92 @@ async fn run_exports_the_event_span_over_otlp_in_the_input_trace() {
         !all.windows(14).any(|w| w == b"sim-scim-token"),
         "no token in any span"
     );
+}
+
+/// Statuses of the outcomes read so far, in order.
+fn statuses(outcomes: &[rdkafka::message::OwnedMessage]) -> Vec<String> {
+    outcomes
+        .iter()
+        .map(|m| {
+            let o: Value = serde_json::from_str(&sandbox::text(m)).unwrap();
+            o["status"].as_str().unwrap().to_string()
+        })
+        .collect()
+}
+
+/// Netskope rotates the SCIM token while the worker runs: the worker reads its token file again
+/// on the 401 and goes on acting without a restart, and `/metrics` counts the reload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_follows_a_rotated_token_file_without_a_restart() {
+    let sandbox = sandbox().await;
+    let dir = std::env::temp_dir().join(format!("offboarder-cli-{}-rotate", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let token_file = dir.join("scim-token");
+    let (scim_env, scim_token) = sandbox.token_env()[0].clone();
+    std::fs::write(&token_file, &scim_token).unwrap();
+    let text = sandbox.config_toml("cli-rotate").replace(
+        &format!("scim_token = {{ env = \"{scim_env}\" }}"),
+        &format!(
+            "scim_token = {{ file = {:?} }}",
+            token_file.display().to_string()
+        ),
+    );
+    assert!(
+        text.contains("file ="),
+        "the sandbox's config changed shape:\n{text}"
+    );
+    let path = dir.join("offboarder.toml");
+    std::fs::write(&path, text).unwrap();
+    let listen = format!("127.0.0.1:{}", free_port());
+    let mut child = command(&sandbox, &["run", "--config", path.to_str().unwrap()])
+        .env("OFFBOARDER_ADMIN__LISTEN", &listen)
+        .spawn()
+        .unwrap();
+
+    publish_terminations_of(&sandbox, 1..=2).await;
+    let wait = Duration::from_secs(60);
+    let topic = &sandbox.topics.outcomes;
+    sandbox.read(topic, wait, |r| r.len() >= 4).await.unwrap();
+    // The secret store gets the new token, then the old one is revoked.
+    std::fs::write(&token_file, "rotated-scim-token\n").unwrap();
+    assert!(sandbox.sim.rotate_token(&scim_token, "rotated-scim-token"));
+    publish_terminations_of(&sandbox, 3..=4).await;
+    let outcomes = sandbox.read(topic, wait, |r| r.len() >= 8).await.unwrap();
+    let statuses = statuses(&outcomes);
+    let count = |s: &str| statuses.iter().filter(|x| *x == s).count();
+    assert_eq!(
+        (count("applied"), count("verified")),
+        (4, 4),
+        "{statuses:?}"
+    );
+    assert!(!sandbox.sim.user("user4@example.com").unwrap().active);
+
+    offboarder_base::tls::install();
+    let metrics = reqwest::get(format!("http://{listen}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("offboarder_token_reloads_total{token=\"SCIM\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the worker is still running"
+    );
+    child.start_kill().unwrap();
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .await
+        .unwrap();
+    assert!(!stderr.contains("rotated-scim-token") && !stderr.contains(&scim_token));
+    std::fs::remove_dir_all(&dir).ok();
 }
 
 fn free_port() -> u16 {

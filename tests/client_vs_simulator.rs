@@ -459,3 +459,64 @@ async fn injected_server_errors_are_retried_through() {
         assert!(!sim.user(&format!("user{n}@example.com")).unwrap().active);
     }
 }
+
+/// A token from a file follows a rotation without a restart: after the tenant replaces the
+/// token, the next request's 401 reads the file again and, once the file holds the new token,
+/// sends the request once more with it. A file still holding the refused token is a 401 that
+/// says so; a token from an env var (or the caller) is never read again.
+#[tokio::test]
+async fn a_token_file_is_read_again_after_a_401() {
+    let sim = seeded(5).await;
+    let dir = std::env::temp_dir().join(format!("offboarder-token-file-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let scim_file = dir.join("scim-token");
+    let events_file = dir.join("events-token");
+    std::fs::write(&scim_file, format!("{SCIM_TOKEN}\n")).unwrap();
+    std::fs::write(&events_file, EVENTS_TOKEN).unwrap();
+    let mut cfg = config(&sim);
+    cfg.scim_token.file = Some(scim_file.clone());
+    cfg.events_token.file = Some(events_file.clone());
+    let from_files = NetskopeClient::builder(&cfg)
+        .without_request_timeout()
+        .build()
+        .expect("client");
+    let handed_in = client(&sim);
+    from_files.resolve_user("user1@example.com").await.unwrap();
+
+    assert!(sim.rotate_token(SCIM_TOKEN, "rotated-scim-token"));
+    // The file has not been updated yet: refused, and the message says the file was read.
+    // (Each step resolves a user not resolved before: the client caches users.)
+    let err = from_files
+        .resolve_user("user2@example.com")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, NetskopeError::Unauthorized { .. }), "{err}");
+    assert!(err.to_string().contains("holds the same token"), "{err}");
+    assert!(!err.to_string().contains("rotated-scim-token"), "{err}");
+
+    // The secret store updates the mounted file: the next request succeeds without a restart,
+    // after exactly one refused attempt.
+    std::fs::write(&scim_file, "rotated-scim-token\n").unwrap();
+    let before = sim.stats().count_status("GET /api/v2/scim/Users", 401);
+    from_files.resolve_user("user3@example.com").await.unwrap();
+    assert_eq!(
+        sim.stats().count_status("GET /api/v2/scim/Users", 401),
+        before + 1
+    );
+    // The new token stays in use: no further 401.
+    from_files.resolve_user("user4@example.com").await.unwrap();
+    assert_eq!(
+        sim.stats().count_status("GET /api/v2/scim/Users", 401),
+        before + 1
+    );
+    // The events token was not touched.
+    from_files.probe_audit().await.unwrap();
+
+    // A token handed in (or from an env var) has nothing to read again.
+    let err = handed_in
+        .resolve_user("user5@example.com")
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("restart"), "{err}");
+    std::fs::remove_dir_all(&dir).ok();
+}

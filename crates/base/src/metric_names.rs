@@ -39,3 +39,5 @@ pub const DEAD_LETTER_LIMIT: &str = "offboarder_dead_letter_limit_tripped";
 /// assigned, by `topic`: records the worker never saw (see the worker's
 /// `pipeline::consumer::resume_gap`).
 pub const RESUME_SKIPPED: &str = "offboarder_resume_skipped_offsets_total";
+/// Times a token was read again from its file after a 401 and found replaced, by `token`.
+pub const TOKEN_RELOADS: &str = "offboarder_token_reloads_total";

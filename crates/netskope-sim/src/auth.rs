@@ -51,7 +51,8 @@ pub(crate) enum Scope {
 type Limiter = RateLimiter<NotKeyed, InMemoryState, TokioClock, StateInformationMiddleware>;
 
 struct Token {
-    secret: Vec<u8>,
+    /// Replaceable while running, as an admin rotates a token in the UI.
+    secret: Mutex<Vec<u8>>,
     name: &'static str,
     scim: bool,
     events: bool,
@@ -105,7 +106,7 @@ impl Gate {
             })
         };
         let token = |secret: &str, name, scim, events| Token {
-            secret: secret.as_bytes().to_vec(),
+            secret: Mutex::new(secret.as_bytes().to_vec()),
             name,
             scim,
             events,
@@ -149,11 +150,24 @@ impl Gate {
         let presented = presented_token(headers)?;
         let mut found = None;
         for token in &self.tokens {
-            if constant_time_eq(&token.secret, presented) && found.is_none() {
+            if constant_time_eq(&lock(&token.secret), presented) && found.is_none() {
                 found = Some(token);
             }
         }
         found
+    }
+
+    /// Replaces the token `old` with `new` (same name, scopes and budget): requests with `old`
+    /// are answered 401 from now on. Returns false if no token is `old`.
+    pub(crate) fn rotate_token(&self, old: &str, new: &str) -> bool {
+        for token in &self.tokens {
+            let mut secret = lock(&token.secret);
+            if constant_time_eq(&secret, old.as_bytes()) {
+                *secret = new.as_bytes().to_vec();
+                return true;
+            }
+        }
+        false
     }
 
     pub(crate) fn set_latency(&self, latency: Duration) {

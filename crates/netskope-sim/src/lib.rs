@@ -501,6 +501,12 @@ impl SimHandle {
         self.sim.directory().set_user_active(user_name, active, now)
     }
 
+    /// Rotates a token, as an admin does when one expires: `old` is refused (401) from now on
+    /// and `new` has its scopes and budget. Returns false if `old` is not a token of this tenant.
+    pub fn rotate_token(&self, old: &str, new: &str) -> bool {
+        self.sim.gate.rotate_token(old, new)
+    }
+
     /// Changes the delay added to every authorized request.
     pub fn set_latency(&self, latency: Duration) {
         self.sim.gate.set_latency(latency);

@@ -162,9 +162,14 @@ pub enum NetskopeError {
     InvalidResponse { op: Op, status: u16, reason: String },
     /// 401: the token is wrong, expired or revoked.
     #[error(
-        "{op}: Netskope rejected the {token} token (HTTP 401): it is invalid, expired or revoked. Issue a new REST API v2 token and restart"
+        "{op}: Netskope rejected the {token} token (HTTP 401): it is invalid, expired or revoked. {hint}"
     )]
-    Unauthorized { op: Op, token: TokenRole },
+    Unauthorized {
+        op: Op,
+        token: TokenRole,
+        /// What to do, by where the token came from (an env var or a file).
+        hint: &'static str,
+    },
     /// 403: the token is valid but not granted this endpoint. Netskope's 403 has no body, so the
     /// message says which endpoint and privilege to add.
     #[error(
@@ -299,6 +304,7 @@ mod tests {
         let u = NetskopeError::Unauthorized {
             op: Op::Deactivate,
             token: TokenRole::Scim,
+            hint: "",
         };
         assert_eq!(u.class(), ErrorClass::Config);
     }

@@ -29,7 +29,7 @@ use url::Url;
 use cache::TtlCache;
 use config::{PagingParam, RemoveStyle};
 use limiter::TokenLimiter;
-use transport::{Token, Transport};
+use transport::{Token, TokenFile, Transport};
 
 pub use audit::{AuditEvent, AuditWindow};
 pub use config::{ConfigError, Endpoints, NetskopeConfig, Tokens};
@@ -96,6 +96,16 @@ impl<'a> ClientBuilder<'a> {
     pub fn build(self) -> Result<NetskopeClient, ConfigError> {
         let cfg = self.config;
         let endpoints = cfg.endpoints()?;
+        // Tokens read from files can be read again after a 401; tokens handed in by the
+        // caller or read from env vars cannot.
+        let from_config = self.tokens.is_none();
+        let file = |source: &offboarder_base::secret::SecretSource, which| {
+            source
+                .file
+                .clone()
+                .filter(|_| from_config)
+                .map(|path| TokenFile { which, path })
+        };
         let tokens = match self.tokens {
             Some(t) => t,
             None => cfg.load_tokens()?,
@@ -110,21 +120,23 @@ impl<'a> ClientBuilder<'a> {
             field: "tls",
             reason: format!("cannot build the HTTP client: {e}"),
         })?;
-        let scim_token = Arc::new(Token::new(
-            TokenRole::Scim,
-            tokens.scim.clone(),
-            cfg.requests_per_minute,
-        ));
+        let scim_token = Arc::new(
+            Token::new(
+                TokenRole::Scim,
+                tokens.scim.clone(),
+                cfg.requests_per_minute,
+            )
+            .with_file(file(&cfg.scim_token, "netskope.scim_token")),
+        );
         // The same string twice is one token with one server-side budget: share its limiter.
         let separate_events = tokens
             .events
             .filter(|e| e.expose_secret() != tokens.scim.expose_secret());
         let events_token = match separate_events {
-            Some(secret) => Arc::new(Token::new(
-                TokenRole::Events,
-                secret,
-                cfg.requests_per_minute,
-            )),
+            Some(secret) => Arc::new(
+                Token::new(TokenRole::Events, secret, cfg.requests_per_minute)
+                    .with_file(file(&cfg.events_token, "netskope.events_token")),
+            ),
             None => scim_token.clone(),
         };
         Ok(NetskopeClient {

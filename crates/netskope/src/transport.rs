@@ -3,6 +3,8 @@
 //! that mean the same thing for every operation (401, 403, 429, 3xx, 5xx) into typed errors.
 //! What a 2xx, 404 or 409 means is left to the operation.
 
+use std::path::PathBuf;
+use std::sync::RwLock;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
@@ -14,35 +16,128 @@ use secrecy::{ExposeSecret, SecretString};
 use tracing::{Instrument, debug, warn};
 
 use offboarder_base::metric_names as names;
+use offboarder_base::secret::SecretSource;
 
 use super::config::{AuthHeader, RetryConfig};
 use super::error::{NetskopeError, Op, TokenRole};
 use super::limiter::TokenLimiter;
+
+/// What to do about a 401, by where the token came from.
+const UNAUTHORIZED_ENV: &str = "Issue a new REST API v2 token and restart with it";
+const UNAUTHORIZED_FILE: &str =
+    "Issue a new REST API v2 token and write it to the token's file: it is read again on a 401";
+const UNAUTHORIZED_SAME_FILE: &str =
+    "The token's file was read again and holds the same token: write a new REST API v2 token there";
 
 const NETSKOPE_TOKEN_HEADER: HeaderName = HeaderName::from_static("netskope-api-token");
 /// Longest piece of a server's error text kept in an error message.
 const MAX_DETAIL_CHARS: usize = 512;
 
 /// A token, the role it plays and its request budget.
+///
+/// A token read from a file can be replaced while the worker runs: Netskope tokens expire, and a
+/// secret store rotates the mounted file. On a 401 the file is read again, and if it holds a new
+/// token the request is sent once more with it (see [`Transport::send`]).
 pub struct Token {
     pub role: TokenRole,
-    secret: SecretString,
+    current: RwLock<Current>,
+    /// Where the token came from, when it can be read again; `None` for an env var, which a
+    /// running process cannot see change.
+    file: Option<TokenFile>,
     pub limiter: TokenLimiter,
+}
+
+/// The token in use, and how many times it has been replaced.
+struct Current {
+    secret: SecretString,
+    generation: u64,
+}
+
+/// The file a token is read from, and the setting that names it (for messages).
+#[derive(Debug, Clone)]
+pub struct TokenFile {
+    pub which: &'static str,
+    pub path: PathBuf,
+}
+
+/// What reading a token's file again found.
+#[derive(Debug, PartialEq, Eq)]
+enum Reload {
+    /// A token other than the one the failed request used: send again.
+    Newer,
+    /// The same token: a retry would be refused again.
+    Same,
+    /// No file to read (the token came from an env var or the caller).
+    NoFile,
+    /// The file could not be read; the message names the path, never the content.
+    Unreadable(String),
 }
 
 impl Token {
     pub fn new(role: TokenRole, secret: SecretString, per_min: u32) -> Self {
         Self {
             role,
-            secret,
+            current: RwLock::new(Current {
+                secret,
+                generation: 0,
+            }),
+            file: None,
             limiter: TokenLimiter::new(per_min),
         }
+    }
+
+    /// The same token, read again from `file` after a 401.
+    pub fn with_file(mut self, file: Option<TokenFile>) -> Self {
+        self.file = file;
+        self
+    }
+
+    fn current(&self) -> std::sync::RwLockReadGuard<'_, Current> {
+        self.current.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn generation(&self) -> u64 {
+        self.current().generation
+    }
+
+    /// After a 401 for a request sent with generation `used`: is there a newer token? Another
+    /// request may have read the file already, so a generation past `used` counts as newer
+    /// without a second read. The file is small and local (a mounted secret, at most
+    /// 16 KiB), so it is read in place.
+    fn reload_after(&self, used: u64) -> Reload {
+        let Some(file) = &self.file else {
+            return Reload::NoFile;
+        };
+        if self.generation() != used {
+            return Reload::Newer;
+        }
+        let source = SecretSource {
+            env: None,
+            file: Some(file.path.clone()),
+        };
+        let fresh = match source.read(file.which, None) {
+            Ok(Some(secret)) => secret,
+            Ok(None) => return Reload::Unreadable(format!("{}: empty", file.which)),
+            Err(e) => return Reload::Unreadable(e.to_string()),
+        };
+        let mut current = self.current.write().unwrap_or_else(|p| p.into_inner());
+        if current.generation != used {
+            return Reload::Newer;
+        }
+        if current.secret.expose_secret() == fresh.expose_secret() {
+            return Reload::Same;
+        }
+        current.secret = fresh;
+        current.generation += 1;
+        metrics::counter!(names::TOKEN_RELOADS, "token" => self.role.to_string()).increment(1);
+        Reload::Newer
     }
 
     /// Removes the token from text that came from elsewhere (a server's error body), in case a
     /// server or proxy echoes request headers back.
     fn scrub(&self, text: &str) -> String {
-        let secret = self.secret.expose_secret();
+        let current = self.current();
+        let secret = current.secret.expose_secret();
         if secret.is_empty() {
             text.to_string()
         } else {
@@ -56,6 +151,7 @@ impl std::fmt::Debug for Token {
         f.debug_struct("Token")
             .field("role", &self.role)
             .field("secret", &"[redacted]")
+            .field("file", &self.file)
             .field("limiter", &self.limiter)
             .finish()
     }
@@ -169,8 +265,43 @@ impl Transport {
         })
     }
 
-    /// Sends the request built by `build` with `token`, retrying transient faults.
+    /// Sends the request built by `build` with `token`, retrying transient faults. A 401 with
+    /// a token read from a file reads the file again: if it now holds another token, the
+    /// request is sent once more with that one. A 401 is the gateway's answer before the
+    /// request reaches the tenant, so sending it again changes nothing twice.
     pub async fn send<F>(&self, token: &Token, op: Op, build: F) -> Result<Reply, NetskopeError>
+    where
+        F: Fn(&reqwest::Client) -> reqwest::RequestBuilder,
+    {
+        let used = token.generation();
+        let first = self.send_with_retries(token, op, &build).await;
+        let Err(NetskopeError::Unauthorized { .. }) = &first else {
+            return first;
+        };
+        match token.reload_after(used) {
+            Reload::Newer => {
+                warn!(op = op.name(), token = %token.role, "token refused (401); sending again with the token now in its file");
+                self.send_with_retries(token, op, &build).await
+            }
+            Reload::NoFile => first,
+            Reload::Same => Err(NetskopeError::Unauthorized {
+                op,
+                token: token.role,
+                hint: UNAUTHORIZED_SAME_FILE,
+            }),
+            Reload::Unreadable(reason) => {
+                warn!(op = op.name(), token = %token.role, %reason, "token refused (401), and its file cannot be read again");
+                first
+            }
+        }
+    }
+
+    async fn send_with_retries<F>(
+        &self,
+        token: &Token,
+        op: Op,
+        build: &F,
+    ) -> Result<Reply, NetskopeError>
     where
         F: Fn(&reqwest::Client) -> reqwest::RequestBuilder,
     {
@@ -194,7 +325,7 @@ impl Transport {
         );
         let result = (|| {
             attempts.fetch_add(1, Ordering::Relaxed);
-            self.attempt(token, op, &build)
+            self.attempt(token, op, build)
         })
         .retry(backoff)
         .sleep(tokio::time::sleep)
@@ -273,9 +404,15 @@ impl Transport {
                 });
             }
             401 => {
+                let hint = if token.file.is_some() {
+                    UNAUTHORIZED_FILE
+                } else {
+                    UNAUTHORIZED_ENV
+                };
                 return Err(NetskopeError::Unauthorized {
                     op,
                     token: token.role,
+                    hint,
                 }
                 .into());
             }
@@ -344,7 +481,8 @@ impl Transport {
     }
 
     fn auth_value(&self, token: &Token) -> HeaderValue {
-        let secret = token.secret.expose_secret();
+        let current = token.current();
+        let secret = current.secret.expose_secret();
         let value = match self.auth_header {
             AuthHeader::Netskope => HeaderValue::from_str(secret),
             AuthHeader::Bearer => HeaderValue::from_str(&format!("Bearer {secret}")),
