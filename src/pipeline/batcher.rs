@@ -9,10 +9,18 @@
 //!
 //! A batch that the server refuses as a whole (a permanent error) may have been spoiled by one
 //! bad member, so its members are retried one by one: one bad id must not fail everyone else.
+//!
+//! A batcher task that panics answers its waiting members with a transient error (the event
+//! retries, and a group PATCH is idempotent) and is replaced by a new one at the next request
+//! ([`Batchers::get`]): one bad moment must not leave a group that no event can reach.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures::FutureExt;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
@@ -57,10 +65,38 @@ impl GroupBatcher {
         window: Duration,
         max_members: usize,
     ) -> Self {
+        let max_members = max_members.max(1);
+        Self::start(group.clone(), max_members, move |rx| {
+            run(client, group, rx, window, max_members)
+        })
+    }
+
+    /// Spawns `task` on the receiving end of a new channel, and logs a panic of it. The panic
+    /// drops the channel: waiting members get their transient error, and [`Self::is_stopped`]
+    /// tells [`Batchers`] to start a new one.
+    fn start<F, Fut>(group: String, capacity: usize, task: F) -> Self
+    where
+        F: FnOnce(mpsc::Receiver<Request>) -> Fut,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
         // Each lane waits for its reply, so at most one request per concurrent user is queued.
-        let (tx, rx) = mpsc::channel(max_members.max(1));
-        tokio::spawn(run(client, group, rx, window, max_members.max(1)));
+        let (tx, rx) = mpsc::channel(capacity);
+        let work = task(rx);
+        tokio::spawn(async move {
+            if let Err(panic) = AssertUnwindSafe(work).catch_unwind().await {
+                tracing::error!(
+                    group,
+                    panic = super::lanes::panic_text(panic.as_ref()),
+                    "the group batcher panicked; its waiting events retry, and the next request starts a new one"
+                );
+            }
+        });
         Self { tx }
+    }
+
+    /// True once the task has ended (it panicked): requests sent here would fail.
+    fn is_stopped(&self) -> bool {
+        self.tx.is_closed()
     }
 
     /// Adds or removes one user and waits until the PATCH that carried the change is answered.
@@ -81,6 +117,29 @@ impl GroupBatcher {
             .await
             .map_err(|_| gone())?;
         answer.await.map_err(|_| gone())?
+    }
+}
+
+/// One batcher per group (names match case-insensitively, as in Netskope), started on first
+/// use and replaced if it stopped.
+#[derive(Default)]
+pub struct Batchers {
+    by_group: Mutex<HashMap<String, GroupBatcher>>,
+}
+
+impl Batchers {
+    /// The batcher of `group`, started with `start` if there is none or the last one stopped.
+    pub fn get(&self, group: &str, start: impl FnOnce() -> GroupBatcher) -> GroupBatcher {
+        let mut by_group = self.by_group.lock().unwrap_or_else(|p| p.into_inner());
+        let key = group.to_lowercase();
+        match by_group.get(&key) {
+            Some(b) if !b.is_stopped() => b.clone(),
+            _ => {
+                let fresh = start();
+                by_group.insert(key, fresh.clone());
+                fresh
+            }
+        }
     }
 }
 
@@ -202,5 +261,54 @@ async fn patch(
     match change {
         Change::Add => client.add_members(group_id, ids).await,
         Change::Remove => client.remove_members(group_id, ids).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A batcher whose task panics at its first request.
+    fn panicking(group: &str) -> GroupBatcher {
+        GroupBatcher::start(group.to_string(), 4, |mut rx| async move {
+            let _first = rx.recv().await;
+            panic!("injected panic");
+        })
+    }
+
+    /// A batcher that answers every request at once, as a PATCH of one member.
+    fn answering(group: &str) -> GroupBatcher {
+        GroupBatcher::start(group.to_string(), 4, |mut rx| async move {
+            while let Some(r) = rx.recv().await {
+                let _ = r.reply.send(Ok(Applied {
+                    group_id: Some("g1".into()),
+                    batch_size: 1,
+                    request_seq: 0,
+                }));
+            }
+        })
+    }
+
+    #[tokio::test]
+    async fn a_panicking_batcher_fails_its_request_as_transient_and_is_replaced() {
+        let batchers = Batchers::default();
+        let first = batchers.get("Quarantine", || panicking("Quarantine"));
+        let err = first
+            .submit(Change::Add, "u1".into())
+            .await
+            .expect_err("the task panicked");
+        assert!(err.is_transient(), "{err}");
+        assert!(err.to_string().contains("group batcher stopped"), "{err}");
+        // Let the task's end reach the channel.
+        while !first.is_stopped() {
+            tokio::task::yield_now().await;
+        }
+        // The next request for the group, in any case, gets a new batcher that works.
+        let second = batchers.get("quarantine", || answering("quarantine"));
+        let applied = second.submit(Change::Add, "u1".into()).await.unwrap();
+        assert_eq!(applied.group_id.as_deref(), Some("g1"));
+        // A running batcher is kept: `start` is not called again.
+        let third = batchers.get("QUARANTINE", || panic!("a running batcher was replaced"));
+        assert!(third.submit(Change::Remove, "u2".into()).await.is_ok());
     }
 }

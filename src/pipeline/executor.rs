@@ -9,8 +9,7 @@
 //! Every request sent is safe to repeat (invariant 2), which is what makes redelivery after a
 //! crash harmless: PATCH active=false, a membership add or remove, a DELETE whose 404 is success.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
@@ -23,7 +22,7 @@ use netskope::scim::{GROUP_SCHEMA, add_members_patch, deactivate_patch};
 use netskope::{ErrorClass, NetskopeClient, NetskopeError, UserRef};
 use offboarder_base::clock::WallClock;
 
-use super::batcher::{Change, GroupBatcher};
+use super::batcher::{Batchers, Change, GroupBatcher};
 use super::config::PipelineConfig;
 use crate::outcome::{OutcomeError, RequestDescription, Status};
 use crate::policy::Decision;
@@ -93,7 +92,7 @@ pub struct Executor {
     retry_for: Duration,
     batch_window: Duration,
     batch_max_members: usize,
-    batchers: Mutex<HashMap<String, GroupBatcher>>,
+    batchers: Batchers,
     /// `<group lower-cased>\n<user id>` of users this worker put in quarantine.
     quarantined: TtlCache<String, ()>,
     clock: WallClock,
@@ -107,7 +106,7 @@ impl Executor {
             retry_for: config.transient_retry_for,
             batch_window: config.batch_window,
             batch_max_members: config.batch_max_members,
-            batchers: Mutex::new(HashMap::new()),
+            batchers: Batchers::default(),
             quarantined: TtlCache::new(QUARANTINE_MEMORY_SIZE, config.quarantine_memory),
             clock: WallClock::new(),
         }
@@ -360,18 +359,14 @@ impl Executor {
     }
 
     fn batcher(&self, group: &str) -> GroupBatcher {
-        let mut batchers = self.batchers.lock().unwrap_or_else(|p| p.into_inner());
-        batchers
-            .entry(group.to_lowercase())
-            .or_insert_with(|| {
-                GroupBatcher::spawn(
-                    self.client.clone(),
-                    group.to_string(),
-                    self.batch_window,
-                    self.batch_max_members,
-                )
-            })
-            .clone()
+        self.batchers.get(group, || {
+            GroupBatcher::spawn(
+                self.client.clone(),
+                group.to_string(),
+                self.batch_window,
+                self.batch_max_members,
+            )
+        })
     }
 }
 

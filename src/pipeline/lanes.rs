@@ -110,7 +110,7 @@ impl<T: Send + 'static> Inner<T> {
 }
 
 /// What a panic said, when it said it with a string.
-fn panic_text(panic: &(dyn Any + Send)) -> &str {
+pub(super) fn panic_text(panic: &(dyn Any + Send)) -> &str {
     panic
         .downcast_ref::<&str>()
         .copied()
