@@ -260,7 +260,13 @@ async fn guard_release(State(state): State<AppState>, headers: HeaderMap) -> imp
         tracing::warn!("guard release refused: missing or wrong admin token");
         return refuse(StatusCode::UNAUTHORIZED, "missing or wrong admin token");
     }
-    let before = state.guard.release();
+    let before = match state.guard.release().await {
+        Ok(before) => before,
+        Err(e) => {
+            tracing::error!(error = %e, "guard release failed");
+            return refuse(StatusCode::SERVICE_UNAVAILABLE, &e.to_string());
+        }
+    };
     if before.halted {
         state.readiness.set_fault(GUARD_FAULT, None);
         tracing::warn!(

@@ -29,7 +29,7 @@
 //! | [`pipeline`] | Kafka in, per-user lanes, outcomes and dead letters out, offsets stored only behind final outcomes |
 //! | [`event`] | inbound events: size bound, JSON, schema validation against `schemas/` |
 //! | [`policy`] | event → decision: deactivate, delete, quarantine, release, or skip (protected, below threshold) |
-//! | [`guard`] | the blast-radius guard: past `max_deactivations` per window, destructive actions halt until an operator releases them |
+//! | [`guard`] | the blast-radius guard: past `max_deactivations` per window, destructive actions halt until an operator releases them; its log is the state topic, shared by every worker and kept across restarts |
 //! | [`verify`] | one shared audit poller per tenant, and read-back, confirm each applied action |
 //! | [`outcome`] | the outcome record published per event |
 //! | [`sandbox`] | an in-process mock Kafka cluster (or topics on a real broker, for the interoperability tests) plus the simulator, wired to a config, for the demo, tests and benchmarks |

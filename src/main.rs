@@ -365,7 +365,9 @@ async fn check_config(path: &Path) -> ExitCode {
         Err(e) => Err(e.to_string()),
     };
     match kafka {
-        Ok(()) => println!("  Kafka: brokers reachable, all four topics exist"),
+        Ok(()) => println!(
+            "  Kafka: brokers reachable, all five topics exist, the state topic has one partition"
+        ),
         Err(e) => {
             println!("  Kafka: FAILED: {e}");
             worst = ExitCode::from(EXIT_CONFIG);

@@ -35,14 +35,15 @@ pub enum SandboxError {
     Topic(String),
 }
 
-/// The four topics and their partition counts: `partitions` for the inputs and the outcomes,
-/// one for dead letters.
-fn topic_layout(topics: &Topics, partitions: i32) -> [(&str, i32); 4] {
+/// The five topics and their partition counts: `partitions` for the inputs and the outcomes,
+/// one for dead letters and one for the guard's state.
+fn topic_layout(topics: &Topics, partitions: i32) -> [(&str, i32); 5] {
     [
         (&topics.terminations, partitions),
         (&topics.risk_signals, partitions),
         (&topics.outcomes, partitions),
         (&topics.dead_letter, 1),
+        (&topics.state, 1),
     ]
 }
 
@@ -78,7 +79,7 @@ impl Sandbox {
         Self::with(Cluster::Mock(kafka), Vec::new(), topics, sim_args).await
     }
 
-    /// Like [`Sandbox::start`], on a real broker at `bootstrap`: the four topics are created
+    /// Like [`Sandbox::start`], on a real broker at `bootstrap`: the five topics are created
     /// there with a unique suffix, so that tests sharing the broker do not see each other's
     /// records, and they are left behind (the broker is a throwaway).
     pub async fn start_on_broker(
@@ -110,13 +111,22 @@ impl Sandbox {
             risk_signals: format!("{}.{suffix}", base.risk_signals),
             outcomes: format!("{}.{suffix}", base.outcomes),
             dead_letter: format!("{}.{suffix}", base.dead_letter),
+            state: format!("{}.{suffix}", base.state),
         };
         let admin: AdminClient<DefaultClientContext> =
             client_config(bootstrap, &properties).create()?;
         let layout = topic_layout(&topics, partitions);
         let new: Vec<NewTopic> = layout
             .iter()
-            .map(|(name, n)| NewTopic::new(name, *n, TopicReplication::Fixed(1)))
+            .map(|(name, n)| {
+                let topic = NewTopic::new(name, *n, TopicReplication::Fixed(1));
+                // The guard's log must keep every entry (see guard::ledger).
+                if *name == topics.state.as_str() {
+                    topic.set("cleanup.policy", "compact")
+                } else {
+                    topic
+                }
+            })
             .collect();
         let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
         for result in admin.create_topics(&new, &options).await? {
@@ -164,6 +174,7 @@ impl Sandbox {
                 &sandbox.topics.risk_signals,
                 &sandbox.topics.outcomes,
                 &sandbox.topics.dead_letter,
+                &sandbox.topics.state,
             ] {
                 sandbox.wait_for_topic(topic).await?;
             }
@@ -217,8 +228,8 @@ impl Sandbox {
             Cluster::Broker(_) => {
                 let t = &self.topics;
                 let topics = format!(
-                    "\n[kafka.topics]\nterminations = \"{}\"\nrisk_signals = \"{}\"\noutcomes = \"{}\"\ndead_letter = \"{}\"\n",
-                    t.terminations, t.risk_signals, t.outcomes, t.dead_letter
+                    "\n[kafka.topics]\nterminations = \"{}\"\nrisk_signals = \"{}\"\noutcomes = \"{}\"\ndead_letter = \"{}\"\nstate = \"{}\"\n",
+                    t.terminations, t.risk_signals, t.outcomes, t.dead_letter, t.state
                 );
                 (topics, String::new())
             }

@@ -93,7 +93,7 @@ async fn check_config_probes_kafka_and_netskope() {
         "{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(stdout.contains("all four topics exist"), "{stdout}");
+    assert!(stdout.contains("all five topics exist"), "{stdout}");
     assert!(stdout.contains("SCIM (GET /Users): reachable"), "{stdout}");
     assert!(
         stdout.contains("audit (GET events/data/audit): reachable"),

@@ -246,3 +246,184 @@ async fn a_burst_of_10000_terminations_stops_at_the_limit_until_released() {
         "the halt no longer shows on /readyz: {body}"
     );
 }
+
+/// Opens a guard on the sandbox's state topic, as a worker with `config` does.
+async fn open_guard(
+    config: &offboarder::config::Config,
+) -> std::sync::Arc<offboarder::guard::Guard> {
+    let kafka = &config.kafka;
+    offboarder::guard::ledger::open(
+        &config.guard,
+        offboarder::guard::ledger::Kafka {
+            producer: kafka.producer_config().expect("producer config"),
+            reader: kafka.state_reader_config().expect("reader config"),
+            topic: kafka.topics.state.clone(),
+            timeout: Duration::from_secs(10),
+        },
+    )
+    .await
+    .expect("the guard opens on its state topic")
+}
+
+/// Two workers share one guard through the state topic: together they admit exactly
+/// `max_deactivations`, both see the halt, a worker started after both are gone (a restart)
+/// is still halted with the same count, and a release through any worker lets every other go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_share_one_guard_through_the_state_topic_and_a_restart_keeps_the_halt() {
+    use offboarder::guard::Admission;
+    const LIMIT: usize = 5;
+    let sandbox = Sandbox::start(SimArgs::default(), 1)
+        .await
+        .expect("sandbox");
+    let mut config = sandbox.config("guard-fleet");
+    config.guard.max_deactivations = LIMIT;
+    config.guard.window = Duration::from_secs(600);
+    let a = open_guard(&config).await;
+    let b = open_guard(&config).await;
+
+    // Twenty destructive actions at once, half on each worker.
+    let claims: Vec<_> = (0..20)
+        .map(|n| {
+            let g = if n % 2 == 0 { a.clone() } else { b.clone() };
+            tokio::spawn(async move { g.try_admit().await })
+        })
+        .collect();
+    let mut verdicts = Vec::new();
+    for c in claims {
+        verdicts.push(c.await.expect("joined").expect("decided"));
+    }
+    let admitted = verdicts
+        .iter()
+        .filter(|v| **v == Admission::Admitted)
+        .count();
+    let tripped = verdicts
+        .iter()
+        .filter(|v| **v == Admission::Halted { tripped: true })
+        .count();
+    println!("2 workers, 20 claims: {admitted} admitted, {tripped} tripped the halt");
+    assert_eq!(
+        admitted, LIMIT,
+        "the fleet admits max_deactivations, not one per worker"
+    );
+    assert_eq!(tripped, 1, "one claim trips the halt");
+    assert!(a.is_halted() && b.is_halted());
+    assert_eq!(a.status().halts, 1);
+    assert_eq!(b.status().in_window, LIMIT);
+    assert!(
+        b.status()
+            .shared_through
+            .contains(&config.kafka.topics.state)
+    );
+    drop((a, b));
+
+    // Every worker gone; a new one replays the topic and starts where they were.
+    let c = open_guard(&config).await;
+    let status = c.status();
+    assert!(
+        status.halted,
+        "a restart does not lift the halt: {status:?}"
+    );
+    assert_eq!((status.in_window, status.halts), (LIMIT, 1));
+    assert_eq!(
+        c.try_admit().await.expect("decided"),
+        Admission::Halted { tripped: false }
+    );
+    let d = open_guard(&config).await;
+    let waiter = {
+        let d = d.clone();
+        tokio::spawn(async move { d.admitted().await })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!waiter.is_finished(), "halted: the action waits");
+    assert_eq!(d.waiting(), 1);
+
+    // A release through one worker lets the other go on.
+    let before = c.release().await.expect("released");
+    assert!(before.halted);
+    tokio::time::timeout(Duration::from_secs(10), waiter)
+        .await
+        .expect("the waiter on the other worker goes on after the release")
+        .expect("joined");
+    assert!(!d.is_halted() && d.status().released);
+    assert_eq!(d.try_admit().await.expect("decided"), Admission::Admitted);
+}
+
+/// The worker halts, stops (as in a crash or a rolling restart), and a new worker in its
+/// place acts on nothing more until an operator releases: the count and the halt live in the
+/// state topic, not in the process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_worker_is_still_halted_until_a_release() {
+    const USERS: usize = 8;
+    const LIMIT: usize = 3;
+    let sandbox = Sandbox::start(
+        SimArgs {
+            users: USERS,
+            rate_limit_per_min: 0,
+            ..SimArgs::default()
+        },
+        1,
+    )
+    .await
+    .expect("sandbox");
+    let records: Vec<(String, String, Vec<u8>)> = (1..=USERS)
+        .map(|n| {
+            let event = json!({"event_id": format!("hr-{n}"), "occurred_at": "2026-11-25T09:00:00Z",
+                               "user": {"user_name": user(n)}});
+            (
+                sandbox.topics.terminations.clone(),
+                user(n),
+                event.to_string().into_bytes(),
+            )
+        })
+        .collect();
+    sandbox.publish(&records).await.expect("publish");
+    let mut config = sandbox.config("guard-restart");
+    config.verify.mode = VerifyMode::Off;
+    config.pipeline.shutdown_grace = Duration::from_secs(2);
+    config.guard.max_deactivations = LIMIT;
+    let client = sandbox.client(&config).expect("client");
+
+    let first = Pipeline::new(&config, client.clone())
+        .await
+        .expect("pipeline");
+    let handle = first.handle();
+    let worker = tokio::spawn(first.run());
+    sandbox
+        .read(&sandbox.topics.outcomes, Duration::from_secs(60), |read| {
+            let s = by_status(read);
+            s.get("halted") == Some(&1) && s.get("applied") == Some(&LIMIT)
+        })
+        .await
+        .expect("the first worker halts");
+    handle.stop();
+    worker.await.expect("joined").expect("stops");
+    assert_eq!(sandbox.sim.stats().count(PATCH_USER), LIMIT as u64);
+
+    let second = Pipeline::new(&config, client).await.expect("pipeline");
+    let handle = second.handle();
+    let guard = handle.guard();
+    assert!(guard.is_halted(), "the new worker starts halted");
+    assert_eq!(guard.status().in_window, LIMIT);
+    let worker = tokio::spawn(second.run());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        sandbox.sim.stats().count(PATCH_USER),
+        LIMIT as u64,
+        "no destructive action after the restart until a release"
+    );
+    assert!(guard.release().await.expect("released").halted);
+    let all = sandbox
+        .read(&sandbox.topics.outcomes, Duration::from_secs(60), |read| {
+            by_status(read).get("applied") == Some(&USERS)
+        })
+        .await
+        .expect("every event acted on after the release");
+    handle.stop();
+    worker.await.expect("joined").expect("stops");
+    assert_eq!(
+        by_status(&all).get("halted"),
+        Some(&1),
+        "one halt, not one per start"
+    );
+    assert_eq!(sandbox.sim.stats().count(PATCH_USER), USERS as u64);
+}

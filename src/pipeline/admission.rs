@@ -112,6 +112,11 @@ impl Intake {
             return;
         }
         shared.guard_paused.store(halted, Ordering::SeqCst);
+        // Every worker of the fleet shows the halt, not only the one whose event tripped it.
+        let reason = halted.then(|| shared.guard.halt_reason());
+        shared
+            .readiness
+            .set_fault(crate::admin::GUARD_FAULT, reason);
         let topic = &self.kafka.topics.terminations;
         let consumer = &self.core.consumer;
         let result = consumer.assignment().and_then(|assignment| {

@@ -22,6 +22,9 @@ pub struct Topics {
     pub risk_signals: String,
     pub outcomes: String,
     pub dead_letter: String,
+    /// The blast-radius guard's log, shared by every worker (see `guard::ledger`): one
+    /// partition, `cleanup.policy=compact`.
+    pub state: String,
 }
 
 impl Default for Topics {
@@ -31,6 +34,7 @@ impl Default for Topics {
             risk_signals: "xdr.risk-signals".into(),
             outcomes: "offboarder.outcomes".into(),
             dead_letter: "offboarder.dead-letter".into(),
+            state: "offboarder.state".into(),
         }
     }
 }
@@ -132,6 +136,7 @@ impl KafkaConfig {
             &t.risk_signals,
             &t.outcomes,
             &t.dead_letter,
+            &t.state,
         ];
         if names.iter().any(|n| n.trim().is_empty()) {
             return Err(KafkaConfigError::Invalid {
@@ -142,12 +147,13 @@ impl KafkaConfig {
         let inputs = [&t.terminations, &t.risk_signals];
         if inputs
             .iter()
-            .any(|i| *i == &t.outcomes || *i == &t.dead_letter)
+            .any(|i| *i == &t.outcomes || *i == &t.dead_letter || *i == &t.state)
             || t.terminations == t.risk_signals
+            || [&t.outcomes, &t.dead_letter].contains(&&t.state)
         {
             return Err(KafkaConfigError::Invalid {
                 field: "topics",
-                reason: "the two input topics and the outcome and dead-letter topics must differ (an output topic read as input would loop)".into(),
+                reason: "the two input topics and the outcome, dead-letter and state topics must all differ (an output topic read as input would loop)".into(),
             });
         }
         for (table, map) in [
@@ -241,6 +247,21 @@ impl KafkaConfig {
         for (k, v) in &self.consumer_properties {
             c.set(k, v);
         }
+        probe_system_cas(&mut c);
+        Ok(c)
+    }
+
+    /// The guard's reader of the state topic: assigned its one partition from the start, in
+    /// no consumer group and committing nothing. A short fetch wait, because a destructive
+    /// action waits to read its own claim back.
+    pub fn state_reader_config(&self) -> Result<ClientConfig, KafkaConfigError> {
+        let mut c = self.base()?;
+        c.set("group.id", format!("{}.guard", self.group_id))
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("enable.partition.eof", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("fetch.wait.max.ms", "50");
         probe_system_cas(&mut c);
         Ok(c)
     }

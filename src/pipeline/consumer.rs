@@ -230,8 +230,9 @@ pub(super) fn fatal_consumer_error(e: &KafkaError) -> Option<String> {
     fatal.then(|| format!("{e}: check the brokers' ACLs and the credentials in [kafka]"))
 }
 
-/// Checks, before consuming, that the brokers answer and that all four topics exist. Topics are
-/// never auto-created: a typo in a topic name must not start a worker that reads nothing.
+/// Checks, before consuming, that the brokers answer, that all five topics exist, and that the
+/// state topic has one partition (the guard's log needs one order). Topics are never
+/// auto-created: a typo in a topic name must not start a worker that reads nothing.
 pub async fn check_topics(
     producer: &super::broker_errors::Producer,
     errors: &super::broker_errors::BrokerErrors,
@@ -264,12 +265,17 @@ pub async fn check_topics(
         ("risk_signals", &t.risk_signals),
         ("outcomes", &t.outcomes),
         ("dead_letter", &t.dead_letter),
+        ("state", &t.state),
     ]
     .into_iter()
     .filter_map(|(key, name)| {
         let problem = match metadata.topics().iter().find(|m| m.name() == name.as_str()) {
             None => "does not exist".to_string(),
             Some(m) => match m.error() {
+                None if key == "state" && m.partitions().len() != 1 => format!(
+                    "has {} partitions; the guard's log needs exactly 1",
+                    m.partitions().len()
+                ),
                 None => return None,
                 Some(e) => match RDKafkaErrorCode::from(e) {
                     RDKafkaErrorCode::UnknownTopicOrPartition => "does not exist".to_string(),

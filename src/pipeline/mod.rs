@@ -55,7 +55,7 @@ use offboarder_base::metric_names as m_names;
 
 use crate::config::Config;
 use crate::event::Schemas;
-use crate::guard::Guard;
+use crate::guard;
 use crate::policy::Policy;
 use crate::verify::{self, Verifier};
 use admission::Intake;
@@ -93,8 +93,21 @@ impl Pipeline {
             // At 0 from the start, so that the first skip shows in increase().
             metrics::counter!(m_names::RESUME_SKIPPED, "topic" => topic.clone()).absolute(0);
         }
+        let guard = guard::ledger::open(
+            &config.guard,
+            guard::ledger::Kafka {
+                producer: kafka.producer_config().map_err(|e| cfg(e.to_string()))?,
+                reader: kafka
+                    .state_reader_config()
+                    .map_err(|e| cfg(e.to_string()))?,
+                topic: kafka.topics.state.clone(),
+                timeout: kafka.connect_timeout,
+            },
+        )
+        .await
+        .map_err(|e| cfg(e.to_string()))?;
         let shared = Arc::new(Shared {
-            guard: Arc::new(Guard::new(&config.guard)),
+            guard,
             terminations_topic: kafka.topics.terminations.clone(),
             ..Shared::default()
         });

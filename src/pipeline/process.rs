@@ -153,14 +153,20 @@ impl Core {
         }
         let decision = self.policy.decide(&job.event);
         tracing::Span::current().record("action", decision.action().as_str());
-        if matches!(decision, Decision::Deactivate | Decision::Delete)
-            && !self.executor.dry_run()
-            && let Admission::Halted { tripped } = self.shared.guard.try_admit()
-        {
-            if tripped {
-                Box::pin(self.report_halt(&job, &decision)).await;
+        if matches!(decision, Decision::Deactivate | Decision::Delete) && !self.executor.dry_run() {
+            match self.shared.guard.try_admit().await {
+                Ok(Admission::Admitted) => {}
+                Ok(Admission::Halted { tripped }) => {
+                    if tripped {
+                        Box::pin(self.report_halt(&job, &decision)).await;
+                    }
+                    self.shared.guard.admitted().await;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "the blast-radius guard cannot decide; the destructive action waits");
+                    self.shared.guard.admitted().await;
+                }
             }
-            self.shared.guard.admitted().await;
         }
         // Taken after the guard, so that halted events hold no permit. The semaphore is never
         // closed, so acquiring only waits.

@@ -1,0 +1,222 @@
+//! The guard's log in Kafka: the state topic, one partition, read from its start by every
+//! worker.
+//!
+//! One partition gives every entry a place in one order that all replicas read alike, so their
+//! verdicts agree (see [`super::window`]). A destructive action writes a claim and waits until
+//! it reads the claim back: its verdict is decided by what precedes it in the log, whichever
+//! replica wrote that. A release is written the same way and lifts the halt on every replica
+//! when each reads it. A worker that starts, after a crash or in a rolling upgrade, replays
+//! the whole log before it consumes an event, so the window and any halt are where they were.
+//!
+//! Each entry has a key of its own (`guard/<worker>/<seq>`), so that a topic with
+//! `cleanup.policy=compact` keeps every one: time-based deletion would forget a halt that
+//! nobody released before the retention ran out. An entry is some 150 bytes; one is written
+//! per destructive action and per release.
+
+use std::sync::Arc;
+use std::sync::Weak;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::util::Timeout;
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+use super::{Entry, Guard, GuardConfig, GuardError};
+
+/// How long a worker waits to read back an entry it wrote before it treats the state topic as
+/// unavailable (and retries, holding the action back).
+pub const READ_BACK_TIMEOUT: Duration = Duration::from_secs(30);
+/// Largest entry read; anything bigger was not written by a guard and is skipped.
+const MAX_ENTRY_BYTES: usize = 4096;
+/// How long writing an entry may take before the guard reports the topic unavailable.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// One record of the state topic.
+#[derive(Debug, Serialize, Deserialize)]
+struct Record {
+    /// The worker process that wrote it: a random id per start.
+    worker: String,
+    seq: u64,
+    entry: Entry,
+}
+
+/// How the guard reaches its state topic.
+pub struct Kafka {
+    /// For writing entries: idempotent, acknowledged by all in-sync replicas.
+    pub producer: ClientConfig,
+    /// For reading the topic from its start, outside any consumer group.
+    pub reader: ClientConfig,
+    pub topic: String,
+    /// How long a request to the brokers may take while the worker starts.
+    pub timeout: Duration,
+}
+
+/// The writing side, held by the guard.
+pub struct Writer {
+    producer: FutureProducer,
+    topic: String,
+    worker: String,
+    seq: AtomicU64,
+}
+
+impl Writer {
+    pub fn next_seq(&self) -> u64 {
+        self.seq.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    pub fn error(&self, reason: &str) -> GuardError {
+        GuardError::Ledger {
+            topic: self.topic.clone(),
+            reason: reason.to_string(),
+        }
+    }
+
+    pub async fn write(&self, entry: &Entry, seq: u64) -> Result<(), GuardError> {
+        let record = Record {
+            worker: self.worker.clone(),
+            seq,
+            entry: *entry,
+        };
+        let value = serde_json::to_vec(&record).map_err(|e| self.error(&e.to_string()))?;
+        let key = format!("guard/{}/{seq}", self.worker);
+        let to = FutureRecord::to(&self.topic)
+            .key(&key)
+            .payload(&value)
+            .partition(0);
+        self.producer
+            .send(to, Timeout::After(WRITE_TIMEOUT))
+            .await
+            .map(|_| ())
+            .map_err(|(e, _)| self.error(&format!("cannot write: {e}")))
+    }
+}
+
+/// Opens the guard on its state topic: replays the topic to its end, so that the guard starts
+/// where the fleet is, then follows it in a task of its own for as long as the guard lives.
+pub async fn open(config: &GuardConfig, kafka: Kafka) -> Result<Arc<Guard>, GuardError> {
+    let fail = |reason: String| GuardError::Ledger {
+        topic: kafka.topic.clone(),
+        reason,
+    };
+    let producer: FutureProducer = kafka
+        .producer
+        .create()
+        .map_err(|e| fail(format!("cannot create its producer: {e}")))?;
+    let reader: StreamConsumer = kafka
+        .reader
+        .create()
+        .map_err(|e| fail(format!("cannot create its reader: {e}")))?;
+    let reader = Arc::new(reader);
+    let (topic, timeout) = (kafka.topic.clone(), kafka.timeout);
+    let watermarks = {
+        let reader = reader.clone();
+        tokio::task::spawn_blocking(move || reader.fetch_watermarks(&topic, 0, timeout))
+            .await
+            .map_err(|e| fail(format!("reading its end did not run: {e}")))?
+            .map_err(|e| fail(format!("cannot read its end: {e}")))?
+    };
+    {
+        // Dropped before the reader can be: a list alive at a consumer's drop hangs it.
+        let mut assignment = TopicPartitionList::new();
+        assignment
+            .add_partition_offset(&kafka.topic, 0, Offset::Beginning)
+            .map_err(|e| fail(e.to_string()))?;
+        reader
+            .assign(&assignment)
+            .map_err(|e| fail(format!("cannot read it: {e}")))?;
+    }
+    let worker = format!("{:016x}", rand::random::<u64>());
+    let writer = Writer {
+        producer,
+        topic: kafka.topic.clone(),
+        worker: worker.clone(),
+        seq: AtomicU64::new(0),
+    };
+    let guard = Arc::new(Guard::with_ledger(config, Some(writer)));
+    let (low, end) = watermarks;
+    let mut replayed = 0u64;
+    let mut next = low;
+    while next < end {
+        let message = tokio::time::timeout(timeout, reader.recv())
+            .await
+            .map_err(|_| {
+                fail(format!(
+                    "stopped answering while replaying it at offset {next} of {end}"
+                ))
+            })?
+            .map_err(|e| fail(format!("cannot replay it: {e}")))?;
+        next = message.offset() + 1;
+        apply(&guard, &message, &worker);
+        replayed += 1;
+    }
+    let status = guard.status();
+    tracing::info!(
+        topic = kafka.topic,
+        entries = replayed,
+        halted = status.halted,
+        in_window = status.in_window,
+        "blast-radius guard: state topic replayed"
+    );
+    tokio::spawn(follow(
+        Arc::downgrade(&guard),
+        reader,
+        worker,
+        guard.stop.clone(),
+    ));
+    Ok(guard)
+}
+
+/// Applies every entry written after the replay, until the guard is dropped.
+async fn follow(
+    guard: Weak<Guard>,
+    reader: Arc<StreamConsumer>,
+    worker: String,
+    stop: CancellationToken,
+) {
+    loop {
+        let message = tokio::select! {
+            _ = stop.cancelled() => break,
+            m = reader.recv() => m,
+        };
+        let Some(guard) = guard.upgrade() else { break };
+        match message {
+            Ok(m) => apply(&guard, &m, &worker),
+            Err(e) => tracing::warn!(error = %e, "the guard's state topic: read error; retrying"),
+        }
+    }
+}
+
+fn apply(guard: &Guard, message: &BorrowedMessage<'_>, worker: &str) {
+    // A tombstone, or an entry of a kind this version does not know, decides nothing here.
+    let Some(payload) = message.payload() else {
+        return;
+    };
+    if payload.len() > MAX_ENTRY_BYTES {
+        tracing::warn!(
+            offset = message.offset(),
+            bytes = payload.len(),
+            "the guard's state topic: an entry too large to be a guard's; skipped"
+        );
+        return;
+    }
+    match serde_json::from_slice::<Record>(payload) {
+        Ok(r) => {
+            let mine = (r.worker == worker).then_some(r.seq);
+            guard.apply(r.entry, mine);
+        }
+        Err(e) => tracing::warn!(
+            offset = message.offset(),
+            error = %e,
+            "the guard's state topic: an entry that is not a guard's; skipped"
+        ),
+    }
+}

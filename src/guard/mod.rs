@@ -1,0 +1,446 @@
+//! The blast-radius guard (invariant 9): at most `max_deactivations` destructive actions
+//! (deactivations and deletes) in any sliding `window`.
+//!
+//! An HR export gone wrong looks exactly like a layoff: thousands of valid terminations at once.
+//! Past the limit the guard *halts* destructive actions rather than failing them. Their events
+//! wait with their offsets held, so nothing is lost and nothing is done, until an operator
+//! either confirms (`offboarder guard release`, through the admin listener) or fixes the source
+//! and restarts with a higher limit. Quarantines and releases are not destructive and go on.
+//!
+//! A release confirms the burst that is under way, not a new allowance of `max_deactivations`:
+//! destructive actions flow without a limit until a whole `window` passes without one, and the
+//! guard then counts afresh. A layoff of 10,000 needs one release, and a second bad export a
+//! day later still halts.
+//!
+//! The count, the halt and the release live in a log ([`window`] decides from it). With a
+//! state topic ([`ledger`]) that log is shared by every worker of the fleet and outlives each:
+//! at most `max_deactivations` in a window across all replicas, a halt that survives a crash
+//! or a rolling restart, and a release through any replica that lets all of them go on.
+//! Without one the log is this process's memory.
+//!
+//! Time is wall time that follows tokio's clock, so that tests can run a window in paused time.
+
+pub mod ledger;
+pub mod window;
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::{oneshot, watch};
+use tokio_util::sync::CancellationToken;
+
+use offboarder_base::clock::WallClock;
+use offboarder_base::metric_names as names;
+
+use window::Window;
+pub use window::{Admission, Applied, Entry};
+
+/// The `[guard]` table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GuardConfig {
+    /// Destructive actions (deactivations and deletes) allowed in any `window` before the guard
+    /// halts them. At least 1.
+    pub max_deactivations: usize,
+    #[serde(with = "humantime_serde")]
+    pub window: Duration,
+}
+
+impl Default for GuardConfig {
+    fn default() -> Self {
+        Self {
+            max_deactivations: 50,
+            window: Duration::from_secs(600),
+        }
+    }
+}
+
+impl GuardConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.max_deactivations == 0 {
+            return Err("guard.max_deactivations must be at least 1".into());
+        }
+        if self.window.is_zero() {
+            return Err("guard.window must be longer than zero".into());
+        }
+        Ok(())
+    }
+}
+
+/// What `GET /guard` shows and `offboarder guard release` prints.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GuardStatus {
+    pub halted: bool,
+    /// Destructive actions counted in the current window.
+    pub in_window: usize,
+    pub max_deactivations: usize,
+    pub window_secs: u64,
+    /// An operator released a halt and the burst it confirmed is still flowing.
+    pub released: bool,
+    /// Events of this worker waiting for a release.
+    pub waiting: usize,
+    /// Halts in the guard's log: since the state topic was created, across the fleet.
+    pub halts: u64,
+    /// Where the count lives: `state topic <name>` (shared by every worker and kept across
+    /// restarts) or `memory` (this process only).
+    pub shared_through: String,
+}
+
+/// The guard could not decide: its state topic cannot be written or read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GuardError {
+    #[error("the guard's state topic {topic}: {reason}")]
+    Ledger { topic: String, reason: String },
+}
+
+#[derive(Debug, Default)]
+struct State {
+    window: Window,
+    waiting: usize,
+    /// Entries this worker wrote to the state topic and has not read back yet, by sequence
+    /// number: each waits for its verdict, which is decided in log order.
+    pending: HashMap<u64, oneshot::Sender<Applied>>,
+}
+
+pub struct Guard {
+    max: usize,
+    window: Duration,
+    clock: WallClock,
+    state: Mutex<State>,
+    /// Bumped by every halt and every release; waiters and the consumer loop wake on a change.
+    changes: watch::Sender<u64>,
+    /// `None`: the log is this process's memory.
+    ledger: Option<ledger::Writer>,
+    /// Stops the state topic's reader when the guard goes.
+    stop: CancellationToken,
+}
+
+impl Default for Guard {
+    fn default() -> Self {
+        Self::in_memory(&GuardConfig::default())
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+impl Guard {
+    /// A guard whose log is this process's memory: its count starts at zero with every start,
+    /// and other workers do not see it. For tests, the demo and single-process tools.
+    pub fn in_memory(config: &GuardConfig) -> Self {
+        Self::with_ledger(config, None)
+    }
+
+    fn with_ledger(config: &GuardConfig, ledger: Option<ledger::Writer>) -> Self {
+        metrics::gauge!(names::GUARD_HALTED).set(0.0);
+        Self {
+            max: config.max_deactivations.max(1),
+            window: config.window,
+            clock: WallClock::new(),
+            state: Mutex::new(State::default()),
+            changes: watch::Sender::new(0),
+            ledger,
+            stop: CancellationToken::new(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.clock.now().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn window_ms(&self) -> u64 {
+        u64::try_from(self.window.as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Applies one entry of the log, in log order. `mine` is the sequence number of an entry
+    /// this worker wrote and waits for.
+    fn apply(&self, entry: Entry, mine: Option<u64>) -> Applied {
+        let mut s = self.lock();
+        let applied = s.window.apply(entry);
+        let halted = s.window.halted();
+        let waiter = mine.and_then(|seq| s.pending.remove(&seq));
+        drop(s);
+        if applied.changed() {
+            metrics::gauge!(names::GUARD_HALTED).set(if halted { 1.0 } else { 0.0 });
+            // Counted once, by the worker whose claim tripped the halt.
+            let ours = mine.is_some() || self.ledger.is_none();
+            if ours && applied == Applied::Claim(Admission::Halted { tripped: true }) {
+                metrics::counter!(names::GUARD_HALTS).increment(1);
+            }
+            self.changes.send_modify(|n| *n += 1);
+        }
+        if let Some(waiter) = waiter {
+            let _ = waiter.send(applied);
+        }
+        applied
+    }
+
+    /// Writes an entry to the log and waits for its verdict.
+    async fn append(&self, entry: Entry) -> Result<Applied, GuardError> {
+        let Some(ledger) = &self.ledger else {
+            return Ok(self.apply(entry, None));
+        };
+        let seq = ledger.next_seq();
+        let (tx, rx) = oneshot::channel();
+        self.lock().pending.insert(seq, tx);
+        let answer = async {
+            ledger.write(&entry, seq).await?;
+            match tokio::time::timeout(ledger::READ_BACK_TIMEOUT, rx).await {
+                Ok(Ok(applied)) => Ok(applied),
+                Ok(Err(_)) => Err(ledger.error("its reader stopped")),
+                Err(_) => Err(ledger.error(&format!(
+                    "an entry written was not read back within {}",
+                    humantime::format_duration(ledger::READ_BACK_TIMEOUT)
+                ))),
+            }
+        };
+        let result = answer.await;
+        if result.is_err() {
+            self.lock().pending.remove(&seq);
+        }
+        result
+    }
+
+    /// Counts one destructive action, or says that they are halted.
+    pub async fn try_admit(&self) -> Result<Admission, GuardError> {
+        let entry = Entry::Claim {
+            at_ms: self.now_ms(),
+            max: self.max,
+            window_ms: self.window_ms(),
+        };
+        match self.append(entry).await? {
+            Applied::Claim(admission) => Ok(admission),
+            Applied::Release(_) => unreachable!("a claim is applied as a claim"),
+        }
+    }
+
+    /// Waits until a destructive action is admitted (at once, unless halted). While the state
+    /// topic cannot be written or read, the action waits too: the guard fails closed.
+    pub async fn admitted(&self) {
+        let mut changes = self.changes.subscribe();
+        let mut counted: Option<Waiter<'_>> = None;
+        let mut backoff = Duration::from_secs(1);
+        loop {
+            match self.try_admit().await {
+                Ok(Admission::Admitted) => break,
+                Ok(Admission::Halted { .. }) => {
+                    counted.get_or_insert_with(|| Waiter::new(self));
+                    // The sender lives as long as `self`; an error cannot happen while we
+                    // borrow it.
+                    if changes.changed().await.is_err() {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    counted.get_or_insert_with(|| Waiter::new(self));
+                    tracing::warn!(error = %e, retry_in = ?backoff, "the blast-radius guard cannot decide; the destructive action waits");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                }
+            }
+        }
+    }
+
+    /// Lifts a halt (see the module notes for what a release confirms), for every worker that
+    /// shares the state topic. Returns the status before the release; releasing a guard that
+    /// is not halted changes nothing.
+    pub async fn release(&self) -> Result<GuardStatus, GuardError> {
+        let before = self.status();
+        if before.halted {
+            self.append(Entry::Release {
+                at_ms: self.now_ms(),
+            })
+            .await?;
+        }
+        Ok(before)
+    }
+
+    /// Wakes on every halt and release.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    /// Events waiting for a release.
+    pub fn waiting(&self) -> usize {
+        self.lock().waiting
+    }
+
+    pub fn is_halted(&self) -> bool {
+        self.lock().window.halted()
+    }
+
+    pub fn status(&self) -> GuardStatus {
+        let now = self.now_ms();
+        let s = self.lock();
+        GuardStatus {
+            halted: s.window.halted(),
+            in_window: s.window.in_window(now, self.window_ms()),
+            max_deactivations: self.max,
+            window_secs: self.window.as_secs(),
+            released: s.window.released(),
+            waiting: s.waiting,
+            halts: s.window.halts(),
+            shared_through: self.ledger.as_ref().map_or_else(
+                || "memory".to_string(),
+                |l| format!("state topic {}", l.topic()),
+            ),
+        }
+    }
+
+    /// Why destructive actions are halted, in the operator's words.
+    pub fn halt_reason(&self) -> String {
+        format!(
+            "blast-radius guard: more than {} deactivations or deletes within {}; destructive \
+             actions are halted and their events wait. If the burst is legitimate, run \
+             `offboarder guard release --config FILE`; if not, stop the source, then restart",
+            self.max,
+            humantime::format_duration(self.window)
+        )
+    }
+}
+
+/// One event waiting in [`Guard::admitted`], counted in `waiting` for as long as it lives. The
+/// count goes down on drop, so a waiter whose task is cancelled (a shutdown, a revoked
+/// partition) stops counting too instead of holding the reading back for good.
+struct Waiter<'a>(&'a Guard);
+
+impl<'a> Waiter<'a> {
+    fn new(guard: &'a Guard) -> Self {
+        guard.lock().waiting += 1;
+        Self(guard)
+    }
+}
+
+impl Drop for Waiter<'_> {
+    fn drop(&mut self) {
+        self.0.lock().waiting -= 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    async fn admit(g: &Guard) -> Admission {
+        g.try_admit()
+            .await
+            .expect("an in-memory guard always decides")
+    }
+
+    fn guard(max: usize, window_secs: u64) -> Guard {
+        Guard::in_memory(&GuardConfig {
+            max_deactivations: max,
+            window: Duration::from_secs(window_secs),
+        })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn halts_past_the_limit_and_trips_once() {
+        let g = guard(3, 600);
+        for _ in 0..3 {
+            assert_eq!(admit(&g).await, Admission::Admitted);
+        }
+        assert_eq!(admit(&g).await, Admission::Halted { tripped: true });
+        assert_eq!(admit(&g).await, Admission::Halted { tripped: false });
+        assert!(g.is_halted());
+        // A halt does not lift with time: only an operator lifts it.
+        tokio::time::advance(Duration::from_secs(3600)).await;
+        assert_eq!(admit(&g).await, Admission::Halted { tripped: false });
+        assert_eq!(g.status().halts, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_window_slides() {
+        let g = guard(2, 600);
+        assert_eq!(admit(&g).await, Admission::Admitted);
+        tokio::time::advance(Duration::from_secs(400)).await;
+        assert_eq!(admit(&g).await, Admission::Admitted);
+        tokio::time::advance(Duration::from_secs(200)).await;
+        // The first action left the window; the second is still in it.
+        assert_eq!(admit(&g).await, Admission::Admitted);
+        assert_eq!(g.status().in_window, 2);
+        assert_eq!(admit(&g).await, Admission::Halted { tripped: true });
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn waiters_go_on_after_a_release_and_the_guard_rearms_after_a_quiet_window() {
+        let g = Arc::new(guard(1, 600));
+        assert_eq!(admit(&g).await, Admission::Admitted);
+        assert_eq!(admit(&g).await, Admission::Halted { tripped: true });
+        let waiters: Vec<_> = (0..5)
+            .map(|_| {
+                let g = g.clone();
+                tokio::spawn(async move { g.admitted().await })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(g.status().waiting, 5);
+        assert!(waiters.iter().all(|w| !w.is_finished()));
+        let before = g.release().await.unwrap();
+        assert!(before.halted);
+        for w in waiters {
+            w.await.expect("waiter");
+        }
+        let status = g.status();
+        assert!(!status.halted && status.released && status.waiting == 0);
+        // The confirmed burst goes on while actions keep coming...
+        for _ in 0..10 {
+            tokio::time::advance(Duration::from_secs(300)).await;
+            assert_eq!(admit(&g).await, Admission::Admitted);
+        }
+        // ...and after a quiet window the limit applies again.
+        tokio::time::advance(Duration::from_secs(600)).await;
+        assert_eq!(admit(&g).await, Admission::Admitted);
+        assert!(!g.status().released);
+        assert_eq!(admit(&g).await, Admission::Halted { tripped: true });
+        assert_eq!(g.status().halts, 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_cancelled_waiter_stops_counting() {
+        let g = Arc::new(guard(1, 600));
+        assert_eq!(admit(&g).await, Admission::Admitted);
+        assert_eq!(admit(&g).await, Admission::Halted { tripped: true });
+        let waiter = {
+            let g = g.clone();
+            tokio::spawn(async move { g.admitted().await })
+        };
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(g.waiting(), 1);
+        waiter.abort();
+        assert!(waiter.await.expect_err("aborted").is_cancelled());
+        assert_eq!(g.waiting(), 0, "an aborted waiter must not stay counted");
+    }
+
+    #[tokio::test]
+    async fn releasing_a_running_guard_changes_nothing() {
+        let g = guard(1, 600);
+        let before = g.release().await.unwrap();
+        assert!(!before.halted);
+        assert!(!g.status().released);
+    }
+
+    #[test]
+    fn config_refuses_a_zero_limit_or_window() {
+        let mut c = GuardConfig::default();
+        assert!(c.validate().is_ok());
+        assert_eq!((c.max_deactivations, c.window.as_secs()), (50, 600));
+        c.max_deactivations = 0;
+        assert!(c.validate().is_err());
+        c = GuardConfig {
+            window: Duration::ZERO,
+            ..GuardConfig::default()
+        };
+        assert!(c.validate().is_err());
+    }
+}
