@@ -46,7 +46,15 @@ fn add_statuses(last: &mut Statuses, outcomes: &[OwnedMessage]) {
             continue;
         };
         let source = support::source_of(&o);
-        let status = o["status"].as_str().unwrap_or_default().to_string();
+        let mut status = o["status"].as_str().unwrap_or_default().to_string();
+        // A redelivered delete that found its user gone: final, with nothing left to verify.
+        if status == "applied"
+            && o["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("an earlier delivery of this event"))
+        {
+            status = DONE_EARLIER.to_string();
+        }
         // A verification phase ends an event; an `applied` seen after it (a redelivery) does
         // not undo that.
         let entry = last.entry(source).or_default();
@@ -56,8 +64,15 @@ fn add_statuses(last: &mut Statuses, outcomes: &[OwnedMessage]) {
     }
 }
 
+/// How [`add_statuses`] names an `applied` outcome that is final: a delete whose user an
+/// earlier delivery of the same event removed.
+const DONE_EARLIER: &str = "applied (done by an earlier delivery)";
+
 fn is_final(status: &str) -> bool {
-    matches!(status, "verified" | "unverified" | "skipped" | "failed")
+    matches!(
+        status,
+        "verified" | "unverified" | "skipped" | "failed" | DONE_EARLIER
+    )
 }
 
 fn start_worker(sandbox: &Sandbox, config: &PathBuf) -> Child {
@@ -265,6 +280,106 @@ async fn sigkill_mid_burst_loses_nothing_and_repeats_only_idempotent_requests() 
     for n in [TERMINATIONS + RELEASES + 1, TERMINATIONS + QUARANTINES] {
         let id = sandbox.sim.user(&user(n)).expect("user").id;
         assert!(members.contains(&id), "{} stays quarantined", user(n));
+    }
+}
+
+/// Deletes, killed mid-burst: a delete whose DELETE went out before the kill, but whose final
+/// outcome did not, is delivered again after the restart and finds no user. The guard's log
+/// shows that an earlier delivery was admitted, so it ends `applied` (the user is gone, as the
+/// event asked), never `failed/not_found`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_mid_delete_burst_ends_every_delete_done_none_failed() {
+    const DELETES: usize = 600;
+    let sandbox = Sandbox::start(
+        SimArgs {
+            users: DELETES,
+            rate_limit_per_min: 0,
+            latency_ms: 2,
+            ..SimArgs::default()
+        },
+        3,
+    )
+    .await
+    .expect("sandbox");
+    let records: Vec<(String, String, Vec<u8>)> = (1..=DELETES)
+        .map(|n| {
+            (
+                sandbox.topics.terminations.clone(),
+                user(n),
+                event(format!("hr-{n}"), n, "workday", json!({})),
+            )
+        })
+        .collect();
+    sandbox.publish(&records).await.expect("publish");
+    let dir = std::env::temp_dir().join(format!("offboarder-faults-del-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let path = dir.join("deletes.toml");
+    let config = format!(
+        "{}\n[guard]\nmax_deactivations = 100000\n\n[policy]\non_termination = \"delete\"\n",
+        sandbox.config_toml("faults-deletes")
+    )
+    .replacen(
+        "[netskope]\n",
+        "[netskope]\nrequests_per_minute = 6000000\n",
+        1,
+    );
+    std::fs::write(&path, config).expect("config file");
+
+    let mut first = start_worker(&sandbox, &path);
+    sandbox
+        .read(&sandbox.topics.outcomes, Duration::from_secs(120), |r| {
+            r.len() >= DELETES / 2
+        })
+        .await
+        .expect("outcomes before the kill");
+    first.start_kill().expect("SIGKILL");
+    let _ = first.wait().await;
+    let deleted_at_kill = sandbox.sim.stats().count("DELETE /api/v2/scim/Users/{id}");
+
+    let mut second = start_worker(&sandbox, &path);
+    let seen = std::cell::RefCell::new((0usize, Statuses::new()));
+    let outcomes = sandbox
+        .read(&sandbox.topics.outcomes, Duration::from_secs(300), |r| {
+            let mut seen = seen.borrow_mut();
+            let (done, statuses) = &mut *seen;
+            add_statuses(statuses, &r[*done..]);
+            *done = r.len();
+            statuses.values().filter(|s| is_final(s)).count() >= DELETES
+        })
+        .await
+        .expect("outcomes after the restart");
+    let pid = second.id().expect("running").to_string();
+    let _ = Command::new("kill").args(["-TERM", &pid]).status().await;
+    let _ = tokio::time::timeout(Duration::from_secs(30), second.wait()).await;
+
+    let last = last_status(&outcomes);
+    let mut by_status: BTreeMap<&str, usize> = BTreeMap::new();
+    for s in last.values() {
+        *by_status.entry(s.as_str()).or_default() += 1;
+    }
+    let deletes_sent = sandbox.sim.stats().count("DELETE /api/v2/scim/Users/{id}");
+    println!(
+        "{DELETES} deletes; SIGKILL with {deleted_at_kill} DELETEs sent; final statuses \
+         {by_status:?}; {deletes_sent} DELETEs in all"
+    );
+    assert_eq!(last.len(), DELETES);
+    assert_eq!(
+        by_status.get("failed"),
+        None,
+        "no delete failed: {by_status:?}"
+    );
+    assert!(
+        by_status.get(DONE_EARLIER).copied().unwrap_or(0) > 0,
+        "the kill left deletes done but unfinished, which the restart recognised: {by_status:?}"
+    );
+    assert_eq!(
+        by_status.get("verified").copied().unwrap_or(0)
+            + by_status.get(DONE_EARLIER).copied().unwrap_or(0),
+        DELETES
+    );
+    assert_eq!(deletes_sent, DELETES as u64, "each user deleted once");
+    for n in [1, DELETES / 2, DELETES] {
+        assert!(sandbox.sim.user(&user(n)).is_none(), "{} is gone", user(n));
     }
 }
 

@@ -43,6 +43,9 @@ struct Record {
     worker: String,
     seq: u64,
     entry: Entry,
+    /// The event a claim is for (`<topic>/<event_id>`), so that a redelivery can be told.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    event: Option<String>,
 }
 
 /// How the guard reaches its state topic.
@@ -80,11 +83,17 @@ impl Writer {
         }
     }
 
-    pub async fn write(&self, entry: &Entry, seq: u64) -> Result<(), GuardError> {
+    pub async fn write(
+        &self,
+        entry: &Entry,
+        event: Option<&str>,
+        seq: u64,
+    ) -> Result<(), GuardError> {
         let record = Record {
             worker: self.worker.clone(),
             seq,
             entry: *entry,
+            event: event.map(str::to_string),
         };
         let value = serde_json::to_vec(&record).map_err(|e| self.error(&e.to_string()))?;
         let key = format!("guard/{}/{seq}", self.worker);
@@ -211,7 +220,7 @@ fn apply(guard: &Guard, message: &BorrowedMessage<'_>, worker: &str) {
     match serde_json::from_slice::<Record>(payload) {
         Ok(r) => {
             let mine = (r.worker == worker).then_some(r.seq);
-            guard.apply(r.entry, mine);
+            guard.apply(r.entry, r.event.as_deref(), mine);
         }
         Err(e) => tracing::warn!(
             offset = message.offset(),

@@ -31,6 +31,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
+use netskope::cache::TtlCache;
 use offboarder_base::clock::WallClock;
 use offboarder_base::metric_names as names;
 
@@ -95,6 +96,11 @@ pub enum GuardError {
     Ledger { topic: String, reason: String },
 }
 
+/// Events whose destructive action was admitted, remembered for this long and at most this
+/// many: enough to recognise a redelivery after a crash or a rebalance.
+const ADMITTED_EVENTS_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+const ADMITTED_EVENTS_MAX: usize = 100_000;
+
 #[derive(Debug, Default)]
 struct State {
     window: Window,
@@ -111,6 +117,8 @@ pub struct Guard {
     state: Mutex<State>,
     /// Bumped by every halt and every release; waiters and the consumer loop wake on a change.
     changes: watch::Sender<u64>,
+    /// How many admitted claims the log holds for each event (by `<topic>/<event_id>`).
+    admitted_events: TtlCache<String, u32>,
     /// `None`: the log is this process's memory.
     ledger: Option<ledger::Writer>,
     /// Stops the state topic's reader when the guard goes.
@@ -144,6 +152,7 @@ impl Guard {
             clock: WallClock::new(),
             state: Mutex::new(State::default()),
             changes: watch::Sender::new(0),
+            admitted_events: TtlCache::new(ADMITTED_EVENTS_MAX, ADMITTED_EVENTS_TTL),
             ledger,
             stop: CancellationToken::new(),
         }
@@ -161,11 +170,16 @@ impl Guard {
         u64::try_from(self.window.as_millis()).unwrap_or(u64::MAX)
     }
 
-    /// Applies one entry of the log, in log order. `mine` is the sequence number of an entry
-    /// this worker wrote and waits for.
-    fn apply(&self, entry: Entry, mine: Option<u64>) -> Applied {
+    /// Applies one entry of the log, in log order. `event` names the event a claim is for;
+    /// `mine` is the sequence number of an entry this worker wrote and waits for.
+    fn apply(&self, entry: Entry, event: Option<&str>, mine: Option<u64>) -> Applied {
         let mut s = self.lock();
         let applied = s.window.apply(entry);
+        if let (Applied::Claim(Admission::Admitted), Some(event)) = (applied, event) {
+            let key = event.to_string();
+            let seen = self.admitted_events.get(&key).unwrap_or(0);
+            self.admitted_events.insert(key, seen.saturating_add(1));
+        }
         let halted = s.window.halted();
         let waiter = mine.and_then(|seq| s.pending.remove(&seq));
         drop(s);
@@ -185,15 +199,15 @@ impl Guard {
     }
 
     /// Writes an entry to the log and waits for its verdict.
-    async fn append(&self, entry: Entry) -> Result<Applied, GuardError> {
+    async fn append(&self, entry: Entry, event: Option<&str>) -> Result<Applied, GuardError> {
         let Some(ledger) = &self.ledger else {
-            return Ok(self.apply(entry, None));
+            return Ok(self.apply(entry, event, None));
         };
         let seq = ledger.next_seq();
         let (tx, rx) = oneshot::channel();
         self.lock().pending.insert(seq, tx);
         let answer = async {
-            ledger.write(&entry, seq).await?;
+            ledger.write(&entry, event, seq).await?;
             match tokio::time::timeout(ledger::READ_BACK_TIMEOUT, rx).await {
                 Ok(Ok(applied)) => Ok(applied),
                 Ok(Err(_)) => Err(ledger.error("its reader stopped")),
@@ -210,14 +224,15 @@ impl Guard {
         result
     }
 
-    /// Counts one destructive action, or says that they are halted.
-    pub async fn try_admit(&self) -> Result<Admission, GuardError> {
+    /// Counts one destructive action for `event` (`<topic>/<event_id>`), or says that they
+    /// are halted.
+    pub async fn try_admit(&self, event: &str) -> Result<Admission, GuardError> {
         let entry = Entry::Claim {
             at_ms: self.now_ms(),
             max: self.max,
             window_ms: self.window_ms(),
         };
-        match self.append(entry).await? {
+        match self.append(entry, Some(event)).await? {
             Applied::Claim(admission) => Ok(admission),
             Applied::Release(_) => unreachable!("a claim is applied as a claim"),
         }
@@ -225,12 +240,12 @@ impl Guard {
 
     /// Waits until a destructive action is admitted (at once, unless halted). While the state
     /// topic cannot be written or read, the action waits too: the guard fails closed.
-    pub async fn admitted(&self) {
+    pub async fn admitted(&self, event: &str) {
         let mut changes = self.changes.subscribe();
         let mut counted: Option<Waiter<'_>> = None;
         let mut backoff = Duration::from_secs(1);
         loop {
-            match self.try_admit().await {
+            match self.try_admit(event).await {
                 Ok(Admission::Admitted) => break,
                 Ok(Admission::Halted { .. }) => {
                     counted.get_or_insert_with(|| Waiter::new(self));
@@ -256,12 +271,23 @@ impl Guard {
     pub async fn release(&self) -> Result<GuardStatus, GuardError> {
         let before = self.status();
         if before.halted {
-            self.append(Entry::Release {
-                at_ms: self.now_ms(),
-            })
+            self.append(
+                Entry::Release {
+                    at_ms: self.now_ms(),
+                },
+                None,
+            )
             .await?;
         }
         Ok(before)
+    }
+
+    /// How many times a destructive action for `event` was admitted, by any worker, as far as
+    /// the log remembers (a week, the last 100,000 events). More than one means an earlier
+    /// delivery of the same event was let through: after a crash or a rebalance, its action
+    /// may already be done.
+    pub fn admissions_of(&self, event: &str) -> u32 {
+        self.admitted_events.get(&event.to_string()).unwrap_or(0)
     }
 
     /// Wakes on every halt and release.
@@ -332,7 +358,7 @@ mod tests {
     use std::sync::Arc;
 
     async fn admit(g: &Guard) -> Admission {
-        g.try_admit()
+        g.try_admit("hr.terminations/e")
             .await
             .expect("an in-memory guard always decides")
     }
@@ -380,7 +406,7 @@ mod tests {
         let waiters: Vec<_> = (0..5)
             .map(|_| {
                 let g = g.clone();
-                tokio::spawn(async move { g.admitted().await })
+                tokio::spawn(async move { g.admitted("hr.terminations/e").await })
             })
             .collect();
         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -413,13 +439,29 @@ mod tests {
         assert_eq!(admit(&g).await, Admission::Halted { tripped: true });
         let waiter = {
             let g = g.clone();
-            tokio::spawn(async move { g.admitted().await })
+            tokio::spawn(async move { g.admitted("hr.terminations/e").await })
         };
         tokio::time::sleep(Duration::from_secs(1)).await;
         assert_eq!(g.waiting(), 1);
         waiter.abort();
         assert!(waiter.await.expect_err("aborted").is_cancelled());
         assert_eq!(g.waiting(), 0, "an aborted waiter must not stay counted");
+    }
+
+    #[tokio::test]
+    async fn admissions_are_counted_per_event() {
+        let g = guard(3, 600);
+        g.try_admit("t/a").await.unwrap();
+        assert_eq!(g.admissions_of("t/a"), 1);
+        g.try_admit("t/a").await.unwrap();
+        g.try_admit("t/b").await.unwrap();
+        assert_eq!((g.admissions_of("t/a"), g.admissions_of("t/b")), (2, 1));
+        // A halted claim is no admission.
+        assert_eq!(
+            g.try_admit("t/c").await.unwrap(),
+            Admission::Halted { tripped: true }
+        );
+        assert_eq!(g.admissions_of("t/c"), 0);
     }
 
     #[tokio::test]

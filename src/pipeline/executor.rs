@@ -62,6 +62,27 @@ pub struct Report {
 }
 
 impl Report {
+    /// A delete that found no user, for an event whose delete was admitted before (an earlier
+    /// delivery, cut short by a crash or a rebalance after it acted): the user is gone, which
+    /// is what the event asked for, so it is `applied`, not `failed`. A delete of a user that
+    /// never existed has no earlier admission and stays `failed`.
+    pub fn deleted_by_an_earlier_delivery(self) -> Self {
+        let not_found = matches!(self.error, Some(NetskopeError::NotFound { .. }));
+        if self.status != Status::Failed || !not_found {
+            return self;
+        }
+        Self {
+            status: Status::Applied,
+            reason: Some(
+                "the user no longer exists: an earlier delivery of this event was admitted to \
+                 delete it (the guard's log holds that admission)"
+                    .into(),
+            ),
+            error: None,
+            ..self
+        }
+    }
+
     fn skipped(reason: String) -> Self {
         Self {
             status: Status::Skipped,

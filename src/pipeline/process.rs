@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use rdkafka::consumer::Consumer;
-use rdkafka::message::OwnedMessage;
+use rdkafka::message::{Message, OwnedMessage};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -54,6 +54,12 @@ pub(super) struct Job {
 }
 
 impl Job {
+    /// The event as the guard's log names it: the same for every delivery of the record, and
+    /// for a copy of it published again with the same `event_id`.
+    pub(super) fn guard_key(&self) -> String {
+        format!("{}/{}", self.message.topic(), self.event.event_id())
+    }
+
     /// An outcome of this event with what every outcome of it carries (ids, source, user,
     /// action, group, received time, trace); the caller adds what its phase found.
     pub(super) fn outcome(&self, decision: &Decision, status: Status) -> Outcome {
@@ -154,17 +160,18 @@ impl Core {
         let decision = self.policy.decide(&job.event);
         tracing::Span::current().record("action", decision.action().as_str());
         if matches!(decision, Decision::Deactivate | Decision::Delete) && !self.executor.dry_run() {
-            match self.shared.guard.try_admit().await {
+            let event = job.guard_key();
+            match self.shared.guard.try_admit(&event).await {
                 Ok(Admission::Admitted) => {}
                 Ok(Admission::Halted { tripped }) => {
                     if tripped {
                         Box::pin(self.report_halt(&job, &decision)).await;
                     }
-                    self.shared.guard.admitted().await;
+                    self.shared.guard.admitted(&event).await;
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "the blast-radius guard cannot decide; the destructive action waits");
-                    self.shared.guard.admitted().await;
+                    self.shared.guard.admitted(&event).await;
                 }
             }
         }
@@ -179,10 +186,14 @@ impl Core {
     /// Carries out an admitted event's decision and publishes its outcome.
     pub(super) async fn act(self: Arc<Self>, job: Job, decision: Decision) {
         let user_name = job.event.user_name().to_string();
-        let report = match self.executor.execute(&user_name, &decision).await {
+        let mut report = match self.executor.execute(&user_name, &decision).await {
             Ok(report) => report,
             Err(e) => return self.fail(PipelineError::Netskope(e)),
         };
+        // This delivery's admission is one; another means an earlier delivery was admitted.
+        if decision == Decision::Delete && self.shared.guard.admissions_of(&job.guard_key()) > 1 {
+            report = report.deleted_by_an_earlier_delivery();
+        }
         if report.retries_exhausted {
             let detail = report.error.as_ref().map(|e| e.to_string());
             let detail = detail.unwrap_or_default();
