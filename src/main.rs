@@ -365,7 +365,7 @@ async fn check_config(path: &Path) -> ExitCode {
         Err(e) => Err(e.to_string()),
     };
     match kafka {
-        Ok(()) => println!(
+        Ok(_) => println!(
             "  Kafka: brokers reachable, all five topics exist, the state topic has one partition"
         ),
         Err(e) => {

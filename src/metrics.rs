@@ -117,6 +117,10 @@ fn describe() {
         "Time from sending a request to Netskope's response headers, by operation."
     );
     describe_counter!(THROTTLED, "HTTP 429 answers from Netskope, by token.");
+    describe_gauge!(
+        REQUEST_BUDGET,
+        "This worker's share of each token's requests_per_minute, by token."
+    );
     describe_counter!(
         TOKEN_RELOADS,
         "Tokens read again from their file after a 401 and found replaced, by token."

@@ -327,6 +327,10 @@ pub struct PipelineConfig {
     pub batch_window: Duration,
     /// Most members gathered into one group PATCH before it is sent.
     pub batch_max_members: usize,
+    /// Split each token's `requests_per_minute` among the workers of the group by their share
+    /// of the input partitions, re-split at every rebalance. Off: every worker takes the whole
+    /// budget (for a single worker that shares its token with nothing, the same thing).
+    pub split_budget: bool,
     /// How long an event keeps retrying transient faults (429, 5xx, timeouts) before it is
     /// given up as `failed` and its bytes go to the dead-letter topic for replay.
     #[serde(with = "humantime_serde")]
@@ -355,6 +359,7 @@ impl Default for PipelineConfig {
             max_event_bytes: 64 * 1024,
             batch_window: Duration::from_millis(200),
             batch_max_members: 500,
+            split_budget: true,
             transient_retry_for: Duration::from_secs(30 * 60),
             shutdown_grace: Duration::from_secs(30),
             quarantine_memory: Duration::from_secs(3600),

@@ -30,9 +30,33 @@ pub(super) fn resume_gap(committed: rdkafka::Offset, first: i64) -> Option<i64> 
 }
 
 /// Rebalance hooks: forget revoked partitions (their events will be delivered to the new
-/// owner), and keep newly assigned partitions paused while the worker is full.
+/// owner), keep newly assigned partitions paused while the worker is full, and take the share
+/// of the request budget that goes with the partitions held.
 pub(super) struct Context {
     pub(super) shared: Arc<Shared>,
+    pub(super) budget: Option<Budget>,
+}
+
+/// Splits each token's `requests_per_minute` among the workers of a group by their share of
+/// the input partitions. Netskope limits the token, not the process: three workers that each
+/// took the whole budget would send three times it and meet 429s.
+pub(super) struct Budget {
+    pub(super) client: Arc<netskope::NetskopeClient>,
+    /// Partitions of both input topics together.
+    pub(super) input_partitions: usize,
+}
+
+impl Budget {
+    fn follow(&self, assigned: usize) {
+        let share = assigned as f64 / self.input_partitions.max(1) as f64;
+        self.client.set_budget_share(share);
+        tracing::info!(
+            assigned,
+            of = self.input_partitions,
+            requests_per_minute = self.client.scim_limiter().ceiling_per_min(),
+            "request budget: this worker's share of the token's"
+        );
+    }
 }
 
 impl ClientContext for Context {
@@ -76,6 +100,9 @@ impl ConsumerContext for Context {
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         let assigned = consumer.assignment().map_or(0, |a| a.count());
         self.shared.readiness.set_assigned(assigned);
+        if let Some(budget) = &self.budget {
+            budget.follow(assigned);
+        }
         if matches!(rebalance, Rebalance::Assign(_))
             && !self.shared.joined.swap(true, Ordering::SeqCst)
         {
@@ -232,12 +259,14 @@ pub(super) fn fatal_consumer_error(e: &KafkaError) -> Option<String> {
 
 /// Checks, before consuming, that the brokers answer, that all five topics exist, and that the
 /// state topic has one partition (the guard's log needs one order). Topics are never
-/// auto-created: a typo in a topic name must not start a worker that reads nothing.
+/// auto-created: a typo in a topic name must not start a worker that reads nothing. Returns
+/// how many partitions the two input topics have together: a worker's share of them is its
+/// share of the request budget.
 pub async fn check_topics(
     producer: &super::broker_errors::Producer,
     errors: &super::broker_errors::BrokerErrors,
     kafka: &KafkaConfig,
-) -> Result<(), PipelineError> {
+) -> Result<usize, PipelineError> {
     let producer = producer.clone();
     let timeout = kafka.connect_timeout;
     let brokers = kafka.brokers.clone();
@@ -287,7 +316,12 @@ pub async fn check_topics(
     })
     .collect();
     if problems.is_empty() {
-        Ok(())
+        Ok(metadata
+            .topics()
+            .iter()
+            .filter(|m| *m.name() == t.terminations || *m.name() == t.risk_signals)
+            .map(|m| m.partitions().len())
+            .sum())
     } else {
         Err(PipelineError::Config(format!(
             "kafka: topics unusable on {}: {}. Create them, grant access, or fix the names in [kafka.topics]",

@@ -87,7 +87,7 @@ impl Pipeline {
         let (producer, errors) =
             broker_errors::producer(&kafka.producer_config().map_err(|e| cfg(e.to_string()))?)
                 .map_err(|e| cfg(format!("kafka: cannot create the producer: {e}")))?;
-        check_topics(&producer, &errors, &kafka).await?;
+        let input_partitions = check_topics(&producer, &errors, &kafka).await?;
         config.guard.validate().map_err(cfg)?;
         for topic in [&kafka.topics.terminations, &kafka.topics.risk_signals] {
             // At 0 from the start, so that the first skip shows in increase().
@@ -116,6 +116,10 @@ impl Pipeline {
             .map_err(|e| cfg(e.to_string()))?
             .create_with_context(Context {
                 shared: shared.clone(),
+                budget: config.pipeline.split_budget.then(|| consumer::Budget {
+                    client: client.clone(),
+                    input_partitions,
+                }),
             })
             .map_err(|e| cfg(format!("kafka: cannot create the consumer: {e}")))?;
         let handle = PipelineHandle {

@@ -139,7 +139,7 @@ impl<'a> ClientBuilder<'a> {
             ),
             None => scim_token.clone(),
         };
-        Ok(NetskopeClient {
+        let client = NetskopeClient {
             endpoints,
             transport,
             scim_token,
@@ -150,7 +150,10 @@ impl<'a> ClientBuilder<'a> {
             remove_style: cfg.member_remove_style,
             value_list_refused: std::sync::atomic::AtomicBool::new(false),
             paging_param: cfg.audit_paging_param,
-        })
+        };
+        // The whole budget until a consumer group says which share is this worker's.
+        client.set_budget_share(1.0);
+        Ok(client)
     }
 }
 
@@ -180,6 +183,21 @@ impl NetskopeClient {
     /// The request budget of the audit calls: the SCIM token's own when one token serves both.
     pub fn events_limiter(&self) -> &TokenLimiter {
         &self.events_token.limiter
+    }
+
+    /// Gives this worker `share` of each token's `requests_per_minute` (at least
+    /// [`limiter::MIN_SHARE`]): workers that split one token between them each take the share
+    /// of the work they were given, so that together they stay within the token's budget.
+    pub fn set_budget_share(&self, share: f64) {
+        let mut tokens = vec![&self.scim_token];
+        if self.has_separate_events_token() {
+            tokens.push(&self.events_token);
+        }
+        for token in tokens {
+            token.limiter.set_share(share);
+            metrics::gauge!(offboarder_base::metric_names::REQUEST_BUDGET, "token" => token.role.to_string())
+                .set(f64::from(token.limiter.ceiling_per_min()));
+        }
     }
 
     pub fn has_separate_events_token(&self) -> bool {

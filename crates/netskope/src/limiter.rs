@@ -28,8 +28,12 @@ use offboarder_base::clock::{TokioClock, wait_until};
 type Gcra =
     RateLimiter<NotKeyed, InMemoryState, TokioClock, NoOpMiddleware<governor::nanos::Nanos>>;
 
-/// The lowest rate a run of 429s can push a token to, as a fraction of its configured budget.
+/// The lowest rate a run of 429s can push a token to, as a fraction of this worker's ceiling.
 const MIN_RATE_DIVISOR: u32 = 16;
+
+/// The smallest share of a token's budget a worker keeps (see [`TokenLimiter::set_share`]):
+/// a worker with no partitions still probes Netskope for `/readyz` and polls the audit trail.
+pub const MIN_SHARE: f64 = 0.05;
 
 pub struct TokenLimiter {
     clock: TokioClock,
@@ -40,6 +44,8 @@ pub struct TokenLimiter {
 struct State {
     gcra: Arc<Gcra>,
     per_min: u32,
+    /// This worker's share of the token's budget: the most `per_min` climbs back to.
+    ceiling: u32,
     /// No request of this token leaves before this instant.
     paused_until: Option<Instant>,
     /// Successes since the rate last changed; drives the slow climb back.
@@ -56,6 +62,7 @@ impl TokenLimiter {
             state: Mutex::new(State {
                 gcra: Arc::new(build(per_min, &clock)),
                 per_min,
+                ceiling: per_min,
                 paused_until: None,
                 successes: 0,
                 throttled_total: 0,
@@ -99,7 +106,7 @@ impl TokenLimiter {
     pub fn on_throttled(&self, retry_after: Option<Duration>) {
         let mut s = self.lock();
         s.throttled_total += 1;
-        let floor = (self.configured_per_min / MIN_RATE_DIVISOR).max(1);
+        let floor = (s.ceiling / MIN_RATE_DIVISOR).max(1);
         let slower = (s.per_min / 2).max(floor);
         if slower != s.per_min {
             s.per_min = slower;
@@ -127,17 +134,51 @@ impl TokenLimiter {
     /// current rate, raise it by a tenth of the configured budget.
     pub fn on_success(&self) {
         let mut s = self.lock();
-        if s.per_min >= self.configured_per_min {
+        if s.per_min >= s.ceiling {
             return;
         }
         s.successes += 1;
         if s.successes >= (s.per_min / 4).max(1) {
-            let faster =
-                (s.per_min + (self.configured_per_min / 10).max(1)).min(self.configured_per_min);
+            let faster = (s.per_min + (s.ceiling / 10).max(1)).min(s.ceiling);
             s.per_min = faster;
             s.gcra = Arc::new(rebuild(&s.gcra, faster, &self.clock));
             s.successes = 0;
         }
+    }
+
+    /// Gives this worker `share` of the token's budget (clamped to [`MIN_SHARE`]..=1), for a
+    /// fleet of workers that split one token. A rate at the old ceiling moves to the new one at
+    /// once; a rate slowed by 429s stays slowed (and climbs back to the new ceiling). The
+    /// bucket keeps its level, as with every rate change.
+    pub fn set_share(&self, share: f64) {
+        let share = if share.is_finite() {
+            share.clamp(MIN_SHARE, 1.0)
+        } else {
+            1.0
+        };
+        let ceiling = (f64::from(self.configured_per_min) * share)
+            .round()
+            .max(1.0) as u32;
+        let mut s = self.lock();
+        if ceiling == s.ceiling {
+            return;
+        }
+        let per_min = if s.per_min >= s.ceiling {
+            ceiling
+        } else {
+            s.per_min.min(ceiling)
+        };
+        s.ceiling = ceiling;
+        if per_min != s.per_min {
+            s.per_min = per_min;
+            s.gcra = Arc::new(rebuild(&s.gcra, per_min, &self.clock));
+            s.successes = 0;
+        }
+    }
+
+    /// This worker's share of the budget, requests per minute.
+    pub fn ceiling_per_min(&self) -> u32 {
+        self.lock().ceiling
     }
 
     /// The rate in force now, requests per minute.
@@ -210,6 +251,29 @@ impl std::fmt::Debug for TokenLimiter {
 
 #[cfg(test)]
 mod tests {
+    #[tokio::test(start_paused = true)]
+    async fn a_share_sets_the_ceiling_and_a_slowed_rate_stays_slowed() {
+        let l = TokenLimiter::new(300);
+        l.set_share(1.0 / 3.0);
+        assert_eq!((l.ceiling_per_min(), l.current_per_min()), (100, 100));
+        // Successes climb no higher than the share.
+        for _ in 0..1000 {
+            l.on_success();
+        }
+        assert_eq!(l.current_per_min(), 100);
+        l.on_throttled(None);
+        assert_eq!(l.current_per_min(), 50);
+        // A larger share after a rebalance: the slowed rate is not jumped up...
+        l.set_share(0.5);
+        assert_eq!((l.ceiling_per_min(), l.current_per_min()), (150, 50));
+        // ...and no share goes below the floor, so an idle worker can still probe.
+        l.set_share(0.0);
+        assert_eq!(l.ceiling_per_min(), 15);
+        assert_eq!(l.current_per_min(), 15);
+        l.set_share(f64::NAN);
+        assert_eq!(l.ceiling_per_min(), 300);
+    }
+
     use super::*;
 
     #[tokio::test(start_paused = true)]
