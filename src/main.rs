@@ -364,6 +364,7 @@ async fn check_config(path: &Path) -> ExitCode {
         },
         Err(e) => Err(e.to_string()),
     };
+    let kafka_ok = kafka.is_ok();
     match kafka {
         Ok(_) => println!(
             "  Kafka: brokers reachable, all five topics exist, the state topic has one partition"
@@ -371,6 +372,27 @@ async fn check_config(path: &Path) -> ExitCode {
         Err(e) => {
             println!("  Kafka: FAILED: {e}");
             worst = ExitCode::from(EXIT_CONFIG);
+        }
+    }
+    if kafka_ok {
+        let topic = &config.kafka.topics.state;
+        match pipeline::state_topic_policy(&config.kafka).await {
+            Ok(policy) if pipeline::keeps_every_entry(&policy) => {
+                println!("  state topic {topic}: cleanup.policy=compact")
+            }
+            Ok(policy) => {
+                println!(
+                    "  state topic {topic}: FAILED: cleanup.policy={policy}; it must be \
+                     compact alone, or the brokers will drop the guard's entries (a halt among \
+                     them) after the retention time"
+                );
+                worst = ExitCode::from(EXIT_CONFIG);
+            }
+            // Not every broker answers DescribeConfigs; the operator checks by hand then.
+            Err(e) => println!(
+                "  state topic {topic}: cannot read its cleanup.policy ({e}); make sure it is \
+                 compact"
+            ),
         }
     }
     for (name, result) in [

@@ -94,6 +94,12 @@ async fn check_config_probes_kafka_and_netskope() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(stdout.contains("all five topics exist"), "{stdout}");
+    // The mock cluster does not answer DescribeConfigs: check-config says so and goes on.
+    assert!(
+        stdout.contains("cannot read its cleanup.policy")
+            && stdout.contains("make sure it is compact"),
+        "{stdout}"
+    );
     assert!(stdout.contains("SCIM (GET /Users): reachable"), "{stdout}");
     assert!(
         stdout.contains("audit (GET events/data/audit): reachable"),

@@ -2,18 +2,18 @@
 //! mock cluster and the tenant simulator. Each test prints its figures.
 
 mod support;
+use support::{DONE_EARLIER, Statuses, add_statuses, is_final, last_status};
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use rdkafka::message::OwnedMessage;
 use serde_json::{Value, json};
 use tokio::process::{Child, Command};
 
 use netskope_sim::SimArgs;
-use offboarder::sandbox::{self, Sandbox};
+use offboarder::sandbox::Sandbox;
 
 const BIN: &str = env!("CARGO_BIN_EXE_offboarder");
 
@@ -28,51 +28,6 @@ fn event(id: String, n: usize, source: &str, extra: Value) -> Vec<u8> {
         e.extend(x.clone());
     }
     e.to_string().into_bytes()
-}
-
-type Statuses = BTreeMap<(String, i64, i64), String>;
-
-/// `(topic, partition, offset)` → the last status seen for that input event.
-fn last_status(outcomes: &[OwnedMessage]) -> Statuses {
-    let mut last = BTreeMap::new();
-    add_statuses(&mut last, outcomes);
-    last
-}
-
-/// Folds more outcome records into `last`.
-fn add_statuses(last: &mut Statuses, outcomes: &[OwnedMessage]) {
-    for m in outcomes {
-        let Ok(o) = serde_json::from_str::<Value>(&sandbox::text(m)) else {
-            continue;
-        };
-        let source = support::source_of(&o);
-        let mut status = o["status"].as_str().unwrap_or_default().to_string();
-        // A redelivered delete that found its user gone: final, with nothing left to verify.
-        if status == "applied"
-            && o["reason"]
-                .as_str()
-                .is_some_and(|r| r.contains("an earlier delivery of this event"))
-        {
-            status = DONE_EARLIER.to_string();
-        }
-        // A verification phase ends an event; an `applied` seen after it (a redelivery) does
-        // not undo that.
-        let entry = last.entry(source).or_default();
-        if !is_final(entry) || is_final(&status) {
-            *entry = status;
-        }
-    }
-}
-
-/// How [`add_statuses`] names an `applied` outcome that is final: a delete whose user an
-/// earlier delivery of the same event removed.
-const DONE_EARLIER: &str = "applied (done by an earlier delivery)";
-
-fn is_final(status: &str) -> bool {
-    matches!(
-        status,
-        "verified" | "unverified" | "skipped" | "failed" | DONE_EARLIER
-    )
 }
 
 fn start_worker(sandbox: &Sandbox, config: &PathBuf) -> Child {

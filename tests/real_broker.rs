@@ -548,3 +548,18 @@ async fn records_skipped_on_resume_are_reported() {
         "offsets 4..{first_read} reported"
     );
 }
+
+/// A real broker reports the state topic's `cleanup.policy`, which `check-config` verifies:
+/// the sandbox created it `compact`, as docs/operating.md says to.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_state_topics_cleanup_policy_is_read_from_the_broker() {
+    let Some(bootstrap) = support::peer("KAFKA_BOOTSTRAP") else {
+        return;
+    };
+    let sandbox = sandbox(&bootstrap, 1).await;
+    let config = config(&sandbox, "real-state-policy");
+    let policy = offboarder::pipeline::state_topic_policy(&config.kafka).await;
+    println!("state topic cleanup.policy on {bootstrap}: {policy:?}");
+    let policy = policy.expect("the broker answers DescribeConfigs");
+    assert!(offboarder::pipeline::keeps_every_entry(&policy), "{policy}");
+}

@@ -204,12 +204,14 @@ impl Intake {
                 span.record("source_event_id", event.event_id());
                 span.record("user", event.user_name());
                 let key = event.user_name().to_lowercase();
+                let partition = self.core.shared.partition_work(m.topic(), m.partition());
                 self.lanes.submit(
                     key,
                     Job {
                         event,
                         message,
                         ticket,
+                        partition,
                         received,
                         trace,
                         span,

@@ -232,6 +232,11 @@ impl KafkaConfig {
         // first deployment must still be acted on. Overridable.
         let unset =
             |k: &str| !self.consumer_properties.contains_key(k) && !self.properties.contains_key(k);
+        // A rebalance moves only the partitions that change owner; the others keep flowing.
+        // KIP-848 (`group.protocol=consumer`) assigns on the broker and is incremental anyway.
+        if unset("partition.assignment.strategy") && !self.kip848() {
+            c.set("partition.assignment.strategy", "cooperative-sticky");
+        }
         if unset("auto.offset.reset") {
             c.set("auto.offset.reset", "earliest");
         }
@@ -249,6 +254,14 @@ impl KafkaConfig {
         }
         probe_system_cas(&mut c);
         Ok(c)
+    }
+
+    /// The consumer uses the KIP-848 group protocol (`group.protocol=consumer`).
+    pub fn kip848(&self) -> bool {
+        self.consumer_properties
+            .iter()
+            .chain(&self.properties)
+            .any(|(k, v)| k == "group.protocol" && v.eq_ignore_ascii_case("consumer"))
     }
 
     /// The guard's reader of the state topic: assigned its one partition from the start, in
@@ -338,6 +351,12 @@ pub struct PipelineConfig {
     /// On shutdown, how long in-flight events may take to finish.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// When a rebalance takes partitions away, how long events of theirs that are already
+    /// acting may take to finish and publish. The rest are abandoned unpublished, for the new
+    /// owner to do again; the partitions move only after this. Keep it well under the group's
+    /// rebalance timeout (`max.poll.interval.ms`, 300 s by default).
+    #[serde(with = "humantime_serde")]
+    pub revoke_grace: Duration,
     /// How long the worker remembers a user it quarantined: a repeat signal within this time
     /// sends no second PATCH. After a restart the first repeat sends one (harmless) PATCH. A
     /// quarantine that ends `unverified` is forgotten at once.
@@ -362,6 +381,7 @@ impl Default for PipelineConfig {
             split_budget: true,
             transient_retry_for: Duration::from_secs(30 * 60),
             shutdown_grace: Duration::from_secs(30),
+            revoke_grace: Duration::from_secs(10),
             quarantine_memory: Duration::from_secs(3600),
             dead_letter_window: 100,
             dead_letter_max_ratio: 0.5,
@@ -393,6 +413,9 @@ impl PipelineConfig {
         }
         if self.max_event_bytes < 1024 {
             return Err("pipeline.max_event_bytes: at least 1024".into());
+        }
+        if self.revoke_grace > Duration::from_secs(120) {
+            return Err("pipeline.revoke_grace: at most 2m (a rebalance waits for it)".into());
         }
         Ok(())
     }

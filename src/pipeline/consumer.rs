@@ -14,7 +14,7 @@ use rdkafka::{ClientContext, TopicPartitionList};
 use offboarder_base::metric_names as m_names;
 
 use super::config::KafkaConfig;
-use super::shared::{PipelineError, Shared};
+use super::shared::{PartitionWork, PipelineError, Shared};
 
 /// How many offsets lie between a partition's committed offset and the first record read
 /// after its assignment, when that is more than one. A Kafka broker resumes exactly at the
@@ -35,6 +35,10 @@ pub(super) fn resume_gap(committed: rdkafka::Offset, first: i64) -> Option<i64> 
 pub(super) struct Context {
     pub(super) shared: Arc<Shared>,
     pub(super) budget: Option<Budget>,
+    /// `pipeline.revoke_grace`.
+    pub(super) revoke_grace: Duration,
+    /// Forgotten on every revoke (see `Executor::quarantine_memory`).
+    pub(super) quarantine_memory: Arc<netskope::cache::TtlCache<String, ()>>,
 }
 
 /// Splits each token's `requests_per_minute` among the workers of a group by their share of
@@ -81,6 +85,25 @@ impl ClientContext for Context {
 impl ConsumerContext for Context {
     fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(list) = rebalance {
+            let revoked: Vec<(String, i32)> = list
+                .elements()
+                .iter()
+                .map(|p| (p.topic().to_string(), p.partition()))
+                .collect();
+            // Before the partitions go: their events stop, so none acts after the new owner
+            // has started on the same users.
+            let works = self.shared.take_partition_work(&revoked);
+            let started = std::time::Instant::now();
+            let abandoned = PartitionWork::drain_blocking(&works, self.revoke_grace);
+            if !works.is_empty() {
+                tracing::info!(
+                    partitions = revoked.len(),
+                    waited_ms = started.elapsed().as_millis() as u64,
+                    abandoned,
+                    "revoked partitions drained: their unfinished events are left to the new owner"
+                );
+            }
+            self.quarantine_memory.clear();
             let mut tracker = self.shared.tracker();
             let mut awaiting = self.shared.awaiting_first();
             for p in list.elements() {
@@ -153,12 +176,7 @@ pub(super) async fn join_watchdog(shared: Arc<Shared>, kafka: KafkaConfig) {
     if shared.joined.load(Ordering::SeqCst) {
         return;
     }
-    let kip848 = kafka
-        .consumer_properties
-        .iter()
-        .chain(&kafka.properties)
-        .any(|(k, v)| k == "group.protocol" && v.eq_ignore_ascii_case("consumer"));
-    let hint = if kip848 {
+    let hint = if kafka.kip848() {
         "group.protocol is \"consumer\" (KIP-848): the brokers must support it (Apache Kafka \
          4.0 or later; tansu 0.6.0 does not). Remove the property to use the classic protocol"
     } else {
@@ -329,6 +347,40 @@ pub async fn check_topics(
             problems.join("; ")
         )))
     }
+}
+
+/// The state topic's `cleanup.policy` as the brokers report it. It must be `compact` alone:
+/// with `delete` (alone or with `compact`) the brokers drop old entries after the retention
+/// time, and a halt nobody released would be forgotten with them.
+pub async fn state_topic_policy(kafka: &KafkaConfig) -> Result<String, String> {
+    use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
+    use rdkafka::client::DefaultClientContext;
+    let admin: AdminClient<DefaultClientContext> = kafka
+        .producer_config()
+        .map_err(|e| e.to_string())?
+        .create()
+        .map_err(|e| format!("cannot create an admin client: {e}"))?;
+    let options = AdminOptions::new().request_timeout(Some(kafka.connect_timeout));
+    let topic = ResourceSpecifier::Topic(&kafka.topics.state);
+    let results = admin
+        .describe_configs([&topic], &options)
+        .await
+        .map_err(|e| e.to_string())?;
+    let resource = results
+        .into_iter()
+        .next()
+        .ok_or("the brokers returned no configuration")?
+        .map_err(|code| code.to_string())?;
+    resource
+        .get("cleanup.policy")
+        .and_then(|e| e.value.clone())
+        .ok_or_else(|| "the brokers did not report cleanup.policy".to_string())
+}
+
+/// Whether a `cleanup.policy` keeps every entry of the guard's log.
+pub fn keeps_every_entry(policy: &str) -> bool {
+    let parts: Vec<&str> = policy.split(',').map(str::trim).collect();
+    parts == ["compact"]
 }
 
 #[cfg(test)]

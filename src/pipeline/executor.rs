@@ -115,7 +115,7 @@ pub struct Executor {
     batch_max_members: usize,
     batchers: Batchers,
     /// `<group lower-cased>\n<user id>` of users this worker put in quarantine.
-    quarantined: TtlCache<String, ()>,
+    quarantined: Arc<TtlCache<String, ()>>,
     clock: WallClock,
 }
 
@@ -128,7 +128,10 @@ impl Executor {
             batch_window: config.batch_window,
             batch_max_members: config.batch_max_members,
             batchers: Batchers::default(),
-            quarantined: TtlCache::new(QUARANTINE_MEMORY_SIZE, config.quarantine_memory),
+            quarantined: Arc::new(TtlCache::new(
+                QUARANTINE_MEMORY_SIZE,
+                config.quarantine_memory,
+            )),
             clock: WallClock::new(),
         }
     }
@@ -296,6 +299,14 @@ impl Executor {
             },
             check,
         }
+    }
+
+    /// The quarantine memory, for the consumer's revoke hook: after a rebalance another worker
+    /// may have released a user this one remembers as quarantined, and a memory that outlived
+    /// that would skip the user's next critical signal. So a revoke forgets it all (the price:
+    /// one more idempotent PATCH for a repeat signal).
+    pub fn quarantine_memory(&self) -> Arc<TtlCache<String, ()>> {
+        self.quarantined.clone()
     }
 
     /// Forgets that this worker quarantined `user_id` in `group`: read-back found the user

@@ -66,7 +66,7 @@ use lanes::Lanes;
 use process::{Core, Job, until_killed};
 use publish::Publisher;
 
-pub use consumer::check_topics;
+pub use consumer::{check_topics, keeps_every_entry, state_topic_policy};
 use shared::Shared;
 pub use shared::{PipelineError, PipelineHandle, Summary};
 
@@ -111,6 +111,7 @@ impl Pipeline {
             terminations_topic: kafka.topics.terminations.clone(),
             ..Shared::default()
         });
+        let executor = Executor::new(client.clone(), policy.dry_run(), &config.pipeline);
         let consumer: KafkaConsumer = kafka
             .consumer_config()
             .map_err(|e| cfg(e.to_string()))?
@@ -120,6 +121,8 @@ impl Pipeline {
                     client: client.clone(),
                     input_partitions,
                 }),
+                revoke_grace: config.pipeline.revoke_grace,
+                quarantine_memory: executor.quarantine_memory(),
             })
             .map_err(|e| cfg(format!("kafka: cannot create the consumer: {e}")))?;
         let handle = PipelineHandle {
@@ -133,7 +136,6 @@ impl Pipeline {
         } else {
             None
         };
-        let executor = Executor::new(client, policy.dry_run(), &config.pipeline);
         let publisher = Publisher::new(
             producer,
             kafka.topics.outcomes.clone(),
@@ -163,7 +165,11 @@ impl Pipeline {
                 move |job: Job| {
                     let kill = core.handle.kill.clone();
                     let span = job.span.clone();
-                    let work = until_killed(kill, core.clone().process(job).instrument(span));
+                    let revoked = job.partition.cancel.clone();
+                    let work = until_killed(
+                        kill,
+                        until_killed(revoked, core.clone().process(job).instrument(span)),
+                    );
                     async move {
                         work.await;
                     }

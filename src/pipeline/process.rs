@@ -20,7 +20,7 @@ use super::consumer::KafkaConsumer;
 use super::executor::Executor;
 use super::offsets::Ticket;
 use super::publish::{Delivery, Publisher};
-use super::shared::{PipelineError, PipelineHandle, Shared};
+use super::shared::{PartitionWork, PipelineError, PipelineHandle, Shared};
 use crate::event::Event;
 use crate::guard::Admission;
 use crate::outcome::{self, Action, Outcome, SourceRef, Status, Timestamps, VerificationEvidence};
@@ -47,6 +47,8 @@ pub(super) struct Job {
     pub(super) event: Event,
     pub(super) message: OwnedMessage,
     pub(super) ticket: Ticket,
+    /// The work of the event's partition: a revoke stops it (see [`PartitionWork`]).
+    pub(super) partition: Arc<PartitionWork>,
     pub(super) received: time::OffsetDateTime,
     pub(super) trace: EventTrace,
     /// The event's span: lane work, SCIM calls and the verification wait run inside it.
@@ -154,7 +156,7 @@ impl Core {
     }
 
     pub(super) async fn process(self: Arc<Self>, job: Job) {
-        if self.failed.load(Ordering::SeqCst) {
+        if self.failed.load(Ordering::SeqCst) || job.partition.draining() {
             return;
         }
         let decision = self.policy.decide(&job.event);
@@ -178,6 +180,11 @@ impl Core {
         // Taken after the guard, so that halted events hold no permit. The semaphore is never
         // closed, so acquiring only waits.
         let _permit = self.concurrency.acquire().await;
+        // The partition may have been revoked while this event waited.
+        if job.partition.draining() {
+            return;
+        }
+        let _acting = job.partition.acting();
         // Boxed, and so allocated, only now: thousands of events waiting for a permit each
         // cost their job, not the kilobytes of state that acting on Netskope needs.
         Box::pin(self.clone().act(job, decision)).await;
@@ -253,10 +260,12 @@ impl Core {
         };
         let core = self.clone();
         let kill = self.handle.kill.clone();
+        let revoked = job.partition.cancel.clone();
         let work = core
             .complete(outcome, delivery, verify, job.ticket, job.trace)
             .instrument(job.span);
-        self.tasks.spawn(until_killed(kill, work));
+        self.tasks
+            .spawn(until_killed(kill, until_killed(revoked, work)));
     }
 
     /// The guard halted at this event: say so once, loudly, on the outcomes topic, in the log

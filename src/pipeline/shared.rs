@@ -2,8 +2,8 @@
 //! and the lanes all read, the handle that stops a run from outside, and the run's error and
 //! summary types. A leaf of the pipeline: it knows none of the parts that use it.
 
-use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
@@ -121,9 +121,108 @@ pub(super) struct Shared {
     /// against the committed offset (see `consumer::resume_gap`).
     /// By topic, so that the check on every record borrows the topic name, never allocates.
     pub(super) awaiting_first: Mutex<BTreeMap<String, std::collections::BTreeSet<i32>>>,
+    /// The work of each assigned partition, for a revoke to finish or stop (see
+    /// [`PartitionWork`]).
+    pub(super) partitions: Mutex<HashMap<(String, i32), Arc<PartitionWork>>>,
+}
+
+/// The events of one assigned partition, as a revoke sees them.
+///
+/// A rebalance that moves a partition hands its events to a new owner, which gets them again
+/// from the committed offset. If this worker went on acting on them, a late quarantine here
+/// could land after the new owner's release of the same user. So on revoke the partition
+/// drains: events that have not started acting do not start; those acting get
+/// `pipeline.revoke_grace` to finish and publish; then the rest are cancelled where they are,
+/// publishing nothing more. The partition moves only after that.
+#[derive(Default)]
+pub(super) struct PartitionWork {
+    /// Cancelled once the grace is over: every task of the partition's events stops.
+    pub(super) cancel: CancellationToken,
+    draining: AtomicBool,
+    acting: AtomicUsize,
+}
+
+impl PartitionWork {
+    /// The partition is being revoked: an event must not start acting.
+    pub(super) fn draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+
+    /// Counts an event as acting while the returned value lives.
+    pub(super) fn acting(self: &Arc<Self>) -> Acting {
+        self.acting.fetch_add(1, Ordering::SeqCst);
+        Acting(self.clone())
+    }
+
+    /// Drains the partitions `works`: stops new work at once, waits up to `grace` for the
+    /// events acting to finish, then cancels what is left. Blocks the calling thread (the
+    /// consumer's rebalance callback, which must not return before the work has stopped).
+    /// Returns how many events were still acting when the grace ran out.
+    pub(super) fn drain_blocking(
+        works: &[Arc<PartitionWork>],
+        grace: std::time::Duration,
+    ) -> usize {
+        for w in works {
+            w.draining.store(true, Ordering::SeqCst);
+        }
+        let acting = || {
+            works
+                .iter()
+                .map(|w| w.acting.load(Ordering::SeqCst))
+                .sum::<usize>()
+        };
+        let deadline = std::time::Instant::now() + grace;
+        let wait = || {
+            while acting() > 0 && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+        };
+        // On a worker thread of tokio's multi-threaded runtime, hand its other tasks (the
+        // events being waited for among them) to the other workers first.
+        let multi_thread = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        if multi_thread {
+            tokio::task::block_in_place(wait);
+        } else {
+            wait();
+        }
+        let left = acting();
+        for w in works {
+            w.cancel.cancel();
+        }
+        left
+    }
+}
+
+/// An event acting on a partition's behalf; see [`PartitionWork::acting`].
+pub(super) struct Acting(Arc<PartitionWork>);
+
+impl Drop for Acting {
+    fn drop(&mut self) {
+        self.0.acting.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl Shared {
+    /// The work of an assigned partition (created at its first event).
+    pub(super) fn partition_work(&self, topic: &str, partition: i32) -> Arc<PartitionWork> {
+        self.partitions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry((topic.to_string(), partition))
+            .or_default()
+            .clone()
+    }
+
+    /// Removes and returns the work of partitions being revoked.
+    pub(super) fn take_partition_work(&self, revoked: &[(String, i32)]) -> Vec<Arc<PartitionWork>> {
+        let mut partitions = self.partitions.lock().unwrap_or_else(|p| p.into_inner());
+        revoked
+            .iter()
+            .filter_map(|k| partitions.remove(k))
+            .collect()
+    }
+
     pub(super) fn tracker(&self) -> std::sync::MutexGuard<'_, OffsetTracker> {
         self.tracker.lock().unwrap_or_else(|p| p.into_inner())
     }

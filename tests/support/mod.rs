@@ -2,6 +2,7 @@
 // Each test binary compiles this module and uses only part of it.
 #![allow(dead_code)]
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
@@ -16,6 +17,53 @@ pub fn source_of(outcome: &Value) -> (String, i64, i64) {
         source["topic"].as_str().unwrap_or_default().to_string(),
         source["partition"].as_i64().unwrap_or(-1),
         source["offset"].as_i64().unwrap_or(-1),
+    )
+}
+
+/// `(topic, partition, offset)` of each input event → the last status seen for it, where a
+/// final status (the event's last) is never replaced by a non-final one from a redelivery.
+pub type Statuses = BTreeMap<(String, i64, i64), String>;
+
+/// `(topic, partition, offset)` → the last status seen for that input event.
+pub fn last_status(outcomes: &[rdkafka::message::OwnedMessage]) -> Statuses {
+    let mut last = BTreeMap::new();
+    add_statuses(&mut last, outcomes);
+    last
+}
+
+/// Folds more outcome records into `last`.
+pub fn add_statuses(last: &mut Statuses, outcomes: &[rdkafka::message::OwnedMessage]) {
+    for m in outcomes {
+        let Ok(o) = serde_json::from_str::<Value>(&offboarder::sandbox::text(m)) else {
+            continue;
+        };
+        let source = source_of(&o);
+        let mut status = o["status"].as_str().unwrap_or_default().to_string();
+        // A redelivered delete that found its user gone: final, with nothing left to verify.
+        if status == "applied"
+            && o["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("an earlier delivery of this event"))
+        {
+            status = DONE_EARLIER.to_string();
+        }
+        // A verification phase ends an event; an `applied` seen after it (a redelivery) does
+        // not undo that.
+        let entry = last.entry(source).or_default();
+        if !is_final(entry) || is_final(&status) {
+            *entry = status;
+        }
+    }
+}
+
+/// How [`add_statuses`] names an `applied` outcome that is final: a delete whose user an
+/// earlier delivery of the same event removed.
+pub const DONE_EARLIER: &str = "applied (done by an earlier delivery)";
+
+pub fn is_final(status: &str) -> bool {
+    matches!(
+        status,
+        "verified" | "unverified" | "skipped" | "failed" | DONE_EARLIER
     )
 }
 

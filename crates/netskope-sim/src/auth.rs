@@ -92,7 +92,7 @@ impl Gate {
     pub(crate) fn new(
         scim_token: &str,
         events_token: &str,
-        rate_limit_per_min: u32,
+        (rate_limit_per_min, burst): (u32, u32),
         rate_limit_headers: bool,
         fault_rate: f64,
         seed: Option<u64>,
@@ -100,8 +100,12 @@ impl Gate {
     ) -> Self {
         let limiter = || {
             std::num::NonZeroU32::new(rate_limit_per_min).map(|per_min| {
-                // Burst = the whole per-minute quota, refilled evenly over the minute.
-                RateLimiter::direct_with_clock(Quota::per_minute(per_min), TokioClock::new())
+                // Refilled evenly over the minute; by default the burst is the whole quota.
+                let quota = match std::num::NonZeroU32::new(burst) {
+                    Some(burst) => Quota::per_minute(per_min).allow_burst(burst),
+                    None => Quota::per_minute(per_min),
+                };
+                RateLimiter::direct_with_clock(quota, TokioClock::new())
                     .with_middleware::<StateInformationMiddleware>()
             })
         };
@@ -365,7 +369,15 @@ mod tests {
     }
 
     fn gate(scim: &str, events: &str, per_min: u32) -> Gate {
-        Gate::new(scim, events, per_min, true, 0.0, Some(7), Duration::ZERO)
+        Gate::new(
+            scim,
+            events,
+            (per_min, 0),
+            true,
+            0.0,
+            Some(7),
+            Duration::ZERO,
+        )
     }
 
     #[test]
@@ -448,7 +460,7 @@ mod tests {
         assert!(g.roll_fault().is_none());
 
         let draws = |seed| {
-            let g = Gate::new("s", "e", 0, false, 0.5, Some(seed), Duration::ZERO);
+            let g = Gate::new("s", "e", (0, 0), false, 0.5, Some(seed), Duration::ZERO);
             (0..64)
                 .map(|_| g.roll_fault().map(|s| s.as_u16()))
                 .collect::<Vec<_>>()

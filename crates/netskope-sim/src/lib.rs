@@ -95,9 +95,13 @@ pub struct SimArgs {
     /// Seed user1@example.com … userN@example.com (active) at start.
     #[arg(long, default_value_t = 0)]
     pub users: usize,
-    /// Requests per minute per token (burst = the whole quota); 0 turns limiting off.
+    /// Requests per minute per token; 0 turns limiting off.
     #[arg(long = "rate-limit", default_value_t = 300)]
     pub rate_limit_per_min: u32,
+    /// Requests a token may send at once before the per-minute pace applies; 0 means the
+    /// whole minute's quota. Netskope does not publish its own.
+    #[arg(long = "rate-limit-burst", default_value_t = 0)]
+    pub rate_limit_burst: u32,
     /// Seconds before an audit event becomes visible (Netskope's indexing delay).
     #[arg(long = "audit-lag", default_value_t = 0)]
     pub audit_lag_secs: u64,
@@ -136,6 +140,7 @@ impl Default for SimArgs {
             events_token: "sim-events-token".into(),
             users: 0,
             rate_limit_per_min: 300,
+            rate_limit_burst: 0,
             audit_lag_secs: 0,
             fault_rate: 0.0,
             fault_throttle: false,
@@ -190,7 +195,7 @@ impl Sim {
             gate: Gate::new(
                 &args.scim_token,
                 &args.events_token,
-                args.rate_limit_per_min,
+                (args.rate_limit_per_min, args.rate_limit_burst),
                 args.rate_limit_headers,
                 args.fault_rate,
                 args.seed,

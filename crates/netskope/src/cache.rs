@@ -52,6 +52,10 @@ impl<K: Hash + Eq, V: Clone> TtlCache<K, V> {
         self.lock().pop(key);
     }
 
+    pub fn clear(&self) {
+        self.lock().clear();
+    }
+
     pub fn len(&self) -> usize {
         self.lock().len()
     }
