@@ -117,7 +117,7 @@ fn user(n: usize) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rebalances_keep_each_users_signals_in_order_across_the_group() {
     const USERS: usize = 24;
-    const ROUNDS: usize = 12;
+    const ROUNDS: usize = 8;
     let sandbox = Sandbox::start(
         SimArgs {
             users: USERS,
