@@ -339,7 +339,13 @@ async fn the_guard_holds_the_fleet_at_its_limit_across_kills(bootstrap: &str) {
             })
             .await
             .expect("a halt");
-        // Time for any deactivation the halt let slip to reach the tenant.
+        // The admitted deactivations still wait for the worker's share of the budget (a third
+        // of 1,200 a minute, two requests each): let them land, then give any the halt let
+        // slip time to show.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while sandbox.sim.stats().count(PATCH_USER) < LIMIT as u64 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
         tokio::time::sleep(Duration::from_secs(3)).await;
         let deactivated = sandbox.sim.stats().count(PATCH_USER);
         let status = fleet[0].guard().await;
