@@ -2,7 +2,7 @@
 //! mock cluster and the tenant simulator. Each test prints its figures.
 
 mod support;
-use support::{DONE_EARLIER, Statuses, add_statuses, is_final, last_status};
+use support::{DONE_EARLIER, is_final, last_status, tally, until_final};
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
@@ -147,28 +147,12 @@ async fn sigkill_mid_burst_loses_nothing_and_repeats_only_idempotent_requests() 
     );
 
     let mut second = start_worker(&sandbox, &path);
-    // Folded in as they come: decoding every record read so far after each one would be
-    // quadratic.
-    let seen = std::cell::RefCell::new((0usize, Statuses::new()));
-    let outcomes = sandbox
-        .read(&sandbox.topics.outcomes, Duration::from_secs(300), |r| {
-            let mut seen = seen.borrow_mut();
-            let (done, statuses) = &mut *seen;
-            add_statuses(statuses, &r[*done..]);
-            *done = r.len();
-            statuses.values().filter(|s| is_final(s)).count() >= total
-        })
-        .await
-        .expect("outcomes after the restart");
+    let (outcomes, last) = until_final(&sandbox, total, Duration::from_secs(300)).await;
     let pid = second.id().expect("running").to_string();
     let _ = Command::new("kill").args(["-TERM", &pid]).status().await;
     let _ = tokio::time::timeout(Duration::from_secs(30), second.wait()).await;
 
-    let last = last_status(&outcomes);
-    let mut by_status: BTreeMap<&str, usize> = BTreeMap::new();
-    for s in last.values() {
-        *by_status.entry(s.as_str()).or_default() += 1;
-    }
+    let by_status = tally(&last);
     let stats = sandbox.sim.stats();
     let user_patches = stats.count("PATCH /api/v2/scim/Users/{id}");
     let group_patches = stats.count("PATCH /api/v2/scim/Groups/{id}");
@@ -292,26 +276,12 @@ async fn sigkill_mid_delete_burst_ends_every_delete_done_none_failed() {
     let deleted_at_kill = sandbox.sim.stats().count("DELETE /api/v2/scim/Users/{id}");
 
     let mut second = start_worker(&sandbox, &path);
-    let seen = std::cell::RefCell::new((0usize, Statuses::new()));
-    let outcomes = sandbox
-        .read(&sandbox.topics.outcomes, Duration::from_secs(300), |r| {
-            let mut seen = seen.borrow_mut();
-            let (done, statuses) = &mut *seen;
-            add_statuses(statuses, &r[*done..]);
-            *done = r.len();
-            statuses.values().filter(|s| is_final(s)).count() >= DELETES
-        })
-        .await
-        .expect("outcomes after the restart");
+    let (_, last) = until_final(&sandbox, DELETES, Duration::from_secs(300)).await;
     let pid = second.id().expect("running").to_string();
     let _ = Command::new("kill").args(["-TERM", &pid]).status().await;
     let _ = tokio::time::timeout(Duration::from_secs(30), second.wait()).await;
 
-    let last = last_status(&outcomes);
-    let mut by_status: BTreeMap<&str, usize> = BTreeMap::new();
-    for s in last.values() {
-        *by_status.entry(s.as_str()).or_default() += 1;
-    }
+    let by_status = tally(&last);
     let stats = sandbox.sim.stats();
     let deletes_sent = stats.count("DELETE /api/v2/scim/Users/{id}");
     let deleted = stats.count_status("DELETE /api/v2/scim/Users/{id}", 204);

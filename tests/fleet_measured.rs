@@ -34,7 +34,7 @@ use tokio::process::{Child, Command};
 
 use netskope_sim::SimArgs;
 use offboarder::sandbox::Sandbox;
-use support::{Statuses, add_statuses, is_final};
+use support::{tally, until_final};
 
 const BIN: &str = env!("CARGO_BIN_EXE_offboarder");
 /// The token's budget, enforced by the simulator and configured in the workers alike.
@@ -188,23 +188,6 @@ fn risk_signal(sandbox: &Sandbox, n: usize) -> (String, String, Vec<u8>) {
     )
 }
 
-/// Reads the outcomes topic until `total` input events have a final status, or `wait` passes
-/// (the caller checks which).
-async fn until_final(sandbox: &Sandbox, total: usize, wait: Duration) -> Statuses {
-    let seen = std::cell::RefCell::new((0usize, Statuses::new()));
-    sandbox
-        .read(&sandbox.topics.outcomes, wait, |r| {
-            let mut seen = seen.borrow_mut();
-            let (done, statuses) = &mut *seen;
-            add_statuses(statuses, &r[*done..]);
-            *done = r.len();
-            statuses.values().filter(|s| is_final(s)).count() >= total
-        })
-        .await
-        .expect("outcomes");
-    seen.into_inner().1
-}
-
 /// 429s and requests the simulator served, over every route.
 fn throttled_and_served(sandbox: &Sandbox) -> (u64, u64) {
     let stats = sandbox.sim.stats();
@@ -252,16 +235,13 @@ async fn run(bootstrap: &str, workers: usize, kill_one: bool) -> f64 {
         fleet.pop().expect("a worker").kill().await;
         killed_at = Some(started.elapsed());
     }
-    let statuses = until_final(&sandbox, total, Duration::from_secs(300)).await;
+    let (_, statuses) = until_final(&sandbox, total, Duration::from_secs(300)).await;
     let elapsed = started.elapsed();
     for w in fleet {
         w.stop().await;
     }
     let (throttled, served) = throttled_and_served(&sandbox);
-    let mut by_status = std::collections::BTreeMap::<&str, usize>::new();
-    for s in statuses.values() {
-        *by_status.entry(s.as_str()).or_default() += 1;
-    }
+    let by_status = tally(&statuses);
     let rate = total as f64 / elapsed.as_secs_f64();
     println!(
         "{workers} worker(s){}: {total} events final in {elapsed:.1?} ({rate:.0}/s), statuses \
@@ -402,7 +382,7 @@ async fn the_guard_holds_the_fleet_at_its_limit_across_kills(bootstrap: &str) {
             .await
             .expect("release");
         assert_eq!(released.status(), 200);
-        let statuses = until_final(&sandbox, BURST, Duration::from_secs(180)).await;
+        let (_, statuses) = until_final(&sandbox, BURST, Duration::from_secs(180)).await;
         let deactivated = sandbox.sim.stats().count(PATCH_USER);
         let verified = statuses.values().filter(|s| *s == "verified").count();
         println!(

@@ -67,6 +67,37 @@ pub fn is_final(status: &str) -> bool {
     )
 }
 
+/// Reads the outcomes topic until `total` input events have a final status, or `wait` passes
+/// (the caller checks which). Records are folded in as they come: decoding every record read
+/// so far after each one would be quadratic. Returns the records and the folded statuses.
+pub async fn until_final(
+    sandbox: &offboarder::sandbox::Sandbox,
+    total: usize,
+    wait: std::time::Duration,
+) -> (Vec<rdkafka::message::OwnedMessage>, Statuses) {
+    let seen = std::cell::RefCell::new((0usize, Statuses::new()));
+    let records = sandbox
+        .read(&sandbox.topics.outcomes, wait, |r| {
+            let mut seen = seen.borrow_mut();
+            let (done, statuses) = &mut *seen;
+            add_statuses(statuses, &r[*done..]);
+            *done = r.len();
+            statuses.values().filter(|s| is_final(s)).count() >= total
+        })
+        .await
+        .expect("the outcomes topic can be read");
+    (records, seen.into_inner().1)
+}
+
+/// How many input events ended with each status.
+pub fn tally(statuses: &Statuses) -> BTreeMap<&str, usize> {
+    let mut by_status = BTreeMap::new();
+    for s in statuses.values() {
+        *by_status.entry(s.as_str()).or_default() += 1;
+    }
+    by_status
+}
+
 /// A stand-in OpenTelemetry collector: records the bodies POSTed to `/v1/traces`.
 pub async fn fake_collector() -> (String, Arc<Mutex<Vec<Vec<u8>>>>) {
     let received: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
