@@ -395,6 +395,39 @@ async fn check_config(path: &Path) -> ExitCode {
             ),
         }
     }
+    if kafka_ok && config.kafka.exactly_once {
+        // An id of its own: the worker's would fence a running worker's producer.
+        let id = format!("{}.check-config", config.kafka.transactional_id());
+        let opened = match config.kafka.producer_config() {
+            Ok(mut c) => {
+                c.set("transactional.id", &id);
+                let (topic, timeout) = (
+                    config.kafka.topics.state.clone(),
+                    config.kafka.connect_timeout,
+                );
+                tokio::task::spawn_blocking(move || {
+                    let (producer, _) = pipeline::broker_errors::producer(&c)
+                        .map_err(|e| format!("cannot create a Kafka client: {e}"))?;
+                    pipeline::transactions::Transactions::open(producer, id, &topic, timeout)
+                        .map(|_| ())
+                        .map_err(|e| e.to_string())
+                })
+                .await
+                .unwrap_or_else(|e| Err(e.to_string()))
+            }
+            Err(e) => Err(e.to_string()),
+        };
+        match opened {
+            Ok(()) => println!(
+                "  exactly_once: the brokers ended a test transaction; transactional.id {:?}",
+                config.kafka.transactional_id()
+            ),
+            Err(e) => {
+                println!("  exactly_once: FAILED: {e}");
+                worst = ExitCode::from(EXIT_CONFIG);
+            }
+        }
+    }
     for (name, result) in [
         ("SCIM (GET /Users)", client.probe_scim().await),
         ("audit (GET events/data/audit)", client.probe_audit().await),

@@ -95,6 +95,9 @@ fn zero_counters() {
     for token in [netskope::TokenRole::Scim, netskope::TokenRole::Events] {
         metrics::counter!(TOKEN_RELOADS, "token" => token.to_string()).absolute(0);
     }
+    for result in ["committed", "aborted"] {
+        metrics::counter!(TRANSACTIONS, "result" => result).absolute(0);
+    }
 }
 
 fn describe() {
@@ -124,6 +127,10 @@ fn describe() {
     describe_counter!(
         TOKEN_RELOADS,
         "Tokens read again from their file after a 401 and found replaced, by token."
+    );
+    describe_counter!(
+        TRANSACTIONS,
+        "With exactly_once: transactions of outcomes and offsets ended, by result (committed or aborted)."
     );
     describe_histogram!(
         LIMITER_WAIT,

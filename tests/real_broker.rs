@@ -563,3 +563,37 @@ async fn the_state_topics_cleanup_policy_is_read_from_the_broker() {
     let policy = policy.expect("the broker answers DescribeConfigs");
     assert!(offboarder::pipeline::keeps_every_entry(&policy), "{policy}");
 }
+
+/// `exactly_once` on a broker: the worker opens its transactions at start, or stops there with
+/// a configuration error that says why. tansu 0.6.0 has no EndTxn, so there it must be refused
+/// (and not discovered at the first commit, with outcomes already sent).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exactly_once_is_opened_at_start_or_refused_with_the_reason() {
+    let Some(bootstrap) = support::peer("KAFKA_BOOTSTRAP") else {
+        return;
+    };
+    let sandbox = sandbox(&bootstrap, 1).await;
+    let mut config = config(&sandbox, "real-exactly-once");
+    config.kafka.exactly_once = true;
+    config.kafka.transactional_id = Some(format!("real-eos-{}", std::process::id()));
+    let client = sandbox.client(&config).expect("client");
+    let started = tokio::time::timeout(Duration::from_secs(60), Pipeline::new(&config, client))
+        .await
+        .expect("the worker decides within a minute");
+    match started {
+        Ok(_) => {
+            println!("{bootstrap}: transactions available");
+            assert!(
+                !skips_the_rest_of_a_batch(),
+                "tansu 0.6.0 was expected to lack transactions"
+            );
+        }
+        Err(e) => {
+            println!("{bootstrap}: exactly_once refused: {e}");
+            assert!(e.is_config(), "a configuration error: {e}");
+            let text = e.to_string();
+            assert!(text.contains("transactions are not available"), "{text}");
+            assert!(text.contains("kafka.exactly_once = false"), "{text}");
+        }
+    }
+}

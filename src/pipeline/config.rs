@@ -59,6 +59,20 @@ pub struct KafkaConfig {
     /// How long to wait for the brokers at start before giving up with a clear error.
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
+    /// Each final outcome (or dead letter) and the input offset it covers are committed in
+    /// one Kafka transaction, so that a `read_committed` reader of the outcomes topic sees each
+    /// event's final outcome once, even after a crash. Needs brokers with transactions (Apache
+    /// Kafka 2.5 or later; tansu 0.6.0 has none).
+    pub exactly_once: bool,
+    /// The producer's `transactional.id` with `exactly_once`: unique per worker, and the same
+    /// across a worker's restarts, so that a restarted worker aborts what its crashed
+    /// predecessor left open at once instead of after `transaction.timeout.ms`. Default:
+    /// `<group_id>.<host name>`.
+    pub transactional_id: Option<String>,
+    /// With `exactly_once`: how often the open transaction is committed. Outcomes become
+    /// visible to `read_committed` readers at each commit.
+    #[serde(with = "humantime_serde")]
+    pub commit_interval: Duration,
 }
 
 impl Default for KafkaConfig {
@@ -72,6 +86,9 @@ impl Default for KafkaConfig {
             producer_properties: BTreeMap::new(),
             secret_properties: BTreeMap::new(),
             connect_timeout: Duration::from_secs(15),
+            exactly_once: false,
+            transactional_id: None,
+            commit_interval: Duration::from_millis(100),
         }
     }
 }
@@ -89,6 +106,8 @@ const OWNED: &[&str] = &[
     "acks",
     "request.required.acks",
     "enable.partition.eof",
+    "transactional.id",
+    "isolation.level",
 ];
 
 /// Property names whose values are secrets: they belong in `secret_properties`.
@@ -192,6 +211,22 @@ impl KafkaConfig {
                 reason: "must be more than 0s".into(),
             });
         }
+        if self.commit_interval.is_zero() || self.commit_interval > Duration::from_secs(10) {
+            return Err(KafkaConfigError::Invalid {
+                field: "commit_interval",
+                reason: "must be more than 0s and at most 10s (outcomes wait for it)".into(),
+            });
+        }
+        if self
+            .transactional_id
+            .as_ref()
+            .is_some_and(|t| t.trim().is_empty())
+        {
+            return Err(KafkaConfigError::Invalid {
+                field: "transactional_id",
+                reason: "must not be empty; leave it out for <group_id>.<host name>".into(),
+            });
+        }
         Ok(())
     }
 
@@ -221,13 +256,19 @@ impl KafkaConfig {
     }
 
     /// The consumer: offsets are stored by the worker, only once an event's final outcome is
-    /// acknowledged, and committed in the background from that store.
+    /// acknowledged, and committed in the background from that store. With `exactly_once` they
+    /// are committed in the outcomes' transactions instead, never by the consumer. Either way
+    /// it reads only committed records, so that an aborted upstream transaction is not acted on.
     pub fn consumer_config(&self) -> Result<ClientConfig, KafkaConfigError> {
         let mut c = self.base()?;
         c.set("group.id", &self.group_id)
-            .set("enable.auto.commit", "true")
+            .set(
+                "enable.auto.commit",
+                if self.exactly_once { "false" } else { "true" },
+            )
             .set("enable.auto.offset.store", "false")
-            .set("enable.partition.eof", "false");
+            .set("enable.partition.eof", "false")
+            .set("isolation.level", "read_committed");
         // A new group starts at the oldest retained event: a termination published before the
         // first deployment must still be acted on. Overridable.
         let unset =
@@ -291,6 +332,31 @@ impl KafkaConfig {
         }
         probe_system_cas(&mut c);
         Ok(c)
+    }
+
+    /// The producer of outcomes and dead letters: [`Self::producer_config`], transactional
+    /// with `exactly_once`. Only the pipeline's publisher uses it: two producers with one
+    /// `transactional.id` fence each other.
+    pub fn outcome_producer_config(&self) -> Result<ClientConfig, KafkaConfigError> {
+        let mut c = self.producer_config()?;
+        if self.exactly_once {
+            c.set("transactional.id", self.transactional_id());
+        }
+        Ok(c)
+    }
+
+    /// `transactional_id`, or `<group_id>.<host name>`: a pod's or container's host name is
+    /// its own, and stays the same across restarts of a StatefulSet pod or a container.
+    pub fn transactional_id(&self) -> String {
+        self.transactional_id.clone().unwrap_or_else(|| {
+            let host = std::env::var("HOSTNAME")
+                .ok()
+                .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+                .map(|h| h.trim().to_string())
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| "localhost".into());
+            format!("{}.{host}", self.group_id)
+        })
     }
 }
 

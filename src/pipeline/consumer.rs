@@ -83,7 +83,7 @@ impl ClientContext for Context {
 }
 
 impl ConsumerContext for Context {
-    fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(list) = rebalance {
             let revoked: Vec<(String, i32)> = list
                 .elements()
@@ -104,6 +104,17 @@ impl ConsumerContext for Context {
                 );
             }
             self.quarantine_memory.clear();
+            // With `exactly_once`, what finished on these partitions commits now, while this
+            // worker still owns them; the new owner starts after it.
+            if let Some(transactions) = &self.shared.transactions
+                && let Err(e) = transactions.commit(consumer.group_metadata())
+            {
+                *self
+                    .shared
+                    .transaction_failure
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()) = Some(e);
+            }
             let mut tracker = self.shared.tracker();
             let mut awaiting = self.shared.awaiting_first();
             for p in list.elements() {

@@ -39,7 +39,27 @@ impl Intake {
             );
         }
         let core = self.core.clone();
-        if !handle.kill.is_cancelled() {
+        if let Some(transactions) = self.core.shared.transactions.clone()
+            && !handle.kill.is_cancelled()
+        {
+            // The last transaction. A failed worker's may hold a record that was never
+            // delivered: it is aborted, and its events come again after the restart.
+            let consumer = core.consumer.clone();
+            let failed = core.failed.load(Ordering::SeqCst);
+            let committed = tokio::task::spawn_blocking(move || {
+                if failed {
+                    transactions.abort();
+                    return Ok(());
+                }
+                transactions.commit(consumer.group_metadata())
+            })
+            .await;
+            match committed {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "final transaction failed"),
+                Err(e) => tracing::warn!(error = %e, "final transaction did not run"),
+            }
+        } else if !handle.kill.is_cancelled() {
             // Commit what is stored now rather than at the next auto-commit tick.
             let committed = tokio::task::spawn_blocking(move || {
                 let result = core.consumer.commit_consumer_state(CommitMode::Sync);

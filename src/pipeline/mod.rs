@@ -20,6 +20,7 @@
 //! | [`executor`] | a decision carried out against Netskope, transient faults waited out |
 //! | [`batcher`] | quarantine and release requests for one group gathered into one PATCH |
 //! | [`publish`] | outcomes and dead letters, returned only once the broker acknowledged them |
+//! | [`transactions`] | `exactly_once`: each final record and its offset committed in one Kafka transaction |
 //!
 //! One event's way through: the consumer receives it and registers its offset; it is decoded
 //! and validated (invalid → dead letter); the policy decides; its user's lane runs the
@@ -39,6 +40,7 @@ pub mod offsets;
 mod process;
 pub mod publish;
 mod shared;
+pub mod transactions;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -84,10 +86,37 @@ impl Pipeline {
         let policy = Policy::new(config.policy.clone()).map_err(cfg)?;
         let schemas = Schemas::load().map_err(cfg)?;
         let kafka = config.kafka.clone();
-        let (producer, errors) =
-            broker_errors::producer(&kafka.producer_config().map_err(|e| cfg(e.to_string()))?)
-                .map_err(|e| cfg(format!("kafka: cannot create the producer: {e}")))?;
+        let (producer, errors) = broker_errors::producer(
+            &kafka
+                .outcome_producer_config()
+                .map_err(|e| cfg(e.to_string()))?,
+        )
+        .map_err(|e| cfg(format!("kafka: cannot create the producer: {e}")))?;
         let input_partitions = check_topics(&producer, &errors, &kafka).await?;
+        let transactions = if kafka.exactly_once {
+            let (producer, id, topic) = (
+                producer.clone(),
+                kafka.transactional_id(),
+                kafka.topics.state.clone(),
+            );
+            let timeout = kafka.connect_timeout;
+            let opened = tokio::task::spawn_blocking(move || {
+                transactions::Transactions::open(producer, id, &topic, timeout)
+            })
+            .await
+            .map_err(|e| {
+                cfg(format!(
+                    "kafka: opening the first transaction did not run: {e}"
+                ))
+            })??;
+            tracing::info!(
+                transactional_id = opened.id(),
+                "exactly_once: outcomes and offsets are committed in transactions"
+            );
+            Some(Arc::new(opened))
+        } else {
+            None
+        };
         config.guard.validate().map_err(cfg)?;
         for topic in [&kafka.topics.terminations, &kafka.topics.risk_signals] {
             // At 0 from the start, so that the first skip shows in increase().
@@ -109,6 +138,7 @@ impl Pipeline {
         let shared = Arc::new(Shared {
             guard,
             terminations_topic: kafka.topics.terminations.clone(),
+            transactions: transactions.clone(),
             ..Shared::default()
         });
         let executor = Executor::new(client.clone(), policy.dry_run(), &config.pipeline);
@@ -140,6 +170,7 @@ impl Pipeline {
             producer,
             kafka.topics.outcomes.clone(),
             kafka.topics.dead_letter.clone(),
+            transactions,
         );
         let tasks = TaskTracker::new();
         let core = Arc::new(Core {
@@ -214,6 +245,10 @@ impl Pipeline {
             intake.core.shared.clone(),
             intake.kafka.clone(),
         ));
+        let committer = tokio::spawn(commit_every(
+            intake.core.clone(),
+            intake.kafka.commit_interval,
+        ));
         let handle = intake.core.handle.clone();
         let mut received = 0u64;
         let stall = intake.settings.pause_after;
@@ -255,6 +290,40 @@ impl Pipeline {
             }
         }
         watchdog.abort();
+        committer.abort();
         intake.drain(received).await
+    }
+}
+
+/// With `exactly_once`: commits the open transaction every `interval`, until the run stops
+/// (the drain commits the last one) or a commit fails.
+async fn commit_every(core: Arc<Core>, interval: std::time::Duration) {
+    let Some(transactions) = core.shared.transactions.clone() else {
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = core.handle.stop.cancelled() => return,
+            _ = tokio::time::sleep(interval) => {}
+        }
+        let failed_in_rebalance = core
+            .shared
+            .transaction_failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(e) = failed_in_rebalance {
+            return core.fail(e.into());
+        }
+        let (t, consumer) = (transactions.clone(), core.consumer.clone());
+        match tokio::task::spawn_blocking(move || t.commit(consumer.group_metadata())).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return core.fail(e.into()),
+            Err(e) => {
+                return core.fail(PipelineError::Internal(format!(
+                    "the transaction commit did not run: {e}"
+                )));
+            }
+        }
     }
 }

@@ -19,8 +19,9 @@ use offboarder_base::metric_names as m_names;
 use super::consumer::KafkaConsumer;
 use super::executor::Executor;
 use super::offsets::Ticket;
-use super::publish::{Delivery, Publisher};
+use super::publish::{Delivery, NOTHING, Publisher};
 use super::shared::{PartitionWork, PipelineError, PipelineHandle, Shared};
+use super::transactions::Entered;
 use crate::event::Event;
 use crate::guard::Admission;
 use crate::outcome::{self, Action, Outcome, SourceRef, Status, Timestamps, VerificationEvidence};
@@ -119,17 +120,30 @@ pub(super) struct Core {
 }
 
 impl Core {
-    /// Marks an event finished and stores the offset it unblocks. Under the tracker's lock, so
-    /// that stored offsets only ever grow.
-    pub(super) fn finish(&self, ticket: &Ticket) {
+    /// Whether final records and offsets are committed in transactions (`exactly_once`).
+    fn exactly_once(&self) -> bool {
+        self.shared.transactions.is_some()
+    }
+
+    /// Marks an event finished and records the offset it unblocks: in `transaction`, the one
+    /// that holds the event's final record, with `exactly_once`; in the consumer's offset store
+    /// for the background commit otherwise. Under the tracker's lock, so that offsets only ever
+    /// grow.
+    pub(super) fn finish(&self, ticket: &Ticket, transaction: Option<&Entered<'_>>) {
         let mut tracker = self.shared.tracker();
-        if let Some(offset) = tracker.finish(ticket)
-            && let Err(e) = self
-                .consumer
-                .store_offset(&ticket.topic, ticket.partition, offset)
-        {
-            // The partition was revoked meanwhile; its new owner re-delivers.
-            tracing::debug!(topic = ticket.topic, partition = ticket.partition, offset, error = %e, "offset not stored");
+        if let Some(offset) = tracker.finish(ticket) {
+            match transaction {
+                Some(t) => t.finished(&ticket.topic, ticket.partition, offset),
+                None => {
+                    if let Err(e) =
+                        self.consumer
+                            .store_offset(&ticket.topic, ticket.partition, offset)
+                    {
+                        // The partition was revoked meanwhile; its new owner re-delivers.
+                        tracing::debug!(topic = ticket.topic, partition = ticket.partition, offset, error = %e, "offset not stored");
+                    }
+                }
+            }
         }
         // Set under the tracker's lock: two events finishing on two threads would otherwise
         // race, and the older count could be written last and stick.
@@ -210,6 +224,7 @@ impl Core {
                     super::publish::RETRIES_EXHAUSTED,
                     &detail,
                     &job.trace.traceparent,
+                    None,
                 )
                 .await
             {
@@ -242,13 +257,6 @@ impl Core {
                 "event done"
             );
         }
-        // Handed to the producer here, in lane order; acknowledged in a task of its own, so the
-        // lane moves on to the user's next event instead of waiting out linger.ms and a round
-        // trip per event.
-        let delivery = self
-            .publisher
-            .enqueue_outcome(&outcome, &job.trace.traceparent)
-            .await;
         let verify = match (&self.verifier, report.expected) {
             (Some(verifier), Some(expected)) if outcome.status == Status::Applied => {
                 let acted_at = report
@@ -258,6 +266,25 @@ impl Core {
             }
             _ => None,
         };
+        // Handed to the producer here, in lane order; acknowledged in a task of its own, so the
+        // lane moves on to the user's next event instead of waiting out linger.ms and a round
+        // trip per event. Without a verification to wait for, this is the final outcome: with
+        // `exactly_once` the event finishes in its transaction.
+        let ticket = &job.ticket;
+        let finish_in = |t: Option<&Entered<'_>>| {
+            if t.is_some() {
+                self.finish(ticket, t);
+            }
+        };
+        let on_sent = if verify.is_none() {
+            &finish_in
+        } else {
+            NOTHING
+        };
+        let delivery = self
+            .publisher
+            .enqueue_outcome(&outcome, &job.trace.traceparent, on_sent)
+            .await;
         let core = self.clone();
         let kill = self.handle.kill.clone();
         let revoked = job.partition.cancel.clone();
@@ -313,15 +340,37 @@ impl Core {
                 })
                 .await;
             }
-            None => self.finish(&ticket),
+            // With `exactly_once` it finished when the outcome joined its transaction.
+            None if !self.exactly_once() => self.finish(&ticket, None),
+            None => {}
         }
     }
 
     /// Publishes an outcome and waits for its acknowledgement; `false` when the producer
     /// failed for good.
     pub(super) async fn publish(&self, outcome: &Outcome, traceparent: &str) -> bool {
-        let delivery = self.publisher.enqueue_outcome(outcome, traceparent).await;
+        let delivery = self
+            .publisher
+            .enqueue_outcome(outcome, traceparent, NOTHING)
+            .await;
         self.acknowledged(outcome, delivery).await
+    }
+
+    /// Publishes an event's final outcome and finishes the event: in the outcome's transaction
+    /// with `exactly_once`, once the broker acknowledged it otherwise.
+    async fn publish_final(&self, outcome: &Outcome, traceparent: &str, ticket: &Ticket) {
+        let finish_in = |t: Option<&Entered<'_>>| {
+            if t.is_some() {
+                self.finish(ticket, t);
+            }
+        };
+        let delivery = self
+            .publisher
+            .enqueue_outcome(outcome, traceparent, &finish_in)
+            .await;
+        if self.acknowledged(outcome, delivery).await && !self.exactly_once() {
+            self.finish(ticket, None);
+        }
     }
 
     /// Waits for an outcome's acknowledgement and counts it; `false` when the producer failed
@@ -418,23 +467,28 @@ impl Core {
                 "action verified"
             );
         }
-        if self.publish(&outcome, &trace.traceparent).await {
-            self.finish(&ticket);
-        }
+        self.publish_final(&outcome, &trace.traceparent, &ticket)
+            .await;
     }
 
     /// Publishes a dead letter; `false` when the producer failed for good and the worker is
-    /// stopping.
+    /// stopping. `finishes`: the event ends with it (with `exactly_once`, in its transaction).
     pub(super) async fn send_dead_letter(
         &self,
         message: &OwnedMessage,
         reason: &str,
         detail: &str,
         traceparent: &str,
+        finishes: Option<&Ticket>,
     ) -> bool {
+        let finish_in = |t: Option<&Entered<'_>>| {
+            if let (Some(ticket), Some(_)) = (finishes, t) {
+                self.finish(ticket, t);
+            }
+        };
         match self
             .publisher
-            .dead_letter(message, reason, detail, traceparent)
+            .dead_letter(message, reason, detail, traceparent, &finish_in)
             .await
         {
             Ok(()) => {
@@ -468,10 +522,11 @@ impl Core {
             "invalid event sent to the dead-letter topic"
         );
         if self
-            .send_dead_letter(&message, reason, &detail, &trace.traceparent)
+            .send_dead_letter(&message, reason, &detail, &trace.traceparent, Some(&ticket))
             .await
+            && !self.exactly_once()
         {
-            self.finish(&ticket);
+            self.finish(&ticket, None);
         }
     }
 }

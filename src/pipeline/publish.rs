@@ -14,6 +14,7 @@ use rdkafka::message::{Header, Headers, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{DeliveryFuture, FutureRecord, Producer as _};
 
 use super::broker_errors::Producer;
+use super::transactions::{Entered, Transactions};
 
 use crate::outcome::Outcome;
 
@@ -72,6 +73,8 @@ pub struct Delivery {
     producer: Producer,
     record: Record,
     first: Result<DeliveryFuture, KafkaError>,
+    /// Sent in a transaction: a failure loses the transaction, so it is not sent again.
+    transactional: bool,
 }
 
 impl Delivery {
@@ -85,6 +88,17 @@ impl Delivery {
             },
             Err(e) => e,
         };
+        if self.transactional {
+            // The open transaction can no longer commit; a record sent again would land in the
+            // next one, apart from the offsets it belongs with.
+            return Err(FatalProducerError {
+                code: error.rdkafka_error_code().unwrap_or(RDKafkaErrorCode::Fail),
+                reason: format!(
+                    "a {} of the open transaction was not delivered: {error}",
+                    self.record.what
+                ),
+            });
+        }
         // Boxed: the resend loop's future is large and rarely needed; unboxed, every event's
         // completion task would carry its space.
         Box::pin(deliver(&self.producer, self.record, error)).await
@@ -99,48 +113,74 @@ pub struct FatalProducerError {
     reason: String,
 }
 
+/// Called with the open transaction right after the producer took a record, before any
+/// commit can close that transaction (`None` without `exactly_once`). An event whose final
+/// record this is finishes its offset there.
+pub type OnSent<'a> = &'a (dyn Fn(Option<&Entered<'_>>) + Sync);
+
+/// For records that finish nothing.
+pub const NOTHING: OnSent<'static> = &|_| {};
+
 pub struct Publisher {
     producer: Producer,
     outcomes_topic: String,
     dead_letter_topic: String,
+    /// With `exactly_once`: every record joins the open transaction.
+    transactions: Option<std::sync::Arc<Transactions>>,
 }
 
 impl Publisher {
-    pub fn new(producer: Producer, outcomes_topic: String, dead_letter_topic: String) -> Self {
+    pub fn new(
+        producer: Producer,
+        outcomes_topic: String,
+        dead_letter_topic: String,
+        transactions: Option<std::sync::Arc<Transactions>>,
+    ) -> Self {
         Self {
             producer,
             outcomes_topic,
             dead_letter_topic,
+            transactions,
         }
     }
 
     /// Hands an outcome (keyed by the lower-cased user name, with the event's W3C
     /// `traceparent`) to the producer now, so that one user's outcomes keep their order, and
-    /// returns its [`Delivery`]. Waits only while the producer's local queue is full.
-    pub async fn enqueue_outcome(&self, outcome: &Outcome, traceparent: &str) -> Delivery {
+    /// returns its [`Delivery`]. Waits only while the producer's local queue is full (or a
+    /// transaction commits).
+    pub async fn enqueue_outcome(
+        &self,
+        outcome: &Outcome,
+        traceparent: &str,
+        on_sent: OnSent<'_>,
+    ) -> Delivery {
         let headers = OwnedHeaders::new().insert(Header {
             key: TRACEPARENT,
             value: Some(traceparent),
         });
-        self.enqueue(Record {
-            topic: self.outcomes_topic.clone(),
-            key: Some(outcome.key().into_bytes()),
-            payload: outcome.to_json(),
-            headers: Some(headers),
-            what: "outcome",
-        })
+        self.enqueue(
+            Record {
+                topic: self.outcomes_topic.clone(),
+                key: Some(outcome.key().into_bytes()),
+                payload: outcome.to_json(),
+                headers: Some(headers),
+                what: "outcome",
+            },
+            on_sent,
+        )
         .await
     }
 
-    /// Publishes `original` unchanged to the dead-letter topic, with the reason in headers.
-    /// Its headers are kept, but for `traceparent`, which becomes the event's own span (a child
-    /// of the original).
+    /// Publishes `original` unchanged to the dead-letter topic, with the reason in headers,
+    /// and waits for the acknowledgement. Its headers are kept, but for `traceparent`, which
+    /// becomes the event's own span (a child of the original).
     pub async fn dead_letter(
         &self,
         original: &OwnedMessage,
         reason: &str,
         error: &str,
         traceparent: &str,
+        on_sent: OnSent<'_>,
     ) -> Result<(), FatalProducerError> {
         let mut headers = OwnedHeaders::new();
         if let Some(h) = original.headers() {
@@ -185,23 +225,46 @@ impl Publisher {
             headers: Some(headers),
             what: "dead letter",
         };
-        self.enqueue(record).await.acknowledged().await
+        self.enqueue(record, on_sent).await.acknowledged().await
     }
 
-    async fn enqueue(&self, record: Record) -> Delivery {
+    async fn enqueue(&self, record: Record, on_sent: OnSent<'_>) -> Delivery {
         let first = loop {
-            match self.producer.send_result(record.future_record()) {
-                Ok(delivery) => break Ok(delivery),
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
-                    tokio::time::sleep(QUEUE_FULL_WAIT).await;
-                }
-                Err((e, _)) => break Err(e),
+            match self.try_send(&record, on_sent) {
+                Some(sent) => break sent,
+                None => tokio::time::sleep(QUEUE_FULL_WAIT).await,
             }
         };
         Delivery {
             producer: self.producer.clone(),
             record,
             first,
+            transactional: self.transactions.is_some(),
+        }
+    }
+
+    /// One attempt to hand `record` to the producer; `None` when it should be tried again
+    /// shortly (the local queue is full, or a transaction is being committed). Synchronous, so
+    /// that the hold on the open transaction is never kept across an await.
+    fn try_send(
+        &self,
+        record: &Record,
+        on_sent: OnSent<'_>,
+    ) -> Option<Result<DeliveryFuture, KafkaError>> {
+        let entered = match &self.transactions {
+            Some(t) => Some(t.enter()?),
+            None => None,
+        };
+        match self.producer.send_result(record.future_record()) {
+            Ok(delivery) => {
+                if let Some(e) = &entered {
+                    e.sent();
+                }
+                on_sent(entered.as_ref());
+                Some(Ok(delivery))
+            }
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => None,
+            Err((e, _)) => Some(Err(e)),
         }
     }
 

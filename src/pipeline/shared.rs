@@ -13,6 +13,7 @@ use netskope::NetskopeError;
 
 use super::offsets::OffsetTracker;
 use super::publish::FatalProducerError;
+use super::transactions::{TransactionError, Transactions};
 use crate::admin::Readiness;
 use crate::guard::Guard;
 
@@ -27,6 +28,9 @@ pub enum PipelineError {
     Netskope(NetskopeError),
     #[error("stopping: {0}")]
     Producer(#[from] FatalProducerError),
+    /// `exactly_once`: the brokers lack transactions, or a transaction failed.
+    #[error("stopping: {0}")]
+    Transaction(#[from] TransactionError),
     /// The consumer hit an error it cannot recover from (e.g. not authorized for the group).
     #[error("stopping: Kafka consumer: {0}")]
     Consumer(String),
@@ -40,7 +44,12 @@ impl PipelineError {
     /// Whether an operator has to fix the configuration (exit code 2) rather than the
     /// environment.
     pub fn is_config(&self) -> bool {
-        matches!(self, PipelineError::Config(_) | PipelineError::Netskope(_))
+        matches!(
+            self,
+            PipelineError::Config(_)
+                | PipelineError::Netskope(_)
+                | PipelineError::Transaction(TransactionError::Unavailable { .. })
+        )
     }
 }
 
@@ -124,6 +133,12 @@ pub(super) struct Shared {
     /// The work of each assigned partition, for a revoke to finish or stop (see
     /// [`PartitionWork`]).
     pub(super) partitions: Mutex<HashMap<(String, i32), Arc<PartitionWork>>>,
+    /// With `exactly_once`: the open transaction of outcomes and offsets. A revoke commits it
+    /// before the partitions go.
+    pub(super) transactions: Option<Arc<Transactions>>,
+    /// A commit that failed where the pipeline cannot be stopped directly (a rebalance
+    /// callback); the committer stops the worker with it.
+    pub(super) transaction_failure: Mutex<Option<TransactionError>>,
 }
 
 /// The events of one assigned partition, as a revoke sees them.

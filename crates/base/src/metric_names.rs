@@ -41,5 +41,7 @@ pub const DEAD_LETTER_LIMIT: &str = "offboarder_dead_letter_limit_tripped";
 pub const RESUME_SKIPPED: &str = "offboarder_resume_skipped_offsets_total";
 /// Times a token was read again from its file after a 401 and found replaced, by `token`.
 pub const TOKEN_RELOADS: &str = "offboarder_token_reloads_total";
+/// With `exactly_once`: outcome transactions ended, by `result` (`committed` or `aborted`).
+pub const TRANSACTIONS: &str = "offboarder_transactions_total";
 /// This worker's share of each token's request budget, requests per minute, by `token`.
 pub const REQUEST_BUDGET: &str = "offboarder_request_budget_per_minute";
