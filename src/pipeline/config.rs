@@ -574,6 +574,48 @@ mod tests {
     }
 
     #[test]
+    fn exactly_once_makes_only_the_outcome_producer_transactional() {
+        let mut c = KafkaConfig {
+            group_id: "g".into(),
+            ..KafkaConfig::default()
+        };
+        assert_eq!(
+            c.outcome_producer_config().unwrap().get("transactional.id"),
+            None
+        );
+        assert_eq!(
+            c.consumer_config().unwrap().get("enable.auto.commit"),
+            Some("true")
+        );
+        c.exactly_once = true;
+        c.transactional_id = Some("worker-1".into());
+        let outcomes = c.outcome_producer_config().unwrap();
+        assert_eq!(outcomes.get("transactional.id"), Some("worker-1"));
+        // The guard's producer shares no transactional id with it: they would fence each other.
+        assert_eq!(c.producer_config().unwrap().get("transactional.id"), None);
+        // Offsets go in the transactions only, never through the consumer's own commits.
+        let consumer = c.consumer_config().unwrap();
+        assert_eq!(consumer.get("enable.auto.commit"), Some("false"));
+        assert_eq!(consumer.get("isolation.level"), Some("read_committed"));
+        c.transactional_id = None;
+        assert!(
+            c.transactional_id().starts_with("g."),
+            "{}",
+            c.transactional_id()
+        );
+        c.transactional_id = Some(" ".into());
+        assert!(c.validate().is_err());
+        for name in ["transactional.id", "isolation.level"] {
+            let mut c = KafkaConfig::default();
+            c.producer_properties.insert(name.into(), "x".into());
+            assert!(
+                matches!(c.validate(), Err(KafkaConfigError::Owned { .. })),
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
     fn secrets_in_plain_text_are_refused_without_echoing_them() {
         let mut c = KafkaConfig::default();
         c.properties
