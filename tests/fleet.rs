@@ -106,6 +106,73 @@ async fn workers_split_the_request_budget_by_their_partitions() {
     first_task.await.expect("joined");
 }
 
+/// A burst on one partition: the worker that holds it takes the budget the idle worker does
+/// not use, through the demand both publish on the state topic, instead of working at its
+/// partition share while the other idles. Together they stay within the budget.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_worker_with_the_backlog_takes_the_budget_the_idle_one_does_not_use() {
+    let sandbox = Sandbox::start(
+        SimArgs {
+            users: 200,
+            ..SimArgs::default()
+        },
+        4,
+    )
+    .await
+    .expect("sandbox");
+    let (first, first_client, first_task) = worker(&sandbox).await;
+    let (second, second_client, second_task) = worker(&sandbox).await;
+    let ceilings = || {
+        (
+            first_client.scim_limiter().ceiling_per_min(),
+            second_client.scim_limiter().ceiling_per_min(),
+        )
+    };
+    until("both workers hold partitions", || {
+        let (a, b) = ceilings();
+        a < 300 && b < 300 && a + b == 300
+    })
+    .await;
+    let by_partitions = ceilings();
+    // One key: every termination lands on one partition, so on one worker. 200 terminations
+    // at two requests each take over a minute at 300 requests a minute.
+    let records: Vec<(String, String, Vec<u8>)> = (1..=200)
+        .map(|n| {
+            let e = support::event(
+                &format!("burst-{n}"),
+                &user(n),
+                json!({"source": "workday"}),
+            );
+            (
+                sandbox.topics.terminations.clone(),
+                "one-key".to_string(),
+                e,
+            )
+        })
+        .collect();
+    sandbox.publish(&records).await.expect("publish");
+    until("the busy worker takes most of the budget", || {
+        let (a, b) = ceilings();
+        a.max(b) >= 270 && a + b <= 300
+    })
+    .await;
+    let by_demand = ceilings();
+    println!(
+        "a burst on one partition: by partitions {by_partitions:?}, by demand {by_demand:?} \
+         requests a minute of the token's 300"
+    );
+    let (a, b) = by_demand;
+    assert!(a.min(b) >= 15, "the idle worker keeps its floor: {a}, {b}");
+    assert!(
+        a + b <= 300 + 15,
+        "within the budget and one floor: {a} + {b}"
+    );
+    first.stop();
+    second.stop();
+    first_task.await.expect("joined");
+    second_task.await.expect("joined");
+}
+
 fn user(n: usize) -> String {
     format!("user{n}@example.com")
 }

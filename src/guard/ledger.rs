@@ -12,6 +12,9 @@
 //! `cleanup.policy=compact` keeps every one: time-based deletion would forget a halt that
 //! nobody released before the retention ran out. An entry is some 150 bytes; one is written
 //! per destructive action and per release.
+//!
+//! The topic also carries each worker's budget demand (see [`super::demand`]), keyed
+//! `demand/<worker>`: one key per worker process, so compaction keeps only its latest.
 
 use std::sync::Arc;
 use std::sync::Weak;
@@ -48,6 +51,16 @@ struct Record {
     event: Option<String>,
 }
 
+/// A worker's demand for the request budget.
+#[derive(Debug, Serialize, Deserialize)]
+struct DemandRecord {
+    worker: String,
+    /// Its events waiting to act.
+    waiting: u64,
+}
+
+const DEMAND_PREFIX: &[u8] = b"demand/";
+
 /// How the guard reaches its state topic.
 pub struct Kafka {
     /// For writing entries: idempotent, acknowledged by all in-sync replicas.
@@ -74,6 +87,30 @@ impl Writer {
 
     pub fn topic(&self) -> &str {
         &self.topic
+    }
+
+    /// The id of this worker process in its entries.
+    pub fn worker(&self) -> &str {
+        &self.worker
+    }
+
+    /// Publishes this worker's budget demand; acknowledged, not read back.
+    pub async fn write_demand(&self, waiting: u64) -> Result<(), GuardError> {
+        let record = DemandRecord {
+            worker: self.worker.clone(),
+            waiting,
+        };
+        let value = serde_json::to_vec(&record).map_err(|e| self.error(&e.to_string()))?;
+        let key = format!("demand/{}", self.worker);
+        let to = FutureRecord::to(&self.topic)
+            .key(&key)
+            .payload(&value)
+            .partition(0);
+        self.producer
+            .send(to, Timeout::After(WRITE_TIMEOUT))
+            .await
+            .map(|_| ())
+            .map_err(|(e, _)| self.error(&format!("cannot write: {e}")))
     }
 
     pub fn error(&self, reason: &str) -> GuardError {
@@ -164,7 +201,7 @@ pub async fn open(config: &GuardConfig, kafka: Kafka) -> Result<Arc<Guard>, Guar
             })?
             .map_err(|e| fail(format!("cannot replay it: {e}")))?;
         next = message.offset() + 1;
-        apply(&guard, &message, &worker);
+        apply(&guard, &message, &worker, true);
         replayed += 1;
     }
     let status = guard.status();
@@ -198,17 +235,25 @@ async fn follow(
         };
         let Some(guard) = guard.upgrade() else { break };
         match message {
-            Ok(m) => apply(&guard, &m, &worker),
+            Ok(m) => apply(&guard, &m, &worker, false),
             Err(e) => tracing::warn!(error = %e, "the guard's state topic: read error; retrying"),
         }
     }
 }
 
-fn apply(guard: &Guard, message: &BorrowedMessage<'_>, worker: &str) {
+/// Applies one record. A replayed demand is skipped: its age is unknown (the worker that wrote
+/// it may be long gone), and live workers publish theirs again within seconds.
+fn apply(guard: &Guard, message: &BorrowedMessage<'_>, worker: &str, replaying: bool) {
     // A tombstone, or an entry of a kind this version does not know, decides nothing here.
     let Some(payload) = message.payload() else {
         return;
     };
+    if message.key().is_some_and(|k| k.starts_with(DEMAND_PREFIX)) {
+        if !replaying && let Ok(d) = serde_json::from_slice::<DemandRecord>(payload) {
+            guard.demands.record(&d.worker, d.waiting);
+        }
+        return;
+    }
     if payload.len() > MAX_ENTRY_BYTES {
         tracing::warn!(
             offset = message.offset(),

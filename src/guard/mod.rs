@@ -18,8 +18,12 @@
 //! or a rolling restart, and a release through any replica that lets all of them go on.
 //! Without one the log is this process's memory.
 //!
+//! The state topic also carries each worker's demand for the request budget ([`demand`]): the
+//! topic every worker already reads in one order is the cheapest place to share it.
+//!
 //! Time is wall time that follows tokio's clock, so that tests can run a window in paused time.
 
+pub mod demand;
 pub mod ledger;
 pub mod window;
 
@@ -123,6 +127,8 @@ pub struct Guard {
     ledger: Option<ledger::Writer>,
     /// Stops the state topic's reader when the guard goes.
     stop: CancellationToken,
+    /// Every worker's demand for the request budget, as read from the state topic.
+    demands: demand::Demands,
 }
 
 impl Default for Guard {
@@ -155,7 +161,26 @@ impl Guard {
             admitted_events: TtlCache::new(ADMITTED_EVENTS_MAX, ADMITTED_EVENTS_TTL),
             ledger,
             stop: CancellationToken::new(),
+            demands: demand::Demands::default(),
         }
+    }
+
+    /// Publishes this worker's demand for the request budget (its events waiting to act) to
+    /// the state topic. Nothing without one. A failure is only logged: the budget split then
+    /// falls back on partitions as the entry goes stale.
+    pub async fn publish_demand(&self, waiting: u64) {
+        if let Some(writer) = &self.ledger
+            && let Err(e) = writer.write_demand(waiting).await
+        {
+            tracing::debug!(error = %e, "budget demand not published");
+        }
+    }
+
+    /// This worker's share of the request budget by the fleet's demand, with `floor` kept for
+    /// every worker; `None` without a state topic or while the fleet has nothing waiting.
+    pub fn budget_share(&self, floor: f64) -> Option<f64> {
+        let writer = self.ledger.as_ref()?;
+        self.demands.share_of(writer.worker(), floor)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {

@@ -406,9 +406,10 @@ pub struct PipelineConfig {
     pub batch_window: Duration,
     /// Most members gathered into one group PATCH before it is sent.
     pub batch_max_members: usize,
-    /// Split each token's `requests_per_minute` among the workers of the group by their share
-    /// of the input partitions, re-split at every rebalance. Off: every worker takes the whole
-    /// budget (for a single worker that shares its token with nothing, the same thing).
+    /// Split each token's `requests_per_minute` among the workers of the group: by their share
+    /// of the input partitions at every rebalance, then every 2 s by their share of the events
+    /// waiting to act across the fleet (published on the state topic). Off: every worker takes
+    /// the whole budget (for a single worker that shares its token with nothing, the same).
     pub split_budget: bool,
     /// How long an event keeps retrying transient faults (429, 5xx, timeouts) before it is
     /// given up as `failed` and its bytes go to the dead-letter topic for replay.

@@ -13,6 +13,7 @@ use rdkafka::{ClientContext, TopicPartitionList};
 
 use offboarder_base::metric_names as m_names;
 
+use super::budget::Budget;
 use super::config::KafkaConfig;
 use super::shared::{PartitionWork, PipelineError, Shared};
 
@@ -34,33 +35,11 @@ pub(super) fn resume_gap(committed: rdkafka::Offset, first: i64) -> Option<i64> 
 /// of the request budget that goes with the partitions held.
 pub(super) struct Context {
     pub(super) shared: Arc<Shared>,
-    pub(super) budget: Option<Budget>,
+    pub(super) budget: Option<Arc<Budget>>,
     /// `pipeline.revoke_grace`.
     pub(super) revoke_grace: Duration,
     /// Forgotten on every revoke (see `Executor::quarantine_memory`).
     pub(super) quarantine_memory: Arc<netskope::cache::TtlCache<String, ()>>,
-}
-
-/// Splits each token's `requests_per_minute` among the workers of a group by their share of
-/// the input partitions. Netskope limits the token, not the process: three workers that each
-/// took the whole budget would send three times it and meet 429s.
-pub(super) struct Budget {
-    pub(super) client: Arc<netskope::NetskopeClient>,
-    /// Partitions of both input topics together.
-    pub(super) input_partitions: usize,
-}
-
-impl Budget {
-    fn follow(&self, assigned: usize) {
-        let share = assigned as f64 / self.input_partitions.max(1) as f64;
-        self.client.set_budget_share(share);
-        tracing::info!(
-            assigned,
-            of = self.input_partitions,
-            requests_per_minute = self.client.scim_limiter().ceiling_per_min(),
-            "request budget: this worker's share of the token's"
-        );
-    }
 }
 
 impl ClientContext for Context {
@@ -135,7 +114,7 @@ impl ConsumerContext for Context {
         let assigned = consumer.assignment().map_or(0, |a| a.count());
         self.shared.readiness.set_assigned(assigned);
         if let Some(budget) = &self.budget {
-            budget.follow(assigned);
+            budget.follow_assignment(assigned);
         }
         if matches!(rebalance, Rebalance::Assign(_))
             && !self.shared.joined.swap(true, Ordering::SeqCst)

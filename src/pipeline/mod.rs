@@ -18,6 +18,7 @@
 //! | [`dead_letter_limit`] | a flood of invalid events stops reading instead of emptying the topic into dead letters |
 //! | [`lanes`] | one event at a time per user, in arrival order; many users at once |
 //! | [`executor`] | a decision carried out against Netskope, transient faults waited out |
+//! | `budget` | this worker's share of each token's request budget: by partitions at a rebalance, by demand through the state topic in between |
 //! | [`batcher`] | quarantine and release requests for one group gathered into one PATCH |
 //! | [`publish`] | outcomes and dead letters, returned only once the broker acknowledged them |
 //! | [`transactions`] | `exactly_once`: each final record and its offset committed in one Kafka transaction |
@@ -30,6 +31,7 @@
 mod admission;
 pub mod batcher;
 pub mod broker_errors;
+mod budget;
 pub mod config;
 mod consumer;
 pub mod dead_letter_limit;
@@ -142,15 +144,16 @@ impl Pipeline {
             ..Shared::default()
         });
         let executor = Executor::new(client.clone(), policy.dry_run(), &config.pipeline);
+        let budget = config
+            .pipeline
+            .split_budget
+            .then(|| Arc::new(budget::Budget::new(client.clone(), input_partitions)));
         let consumer: KafkaConsumer = kafka
             .consumer_config()
             .map_err(|e| cfg(e.to_string()))?
             .create_with_context(Context {
                 shared: shared.clone(),
-                budget: config.pipeline.split_budget.then(|| consumer::Budget {
-                    client: client.clone(),
-                    input_partitions,
-                }),
+                budget: budget.clone(),
                 revoke_grace: config.pipeline.revoke_grace,
                 quarantine_memory: executor.quarantine_memory(),
             })
@@ -188,6 +191,7 @@ impl Pipeline {
             failed: AtomicBool::new(false),
             dead_letters: AtomicU64::new(0),
             outcomes: Mutex::new(BTreeMap::new()),
+            budget,
         });
         let lanes = {
             let (core, supervisor) = (core.clone(), core.clone());
@@ -249,6 +253,12 @@ impl Pipeline {
             intake.core.clone(),
             intake.kafka.commit_interval,
         ));
+        let demand = intake.core.budget.clone().map(|budget| {
+            let core = intake.core.clone();
+            tokio::spawn(
+                budget.follow_demand(core.shared.guard.clone(), move || core.waiting_to_act()),
+            )
+        });
         let handle = intake.core.handle.clone();
         let mut received = 0u64;
         let stall = intake.settings.pause_after;
@@ -291,6 +301,9 @@ impl Pipeline {
         }
         watchdog.abort();
         committer.abort();
+        if let Some(demand) = demand {
+            demand.abort();
+        }
         intake.drain(received).await
     }
 }

@@ -117,6 +117,8 @@ pub(super) struct Core {
     pub(super) failed: AtomicBool,
     pub(super) dead_letters: AtomicU64,
     pub(super) outcomes: Mutex<BTreeMap<&'static str, u64>>,
+    /// `pipeline.split_budget`: this worker's share of the request budget.
+    pub(super) budget: Option<Arc<super::budget::Budget>>,
 }
 
 impl Core {
@@ -150,6 +152,15 @@ impl Core {
         metrics::gauge!(m_names::IN_FLIGHT).set(tracker.open() as f64);
         drop(tracker);
         self.shared.progress.notify_one();
+    }
+
+    /// Events received that have yet to act: not finished, not waiting for their
+    /// verification, not held by the guard. The demand this worker publishes for the budget.
+    pub(super) fn waiting_to_act(&self) -> u64 {
+        let open = self.shared.tracker().open();
+        let verifying = self.verifier.as_ref().map_or(0, Verifier::pending);
+        let held = self.shared.guard.waiting();
+        open.saturating_sub(verifying).saturating_sub(held) as u64
     }
 
     pub(super) fn gauge_in_flight(&self) {
