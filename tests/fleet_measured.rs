@@ -38,7 +38,7 @@ use support::{tally, until_final};
 
 const BIN: &str = env!("CARGO_BIN_EXE_offboarder");
 /// The token's budget, enforced by the simulator and configured in the workers alike.
-const BUDGET: u32 = 1_200;
+const BUDGET: u32 = 3_600;
 const ADMIN_TOKEN: &str = "fleet-admin-token-51d0";
 const PATCH_USER: &str = "PATCH /api/v2/scim/Users/{id}";
 
@@ -208,8 +208,8 @@ fn throttled_and_served(sandbox: &Sandbox) -> (u64, u64) {
 /// all hold partitions, optionally one worker killed a third of the way. Returns the events per
 /// second from the publish to the last final outcome.
 async fn run(bootstrap: &str, workers: usize, kill_one: bool) -> f64 {
-    const TERMINATIONS: usize = 200;
-    const SIGNALS: usize = 100;
+    const TERMINATIONS: usize = 1_000;
+    const SIGNALS: usize = 500;
     let total = TERMINATIONS + SIGNALS;
     let sandbox = sandbox(bootstrap, total).await;
     let name = format!("{workers}w{}", if kill_one { "-kill" } else { "" });
@@ -241,13 +241,23 @@ async fn run(bootstrap: &str, workers: usize, kill_one: bool) -> f64 {
         w.stop().await;
     }
     let (throttled, served) = throttled_and_served(&sandbox);
+    // Each worker polls the audit trail for its own actions: what that costs the token.
+    let stats = sandbox.sim.stats();
+    let audit = stats.count(&format!("GET {}", netskope_sim::AUDIT_PATH));
+    let by_route: std::collections::BTreeMap<&String, u64> = stats
+        .requests
+        .iter()
+        .map(|(route, by_status)| (route, by_status.values().sum()))
+        .collect();
     let by_status = tally(&statuses);
     let rate = total as f64 / elapsed.as_secs_f64();
     println!(
         "{workers} worker(s){}: {total} events final in {elapsed:.1?} ({rate:.0}/s), statuses \
-         {by_status:?}; the simulator served {served} requests, {throttled} of them 429 ({:.2} %)",
+         {by_status:?}; the simulator served {served} requests, {throttled} of them 429 ({:.2} \
+         %); audit polls {audit} ({:.1} % of the requests); by route {by_route:?}",
         killed_at.map_or(String::new(), |t| format!(", one SIGKILLed at {t:.1?}")),
-        100.0 * throttled as f64 / served.max(1) as f64
+        100.0 * throttled as f64 / served.max(1) as f64,
+        100.0 * audit as f64 / served.max(1) as f64
     );
     assert_eq!(statuses.len(), total, "every event has outcomes");
     assert_eq!(

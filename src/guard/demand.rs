@@ -19,9 +19,9 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 /// How often each worker publishes its demand.
-pub const DEMAND_INTERVAL: Duration = Duration::from_secs(2);
+pub const DEMAND_INTERVAL: Duration = Duration::from_millis(500);
 /// How long an entry counts after it was read.
-pub const FRESH_FOR: Duration = Duration::from_secs(7);
+pub const FRESH_FOR: Duration = Duration::from_secs(2);
 
 /// The last demand read for each worker.
 #[derive(Default)]
