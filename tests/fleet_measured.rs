@@ -3,11 +3,12 @@
 //! server side, as Netskope does. Each test prints its figures.
 //!
 //! The budget is scaled up from Netskope's 300 a minute to 1,200, and the runs down from 1,000
-//! terminations and 500 signals to 200 and 100, so that a run takes about half a minute
-//! instead of the two that 300 events cost at 300 (and the eight of the full counts): the
-//! claims are ratios (429s per request served, the fleet's throughput against one worker's)
-//! and counts, which do not depend on the scale. The budget still binds: one worker alone,
-//! unlimited, sends about 2,600 requests a minute here.
+//! terminations and 500 signals to 500 and 250 (the throughput runs: about a minute each, with
+//! the ten-second bursts a sixth of it) and 200 and 100 (the kill run), instead of the four
+//! and a half minutes that 1,500 events cost at 300: the claims are ratios (429s per request
+//! served, the fleet's throughput against one worker's) and counts, which do not depend on the
+//! scale. The budget still binds: one worker alone, unlimited, sends about 2,600 requests a
+//! minute here.
 //!
 //! Records are published one per producer batch: tansu 0.6.0 serves nothing of a batch that a
 //! consumer resumes inside (see the README's notes on tansu), and whenever a partition moves
@@ -38,7 +39,7 @@ use support::{tally, until_final};
 
 const BIN: &str = env!("CARGO_BIN_EXE_offboarder");
 /// The token's budget, enforced by the simulator and configured in the workers alike.
-const BUDGET: u32 = 3_600;
+const BUDGET: u32 = 1_200;
 const ADMIN_TOKEN: &str = "fleet-admin-token-51d0";
 const PATCH_USER: &str = "PATCH /api/v2/scim/Users/{id}";
 
@@ -204,13 +205,11 @@ fn throttled_and_served(sandbox: &Sandbox) -> (u64, u64) {
     (throttled, served)
 }
 
-/// One run: `workers` processes, 200 terminations and 100 risk signals published once they
-/// all hold partitions, optionally one worker killed a third of the way. Returns the events per
-/// second from the publish to the last final outcome.
-async fn run(bootstrap: &str, workers: usize, kill_one: bool) -> f64 {
-    const TERMINATIONS: usize = 1_000;
-    const SIGNALS: usize = 500;
-    let total = TERMINATIONS + SIGNALS;
+/// One run: `workers` processes, `terminations` and half as many risk signals published once
+/// they all hold partitions, optionally one worker killed a third of the way. Returns the
+/// events per second from the publish to the last final outcome.
+async fn run(bootstrap: &str, workers: usize, kill_one: bool, terminations: usize) -> f64 {
+    let total = terminations + terminations / 2;
     let sandbox = sandbox(bootstrap, total).await;
     let name = format!("{workers}w{}", if kill_one { "-kill" } else { "" });
     let config = config_file(&sandbox, &name, 100_000);
@@ -218,10 +217,10 @@ async fn run(bootstrap: &str, workers: usize, kill_one: bool) -> f64 {
         .map(|_| start_worker(&sandbox, &config))
         .collect();
     all_ready(&fleet).await;
-    let mut records: Vec<_> = (1..=TERMINATIONS)
+    let mut records: Vec<_> = (1..=terminations)
         .map(|n| termination(&sandbox, n, &user(n)))
         .collect();
-    records.extend((TERMINATIONS + 1..=total).map(|n| risk_signal(&sandbox, n)));
+    records.extend((terminations + 1..=total).map(|n| risk_signal(&sandbox, n)));
     let started = Instant::now();
     sandbox.publish_one_by_one(&records).await.expect("publish");
     let mut killed_at = None;
@@ -287,15 +286,16 @@ async fn a_fleet_of_three_on_a_real_broker() {
 /// every event still ends verified.
 async fn three_workers_share_one_budget_and_survive_losing_one(bootstrap: &str) {
     let bootstrap = bootstrap.to_string();
-    let one = run(&bootstrap, 1, false).await;
-    let three = run(&bootstrap, 3, false).await;
+    // Long enough that the limiters' ten-second bursts weigh little against the paced part.
+    let one = run(&bootstrap, 1, false, 500).await;
+    let three = run(&bootstrap, 3, false, 500).await;
     // A figure, not an assertion: speed is measured, never asserted with a timer. The
     // issue's target is 0.9; the README says where the split by partitions falls short.
     println!(
         "fleet throughput / one worker's: {:.2} ({three:.0}/s vs {one:.0}/s; target 0.9)",
         three / one
     );
-    run(&bootstrap, 3, true).await;
+    run(&bootstrap, 3, true, 200).await;
 }
 
 /// The guard at 50 with three workers: the fleet halts after 50 deactivations, whether the

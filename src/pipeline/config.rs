@@ -407,7 +407,7 @@ pub struct PipelineConfig {
     /// Most members gathered into one group PATCH before it is sent.
     pub batch_max_members: usize,
     /// Split each token's `requests_per_minute` among the workers of the group: by their share
-    /// of the input partitions at every rebalance, then every 2 s by their share of the events
+    /// of the input partitions at every rebalance, then every 500 ms by their share of the events
     /// waiting to act across the fleet (published on the state topic). Off: every worker takes
     /// the whole budget (for a single worker that shares its token with nothing, the same).
     pub split_budget: bool,
