@@ -9,7 +9,7 @@
 //!   the burst gets the budget that idle workers do not use. While nothing waits anywhere, the
 //!   partition share stands.
 //!
-//! Either way every worker keeps at least `MIN_SHARE` (2 %) of the budget, so that a worker
+//! Either way every worker keeps at least `MIN_SHARE` (5 %) of the budget, so that a worker
 //! given work between two updates is never stuck at zero. By demand, those floors come out of
 //! the whole and the rest is split by demand, so the shares add up to exactly the budget.
 

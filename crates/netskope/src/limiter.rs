@@ -32,20 +32,13 @@ type Gcra =
 const MIN_RATE_DIVISOR: u32 = 16;
 
 /// The smallest share of a token's budget a worker keeps (see [`TokenLimiter::set_share`]):
-/// a worker with nothing to act on may still poll the audit trail for its actions awaiting
-/// verification. 2 % of Netskope's 300 a minute is 6 a minute: a poll every 15 s (the default
-/// `poll_interval`) with a page to spare. Kept small because an idle worker's floor is budget
-/// the busy ones cannot use.
-pub const MIN_SHARE: f64 = 0.02;
+/// a worker with no partitions still probes Netskope for `/readyz` and polls the audit trail.
+pub const MIN_SHARE: f64 = 0.05;
 
 pub struct TokenLimiter {
     clock: TokioClock,
     configured_per_min: u32,
     state: Mutex<State>,
-    /// Wakes the requests waiting for a cell when the rate changes, so that a raised share
-    /// takes effect at once rather than after each waiter's wait at the old pace (a second
-    /// at 60 a minute).
-    changed: tokio::sync::Notify,
 }
 
 struct State {
@@ -76,7 +69,6 @@ impl TokenLimiter {
             }),
             clock,
             configured_per_min: per_min,
-            changed: tokio::sync::Notify::new(),
         }
     }
 
@@ -99,18 +91,11 @@ impl TokenLimiter {
                 tokio::time::sleep_until(until).await;
                 continue;
             }
-            // Registered before the check, so that a change right after it is not missed.
-            let changed = self.changed.notified();
-            tokio::pin!(changed);
-            changed.as_mut().enable();
             match gcra.check() {
                 Ok(()) => return started.elapsed(),
                 Err(not_until) => {
-                    let wait = wait_until(&self.clock, not_until.earliest_possible());
-                    tokio::select! {
-                        _ = tokio::time::sleep(wait) => {}
-                        _ = changed => {}
-                    }
+                    tokio::time::sleep(wait_until(&self.clock, not_until.earliest_possible()))
+                        .await;
                 }
             }
         }
@@ -158,8 +143,6 @@ impl TokenLimiter {
             s.per_min = faster;
             s.gcra = Arc::new(rebuild(&s.gcra, faster, &self.clock));
             s.successes = 0;
-            drop(s);
-            self.changed.notify_waiters();
         }
     }
 
@@ -190,8 +173,6 @@ impl TokenLimiter {
             s.per_min = per_min;
             s.gcra = Arc::new(rebuild(&s.gcra, per_min, &self.clock));
             s.successes = 0;
-            drop(s);
-            self.changed.notify_waiters();
         }
     }
 
@@ -287,33 +268,13 @@ mod tests {
         assert_eq!((l.ceiling_per_min(), l.current_per_min()), (150, 50));
         // ...and no share goes below the floor, so an idle worker can still probe.
         l.set_share(0.0);
-        assert_eq!(l.ceiling_per_min(), 6);
-        assert_eq!(l.current_per_min(), 6);
+        assert_eq!(l.ceiling_per_min(), 15);
+        assert_eq!(l.current_per_min(), 15);
         l.set_share(f64::NAN);
         assert_eq!(l.ceiling_per_min(), 300);
     }
 
     use super::*;
-
-    #[tokio::test(start_paused = true)]
-    async fn a_raised_share_wakes_the_requests_waiting_at_the_old_pace() {
-        let l = Arc::new(TokenLimiter::new(1200));
-        l.set_share(0.05); // 60 a minute: one a second
-        let gcra = l.lock().gcra.clone();
-        while gcra.check().is_ok() {}
-        let waiter = tokio::spawn({
-            let l = l.clone();
-            async move { l.acquire().await }
-        });
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        assert!(!waiter.is_finished(), "waiting at one a second");
-        l.set_share(1.0); // 1,200 a minute: one every 50 ms
-        tokio::time::sleep(Duration::from_millis(60)).await;
-        assert!(
-            waiter.is_finished(),
-            "the raise took effect for the request already waiting"
-        );
-    }
 
     #[tokio::test(start_paused = true)]
     async fn paces_to_the_budget_after_the_burst() {
