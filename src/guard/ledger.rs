@@ -14,7 +14,8 @@
 //! per destructive action and per release.
 //!
 //! The topic also carries each worker's budget demand (see [`super::demand`]), keyed
-//! `demand/<worker>`: one key per worker process, so compaction keeps only its latest.
+//! `demand/<worker>`: one key per worker process, so compaction keeps only its latest, and a
+//! worker that stops cleanly writes a tombstone so that compaction drops the key.
 
 use std::sync::Arc;
 use std::sync::Weak;
@@ -94,18 +95,26 @@ impl Writer {
         &self.worker
     }
 
-    /// Publishes this worker's budget demand; acknowledged, not read back.
-    pub async fn write_demand(&self, waiting: u64) -> Result<(), GuardError> {
-        let record = DemandRecord {
-            worker: self.worker.clone(),
-            waiting,
+    /// Publishes this worker's budget demand (`None`: a tombstone, as the worker stops, so
+    /// that compaction drops its key); acknowledged, not read back.
+    pub async fn write_demand(&self, waiting: Option<u64>) -> Result<(), GuardError> {
+        let value = match waiting {
+            Some(waiting) => Some(
+                serde_json::to_vec(&DemandRecord {
+                    worker: self.worker.clone(),
+                    waiting,
+                })
+                .map_err(|e| self.error(&e.to_string()))?,
+            ),
+            None => None,
         };
-        let value = serde_json::to_vec(&record).map_err(|e| self.error(&e.to_string()))?;
         let key = format!("demand/{}", self.worker);
-        let to = FutureRecord::to(&self.topic)
+        let mut to = FutureRecord::<String, Vec<u8>>::to(&self.topic)
             .key(&key)
-            .payload(&value)
             .partition(0);
+        if let Some(value) = &value {
+            to = to.payload(value);
+        }
         self.producer
             .send(to, Timeout::After(WRITE_TIMEOUT))
             .await

@@ -166,9 +166,10 @@ impl Guard {
     }
 
     /// Publishes this worker's demand for the request budget (its events waiting to act) to
-    /// the state topic. Nothing without one. A failure is only logged: the budget split then
-    /// falls back on partitions as the entry goes stale.
-    pub async fn publish_demand(&self, waiting: u64) {
+    /// the state topic; `None` withdraws it as the worker stops. Nothing without a state
+    /// topic. A failure is only logged: the budget split then falls back on partitions as the
+    /// entry goes stale.
+    pub async fn publish_demand(&self, waiting: Option<u64>) {
         if let Some(writer) = &self.ledger
             && let Err(e) = writer.write_demand(waiting).await
         {

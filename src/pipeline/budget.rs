@@ -66,7 +66,7 @@ impl Budget {
         let mut last = None;
         loop {
             tokio::time::sleep(DEMAND_INTERVAL).await;
-            guard.publish_demand(waiting()).await;
+            guard.publish_demand(Some(waiting())).await;
             let share = guard
                 .budget_share(netskope::limiter::MIN_SHARE)
                 .unwrap_or_else(|| self.partition_share());

@@ -303,6 +303,10 @@ impl Pipeline {
         committer.abort();
         if let Some(demand) = demand {
             demand.abort();
+            // The key goes with the worker: a compacted topic would keep one per start. Briefly:
+            // with the brokers gone, stopping matters more.
+            let withdraw = intake.core.shared.guard.publish_demand(None);
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(2), withdraw).await;
         }
         intake.drain(received).await
     }
