@@ -14,7 +14,7 @@ use netskope_sim::SimArgs;
 use offboarder::sandbox::{self, Sandbox};
 
 mod support;
-use support::fake_collector;
+use support::{fake_collector, free_port};
 
 const BIN: &str = env!("CARGO_BIN_EXE_offboarder");
 
@@ -404,13 +404,6 @@ async fn run_follows_a_rotated_token_file_without_a_restart() {
         .unwrap();
     assert!(!stderr.contains("rotated-scim-token") && !stderr.contains(&scim_token));
     std::fs::remove_dir_all(&dir).ok();
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

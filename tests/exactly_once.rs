@@ -10,7 +10,7 @@
 //! with transactions; neither the mock nor tansu 0.6.0 (no EndTxn) is one.
 
 mod support;
-use support::{is_final, source_of, until_final};
+use support::{free_port, is_final, source_of, until_final};
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -50,11 +50,20 @@ fn events(sandbox: &Sandbox, from: usize, to: usize) -> Vec<(String, String, Vec
     records
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+/// The mock cluster (three partitions a topic) and a simulator of `users` users, without a
+/// request budget.
+async fn sandbox(users: usize) -> Sandbox {
+    Sandbox::start(
+        SimArgs {
+            users,
+            rate_limit_per_min: 0,
+            latency_ms: 1,
+            ..SimArgs::default()
+        },
+        3,
+    )
+    .await
+    .expect("sandbox")
 }
 
 /// A config file for a worker with `exactly_once` and `transactional_id`.
@@ -129,17 +138,7 @@ async fn metric(admin: &str, name: &str) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_event_gets_one_final_outcome_through_committed_transactions() {
     const USERS: usize = 300;
-    let sandbox = Sandbox::start(
-        SimArgs {
-            users: 2 * USERS,
-            rate_limit_per_min: 0,
-            latency_ms: 1,
-            ..SimArgs::default()
-        },
-        3,
-    )
-    .await
-    .expect("sandbox");
+    let sandbox = sandbox(2 * USERS).await;
     let records = events(&sandbox, 1, USERS);
     let total = records.len();
     sandbox.publish(&records).await.expect("publish");
@@ -192,17 +191,7 @@ async fn every_event_gets_one_final_outcome_through_committed_transactions() {
 async fn a_fenced_producer_stops_the_worker_and_the_restart_finishes_every_event() {
     use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
     const USERS: usize = 100;
-    let sandbox = Sandbox::start(
-        SimArgs {
-            users: 4 * USERS,
-            rate_limit_per_min: 0,
-            latency_ms: 1,
-            ..SimArgs::default()
-        },
-        3,
-    )
-    .await
-    .expect("sandbox");
+    let sandbox = sandbox(4 * USERS).await;
     let mock = sandbox.kafka().expect("the mock cluster");
     let first_batch = events(&sandbox, 1, USERS);
     sandbox.publish(&first_batch).await.expect("publish");

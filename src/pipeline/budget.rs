@@ -22,9 +22,9 @@ use crate::guard::Guard;
 use crate::guard::demand::DEMAND_INTERVAL;
 
 pub(super) struct Budget {
-    pub(super) client: Arc<NetskopeClient>,
+    client: Arc<NetskopeClient>,
     /// Partitions of both input topics together.
-    pub(super) input_partitions: usize,
+    input_partitions: usize,
     /// The share of the partitions held, as `f64` bits.
     partition_share: AtomicU64,
 }

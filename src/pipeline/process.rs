@@ -19,7 +19,7 @@ use offboarder_base::metric_names as m_names;
 use super::consumer::KafkaConsumer;
 use super::executor::Executor;
 use super::offsets::Ticket;
-use super::publish::{Delivery, NOTHING, Publisher};
+use super::publish::{Delivery, NOTHING, OnSent, Publisher};
 use super::shared::{PartitionWork, PipelineError, PipelineHandle, Shared};
 use super::transactions::Entered;
 use crate::event::Event;
@@ -122,9 +122,26 @@ pub(super) struct Core {
 }
 
 impl Core {
-    /// Whether final records and offsets are committed in transactions (`exactly_once`).
-    fn exactly_once(&self) -> bool {
-        self.shared.transactions.is_some()
+    /// For an event's final record: finishes the event as the record joins the open
+    /// transaction (with `exactly_once`; without, it does nothing, see
+    /// [`Self::finish_acknowledged`]).
+    fn finish_in_transaction<'a>(
+        &'a self,
+        ticket: &'a Ticket,
+    ) -> impl Fn(Option<&Entered<'_>>) + Sync + 'a {
+        move |transaction| {
+            if transaction.is_some() {
+                self.finish(ticket, transaction);
+            }
+        }
+    }
+
+    /// For an event's final record, once the broker acknowledged it: finishes the event, unless
+    /// it already finished in the record's transaction (`exactly_once`).
+    fn finish_acknowledged(&self, ticket: &Ticket) {
+        if self.shared.transactions.is_none() {
+            self.finish(ticket, None);
+        }
     }
 
     /// Marks an event finished and records the offset it unblocks: in `transaction`, the one
@@ -235,7 +252,7 @@ impl Core {
                     super::publish::RETRIES_EXHAUSTED,
                     &detail,
                     &job.trace.traceparent,
-                    None,
+                    NOTHING,
                 )
                 .await
             {
@@ -281,21 +298,17 @@ impl Core {
         // lane moves on to the user's next event instead of waiting out linger.ms and a round
         // trip per event. Without a verification to wait for, this is the final outcome: with
         // `exactly_once` the event finishes in its transaction.
-        let ticket = &job.ticket;
-        let finish_in = |t: Option<&Entered<'_>>| {
-            if t.is_some() {
-                self.finish(ticket, t);
-            }
+        let delivery = {
+            let finish_in = self.finish_in_transaction(&job.ticket);
+            let on_sent = if verify.is_none() {
+                &finish_in
+            } else {
+                NOTHING
+            };
+            self.publisher
+                .enqueue_outcome(&outcome, &job.trace.traceparent, on_sent)
+                .await
         };
-        let on_sent = if verify.is_none() {
-            &finish_in
-        } else {
-            NOTHING
-        };
-        let delivery = self
-            .publisher
-            .enqueue_outcome(&outcome, &job.trace.traceparent, on_sent)
-            .await;
         let core = self.clone();
         let kill = self.handle.kill.clone();
         let revoked = job.partition.cancel.clone();
@@ -351,9 +364,7 @@ impl Core {
                 })
                 .await;
             }
-            // With `exactly_once` it finished when the outcome joined its transaction.
-            None if !self.exactly_once() => self.finish(&ticket, None),
-            None => {}
+            None => self.finish_acknowledged(&ticket),
         }
     }
 
@@ -370,17 +381,12 @@ impl Core {
     /// Publishes an event's final outcome and finishes the event: in the outcome's transaction
     /// with `exactly_once`, once the broker acknowledged it otherwise.
     async fn publish_final(&self, outcome: &Outcome, traceparent: &str, ticket: &Ticket) {
-        let finish_in = |t: Option<&Entered<'_>>| {
-            if t.is_some() {
-                self.finish(ticket, t);
-            }
-        };
         let delivery = self
             .publisher
-            .enqueue_outcome(outcome, traceparent, &finish_in)
+            .enqueue_outcome(outcome, traceparent, &self.finish_in_transaction(ticket))
             .await;
-        if self.acknowledged(outcome, delivery).await && !self.exactly_once() {
-            self.finish(ticket, None);
+        if self.acknowledged(outcome, delivery).await {
+            self.finish_acknowledged(ticket);
         }
     }
 
@@ -483,23 +489,18 @@ impl Core {
     }
 
     /// Publishes a dead letter; `false` when the producer failed for good and the worker is
-    /// stopping. `finishes`: the event ends with it (with `exactly_once`, in its transaction).
+    /// stopping. `on_sent` as for [`Publisher::enqueue_outcome`].
     pub(super) async fn send_dead_letter(
         &self,
         message: &OwnedMessage,
         reason: &str,
         detail: &str,
         traceparent: &str,
-        finishes: Option<&Ticket>,
+        on_sent: OnSent<'_>,
     ) -> bool {
-        let finish_in = |t: Option<&Entered<'_>>| {
-            if let (Some(ticket), Some(_)) = (finishes, t) {
-                self.finish(ticket, t);
-            }
-        };
         match self
             .publisher
-            .dead_letter(message, reason, detail, traceparent, &finish_in)
+            .dead_letter(message, reason, detail, traceparent, on_sent)
             .await
         {
             Ok(()) => {
@@ -532,12 +533,12 @@ impl Core {
             detail,
             "invalid event sent to the dead-letter topic"
         );
+        let finish_in = self.finish_in_transaction(&ticket);
         if self
-            .send_dead_letter(&message, reason, &detail, &trace.traceparent, Some(&ticket))
+            .send_dead_letter(&message, reason, &detail, &trace.traceparent, &finish_in)
             .await
-            && !self.exactly_once()
         {
-            self.finish(&ticket, None);
+            self.finish_acknowledged(&ticket);
         }
     }
 }

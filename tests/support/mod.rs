@@ -191,3 +191,11 @@ impl<'a> MakeWriter<'a> for CapturedLogs {
         self.clone()
     }
 }
+
+/// A loopback port nothing listens on now, for a worker's admin listener.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
