@@ -73,8 +73,9 @@ pub struct Delivery {
     producer: Producer,
     record: Record,
     first: Result<DeliveryFuture, KafkaError>,
-    /// Sent in a transaction: a failure loses the transaction, so it is not sent again.
-    transactional: bool,
+    /// The transaction it was sent in: a failure loses the transaction, so it is not sent
+    /// again.
+    transaction: Option<std::sync::Arc<Transactions>>,
 }
 
 impl Delivery {
@@ -88,14 +89,15 @@ impl Delivery {
             },
             Err(e) => e,
         };
-        if self.transactional {
+        if let Some(transaction) = &self.transaction {
             // The open transaction can no longer commit; a record sent again would land in the
             // next one, apart from the offsets it belongs with.
             return Err(FatalProducerError {
                 code: error.rdkafka_error_code().unwrap_or(RDKafkaErrorCode::Fail),
                 reason: format!(
-                    "a {} of the open transaction was not delivered: {error}",
-                    self.record.what
+                    "the open transaction lost a {} that was not delivered: {}",
+                    self.record.what,
+                    transaction.explain(&error)
                 ),
             });
         }
@@ -239,7 +241,7 @@ impl Publisher {
             producer: self.producer.clone(),
             record,
             first,
-            transactional: self.transactions.is_some(),
+            transaction: self.transactions.clone(),
         }
     }
 

@@ -48,10 +48,10 @@ pub enum TransactionError {
     Unavailable { id: String, reason: String },
     /// Committing failed; the transaction was aborted.
     #[error(
-        "kafka: the outcomes transaction failed and was aborted ({reason}); its events are \
-         processed again after a restart{fenced}"
+        "kafka: the outcomes transaction failed and was aborted; its events are processed \
+         again after a restart: {reason}"
     )]
-    Aborted { reason: String, fenced: String },
+    Aborted { reason: String },
 }
 
 /// The transaction currently open on the outcomes producer, and the offsets finished in it.
@@ -158,38 +158,43 @@ impl Transactions {
         }
     }
 
+    /// Why the open transaction was lost, in words: `e`, and when the producer or the group
+    /// member was fenced, the likely cause and what to change. A fence may first show as the
+    /// failed delivery of a record ("Fatal"), so the producer's own fatal error is asked too.
+    pub fn explain(&self, e: &KafkaError) -> String {
+        use rdkafka::types::RDKafkaErrorCode as C;
+        let fatal = self.producer.client().fatal_error().map(|(code, _)| code);
+        let fenced = fatal.into_iter().chain(e.rdkafka_error_code()).any(|c| {
+            matches!(
+                c,
+                C::Fenced
+                    | C::ProducerFenced
+                    | C::InvalidProducerEpoch
+                    | C::IllegalGeneration
+                    | C::UnknownMemberId
+                    | C::FencedInstanceId
+                    | C::FencedMemberEpoch
+            )
+        });
+        if fenced {
+            format!(
+                "{e}. The producer or the group member was fenced: another worker uses \
+                 transactional.id {:?}, or this worker lost its partitions; give each worker its \
+                 own kafka.transactional_id",
+                self.id
+            )
+        } else {
+            e.to_string()
+        }
+    }
+
     fn send_and_commit(
         &self,
         offsets: &BTreeMap<(String, i32), i64>,
         group: Option<ConsumerGroupMetadata>,
     ) -> Result<(), TransactionError> {
-        let failed = |e: KafkaError| {
-            let fenced = e.rdkafka_error_code().is_some_and(|c| {
-                use rdkafka::types::RDKafkaErrorCode as C;
-                matches!(
-                    c,
-                    C::Fenced
-                        | C::ProducerFenced
-                        | C::InvalidProducerEpoch
-                        | C::IllegalGeneration
-                        | C::UnknownMemberId
-                        | C::FencedInstanceId
-                        | C::FencedMemberEpoch
-                )
-            });
-            TransactionError::Aborted {
-                reason: e.to_string(),
-                fenced: if fenced {
-                    format!(
-                        ". The producer or the group member was fenced: another worker uses \
-                         transactional.id {:?}, or this worker lost its partitions; give each \
-                         worker its own kafka.transactional_id",
-                        self.id
-                    )
-                } else {
-                    String::new()
-                },
-            }
+        let failed = |e: KafkaError| TransactionError::Aborted {
+            reason: self.explain(&e),
         };
         let attempt = || -> Result<(), KafkaError> {
             if !offsets.is_empty() {
