@@ -14,6 +14,7 @@ use wiremock::matchers::{body_json, method, path, query_param};
 use wiremock::{Match, Mock, MockServer, Request, ResponseTemplate};
 
 use netskope::{ErrorClass, NetskopeClient, NetskopeConfig, NetskopeError, Tokens};
+use offboarder::guard::memory::Position;
 use offboarder::outcome::{Action, RequestDescription, Status};
 use offboarder::pipeline::batcher::{Applied, Change, GroupBatcher};
 use offboarder::pipeline::config::PipelineConfig;
@@ -223,7 +224,10 @@ async fn transient_faults_are_retried_with_growing_backoff_until_applied() {
         .await;
     let ex = executor(&server, false, PipelineConfig::default());
     let t0 = Instant::now();
-    let report = ex.execute("a@x.com", &Decision::Deactivate).await.unwrap();
+    let report = ex
+        .execute("a@x.com", &Decision::Deactivate, &Position::default())
+        .await
+        .unwrap();
     let elapsed = t0.elapsed();
     assert_eq!(report.status, Status::Applied, "{report:?}");
     assert_eq!(report.attempts, 4);
@@ -265,7 +269,10 @@ async fn transient_faults_end_as_failed_once_transient_retry_for_runs_out() {
         },
     );
     let t0 = Instant::now();
-    let report = ex.execute("a@x.com", &Decision::Deactivate).await.unwrap();
+    let report = ex
+        .execute("a@x.com", &Decision::Deactivate, &Position::default())
+        .await
+        .unwrap();
     let elapsed = t0.elapsed();
     assert_eq!(report.status, Status::Failed, "{report:?}");
     assert!(report.retries_exhausted);
@@ -313,7 +320,7 @@ async fn a_permanent_error_is_not_retried() {
     fine_grained_clock();
     let t0 = Instant::now();
     let report = ex
-        .execute("ghost@x.com", &Decision::Deactivate)
+        .execute("ghost@x.com", &Decision::Deactivate, &Position::default())
         .await
         .unwrap();
     assert_eq!(report.status, Status::Failed, "{report:?}");
@@ -350,13 +357,13 @@ async fn unauthorized_and_forbidden_are_returned_as_errors_not_failed_reports() 
         .await;
     let ex = executor(&server, false, PipelineConfig::default());
     let e401 = ex
-        .execute("a@x.com", &Decision::Deactivate)
+        .execute("a@x.com", &Decision::Deactivate, &Position::default())
         .await
         .unwrap_err();
     assert!(matches!(e401, NetskopeError::Unauthorized { .. }), "{e401}");
     assert_eq!(e401.class(), ErrorClass::Config);
     let e403 = ex
-        .execute("b@x.com", &Decision::Deactivate)
+        .execute("b@x.com", &Decision::Deactivate, &Position::default())
         .await
         .unwrap_err();
     assert!(matches!(e403, NetskopeError::Forbidden { .. }), "{e403}");
@@ -376,7 +383,10 @@ async fn a_skip_decision_sends_nothing() {
         action: Action::Deactivate,
         reason: "the user is in policy.protected_users".into(),
     };
-    let report = ex.execute("admin@x.com", &decision).await.unwrap();
+    let report = ex
+        .execute("admin@x.com", &decision, &Position::default())
+        .await
+        .unwrap();
     assert_eq!(report.status, Status::Skipped);
     assert_eq!(
         report.reason.as_deref(),
@@ -416,7 +426,10 @@ async fn dry_run_describes_the_request_and_sends_nothing_that_mutates() {
     }
     let ex = executor(&server, true, PipelineConfig::default());
 
-    let r = ex.execute("a@x.com", &Decision::Deactivate).await.unwrap();
+    let r = ex
+        .execute("a@x.com", &Decision::Deactivate, &Position::default())
+        .await
+        .unwrap();
     assert_eq!(r.status, Status::DryRun, "{r:?}");
     assert_eq!(r.scim_user_id.as_deref(), Some("u1"));
     assert_eq!(
@@ -428,7 +441,10 @@ async fn dry_run_describes_the_request_and_sends_nothing_that_mutates() {
         })
     );
 
-    let r = ex.execute("a@x.com", &Decision::Delete).await.unwrap();
+    let r = ex
+        .execute("a@x.com", &Decision::Delete, &Position::default())
+        .await
+        .unwrap();
     assert_eq!(r.status, Status::DryRun, "{r:?}");
     assert_eq!(
         r.request,
@@ -440,7 +456,7 @@ async fn dry_run_describes_the_request_and_sends_nothing_that_mutates() {
     );
 
     let r = ex
-        .execute("a@x.com", &quarantine("Q-exists"))
+        .execute("a@x.com", &quarantine("Q-exists"), &Position::default())
         .await
         .unwrap();
     assert_eq!(r.status, Status::DryRun, "{r:?}");
@@ -454,7 +470,10 @@ async fn dry_run_describes_the_request_and_sends_nothing_that_mutates() {
         })
     );
 
-    let r = ex.execute("a@x.com", &release("Q-exists")).await.unwrap();
+    let r = ex
+        .execute("a@x.com", &release("Q-exists"), &Position::default())
+        .await
+        .unwrap();
     assert_eq!(r.status, Status::DryRun, "{r:?}");
     assert_eq!(
         r.request,
@@ -466,7 +485,7 @@ async fn dry_run_describes_the_request_and_sends_nothing_that_mutates() {
     );
 
     let r = ex
-        .execute("a@x.com", &quarantine("Q-missing"))
+        .execute("a@x.com", &quarantine("Q-missing"), &Position::default())
         .await
         .unwrap();
     assert_eq!(r.status, Status::DryRun, "{r:?}");
@@ -484,7 +503,10 @@ async fn dry_run_describes_the_request_and_sends_nothing_that_mutates() {
     let reason = r.reason.expect("a reason");
     assert!(reason.contains("does not exist"), "{reason}");
 
-    let r = ex.execute("a@x.com", &release("Q-missing")).await.unwrap();
+    let r = ex
+        .execute("a@x.com", &release("Q-missing"), &Position::default())
+        .await
+        .unwrap();
     assert_eq!(
         r.status,
         Status::Skipped,
@@ -500,6 +522,15 @@ async fn dry_run_describes_the_request_and_sends_nothing_that_mutates() {
         .collect();
     assert_eq!(verbs.len(), 4, "{verbs:?}");
     assert!(verbs.iter().all(|v| v == "GET"), "{verbs:?}");
+}
+
+/// The position of the `offset`th risk signal of one partition.
+fn at(offset: i64) -> Position {
+    Position {
+        topic: "risk".into(),
+        partition: 0,
+        offset,
+    }
 }
 
 // A burst of risk signals about one user must not spend one PATCH per signal.
@@ -524,7 +555,10 @@ async fn a_repeat_quarantine_is_coalesced_until_a_release() {
         .await;
     let ex = executor(&server, false, PipelineConfig::default());
 
-    let first = ex.execute("a@x.com", &quarantine("Q")).await.unwrap();
+    let first = ex
+        .execute("a@x.com", &quarantine("Q"), &at(1))
+        .await
+        .unwrap();
     assert_eq!(first.status, Status::Applied, "{first:?}");
     assert_eq!(
         first.request,
@@ -536,17 +570,23 @@ async fn a_repeat_quarantine_is_coalesced_until_a_release() {
     );
 
     // The group name is matched case-insensitively, like the group itself.
-    let second = ex.execute("a@x.com", &quarantine("q")).await.unwrap();
+    let second = ex
+        .execute("a@x.com", &quarantine("q"), &at(2))
+        .await
+        .unwrap();
     assert_eq!(second.status, Status::Skipped, "{second:?}");
     let reason = second.reason.as_deref().unwrap_or_default();
     assert!(reason.contains("already quarantined"), "{reason}");
     assert_eq!(second.request, None);
     assert_eq!(count(&server, "PATCH", &format!("{GROUPS}/g-1")).await, 1);
 
-    let released = ex.execute("a@x.com", &release("Q")).await.unwrap();
+    let released = ex.execute("a@x.com", &release("Q"), &at(3)).await.unwrap();
     assert_eq!(released.status, Status::Applied, "{released:?}");
 
-    let again = ex.execute("a@x.com", &quarantine("Q")).await.unwrap();
+    let again = ex
+        .execute("a@x.com", &quarantine("Q"), &at(4))
+        .await
+        .unwrap();
     assert_eq!(again.status, Status::Applied, "{again:?}");
     assert_eq!(count(&server, "PATCH", &format!("{GROUPS}/g-1")).await, 3);
 }
@@ -573,17 +613,17 @@ async fn the_quarantine_memory_expires() {
     );
     let q = quarantine("Q");
     assert_eq!(
-        ex.execute("a@x.com", &q).await.unwrap().status,
+        ex.execute("a@x.com", &q, &at(5)).await.unwrap().status,
         Status::Applied
     );
     tokio::time::advance(Duration::from_secs(30)).await;
     assert_eq!(
-        ex.execute("a@x.com", &q).await.unwrap().status,
+        ex.execute("a@x.com", &q, &at(6)).await.unwrap().status,
         Status::Skipped
     );
     tokio::time::advance(Duration::from_secs(31)).await;
     assert_eq!(
-        ex.execute("a@x.com", &q).await.unwrap().status,
+        ex.execute("a@x.com", &q, &at(7)).await.unwrap().status,
         Status::Applied
     );
 }
@@ -617,7 +657,10 @@ async fn a_stale_cached_user_id_is_resolved_afresh_once() {
         .mount(&server)
         .await;
     let ex = executor(&server, false, PipelineConfig::default());
-    let report = ex.execute("a@x.com", &Decision::Deactivate).await.unwrap();
+    let report = ex
+        .execute("a@x.com", &Decision::Deactivate, &Position::default())
+        .await
+        .unwrap();
     assert_eq!(report.status, Status::Applied, "{report:?}");
     assert_eq!(report.scim_user_id.as_deref(), Some("B"));
     assert_eq!(report.attempts, 1);
@@ -635,7 +678,10 @@ async fn an_id_that_resolves_the_same_and_stays_gone_is_not_found() {
         .mount(&server)
         .await;
     let ex = executor(&server, false, PipelineConfig::default());
-    let report = ex.execute("a@x.com", &Decision::Deactivate).await.unwrap();
+    let report = ex
+        .execute("a@x.com", &Decision::Deactivate, &Position::default())
+        .await
+        .unwrap();
     assert_eq!(report.status, Status::Failed, "{report:?}");
     assert_eq!(report.error.as_ref().map(|e| e.kind()), Some("not_found"));
     assert_eq!(report.attempts, 1);
@@ -899,11 +945,17 @@ async fn releasing_from_a_missing_group_creates_nothing() {
         .mount(&server)
         .await;
     let dry = executor(&server, true, PipelineConfig::default());
-    let described = dry.execute("a@x.com", &release("Q")).await.unwrap();
+    let described = dry
+        .execute("a@x.com", &release("Q"), &Position::default())
+        .await
+        .unwrap();
     assert_eq!(described.request, None, "dry-run: nothing would be sent");
 
     let real = executor(&server, false, PipelineConfig::default());
-    let report = real.execute("a@x.com", &release("Q")).await.unwrap();
+    let report = real
+        .execute("a@x.com", &release("Q"), &Position::default())
+        .await
+        .unwrap();
     assert_ne!(report.status, Status::Failed, "{report:?}");
     let mutating: Vec<String> = requests(&server)
         .await

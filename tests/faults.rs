@@ -380,7 +380,14 @@ async fn a_scim_storm_is_waited_out_without_failing_or_dead_lettering_anything()
                 group: group.clone(),
             }
         };
-        async move { (n, executor.execute(&user(n), &decision).await) }
+        async move {
+            (
+                n,
+                executor
+                    .execute(&user(n), &decision, &Default::default())
+                    .await,
+            )
+        }
     });
     let reports = futures::future::join_all(work).await;
     let took = started.elapsed();

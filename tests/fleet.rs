@@ -390,3 +390,84 @@ async fn a_revoked_partitions_unfinished_events_are_left_to_the_new_owner() {
         "no event has an outcome from both workers: {per_source:?}"
     );
 }
+
+/// The quarantine memory is the fleet's and outlives each worker: a repeat critical signal
+/// handled by another worker, after the first one stopped, sends no second PATCH; a release
+/// through that worker clears it for every worker, so the next critical signal acts again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_quarantine_memory_is_shared_by_the_fleet_and_outlives_each_worker() {
+    let sandbox = Sandbox::start(
+        SimArgs {
+            users: 2,
+            rate_limit_per_min: 0,
+            ..SimArgs::default()
+        },
+        2,
+    )
+    .await
+    .expect("sandbox");
+    let config = || {
+        let mut c = sandbox.config("fleet-memory");
+        c.verify.mode = VerifyMode::Off;
+        c
+    };
+    let signal = |id: &str, critical: bool| {
+        let mut e = json!({"event_id": id, "occurred_at": "2026-11-25T09:00:00Z",
+            "user": {"user_name": user(1)}, "source": "crowdstrike"});
+        if critical {
+            e["risk_score"] = json!(95);
+        } else {
+            e["severity"] = json!("high");
+            e["state"] = json!("cleared");
+        }
+        (
+            sandbox.topics.risk_signals.clone(),
+            user(1),
+            e.to_string().into_bytes(),
+        )
+    };
+    // Publishes one signal through a worker started for it alone, and returns its outcome.
+    let through_a_new_worker = |id: &'static str, critical: bool| {
+        let (sandbox, record) = (&sandbox, signal(id, critical));
+        let config = config();
+        async move {
+            let (handle, _, task) = start(sandbox, config).await;
+            sandbox.publish(&[record]).await.expect("publish");
+            let read = sandbox
+                .read(&sandbox.topics.outcomes, Duration::from_secs(30), |read| {
+                    read.iter().any(|m| sandbox::text(m).contains(id))
+                })
+                .await
+                .expect("the outcome");
+            handle.stop();
+            task.await.expect("joined");
+            read.iter()
+                .filter_map(|m| serde_json::from_str::<Value>(&sandbox::text(m)).ok())
+                .find(|o| o["source_event_id"] == id)
+                .expect("an outcome of the signal")
+        }
+    };
+    let group_patches = || sandbox.sim.stats().count("PATCH /api/v2/scim/Groups/{id}");
+
+    let first = through_a_new_worker("x-1", true).await;
+    assert_eq!(first["status"], "applied", "{first}");
+    assert_eq!(group_patches(), 1);
+
+    let repeat = through_a_new_worker("x-2", true).await;
+    assert_eq!(repeat["status"], "skipped", "{repeat}");
+    assert!(
+        repeat["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("already quarantined")),
+        "{repeat}"
+    );
+    assert_eq!(group_patches(), 1, "no second PATCH");
+
+    let release = through_a_new_worker("x-3", false).await;
+    assert_eq!(release["status"], "applied", "{release}");
+    assert_eq!(group_patches(), 2);
+
+    let again = through_a_new_worker("x-4", true).await;
+    assert_eq!(again["status"], "applied", "{again}");
+    assert_eq!(group_patches(), 3);
+}

@@ -16,6 +16,9 @@
 //! The topic also carries each worker's budget demand (see [`super::demand`]), keyed
 //! `demand/<worker>`: one key per worker process, so compaction keeps only its latest, and a
 //! worker that stops cleanly writes a tombstone so that compaction drops the key.
+//!
+//! And it carries the fleet's quarantine memory (see [`super::memory`]), keyed
+//! `quarantine/<user id>/<group>`: compaction keeps the latest mark of each.
 
 use std::sync::Arc;
 use std::sync::Weak;
@@ -30,6 +33,7 @@ use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
+use super::memory::{self, Mark};
 use super::{Entry, Guard, GuardConfig, GuardError};
 
 /// How long a worker waits to read back an entry it wrote before it treats the state topic as
@@ -76,6 +80,8 @@ pub struct Kafka {
 /// The writing side, held by the guard.
 pub struct Writer {
     producer: FutureProducer,
+    /// The reader's client, asked for the topic's end.
+    reader: Arc<StreamConsumer>,
     topic: String,
     worker: String,
     seq: AtomicU64,
@@ -120,6 +126,52 @@ impl Writer {
             .await
             .map(|_| ())
             .map_err(|(e, _)| self.error(&format!("cannot write: {e}")))
+    }
+
+    /// The offset the next entry written to the topic will get.
+    pub async fn end(&self) -> Result<i64, GuardError> {
+        let (reader, topic) = (self.reader.clone(), self.topic.clone());
+        tokio::task::spawn_blocking(move || reader.fetch_watermarks(&topic, 0, WRITE_TIMEOUT))
+            .await
+            .map_err(|e| self.error(&format!("reading its end did not run: {e}")))?
+            .map(|(_, end)| end)
+            .map_err(|e| self.error(&format!("cannot read its end: {e}")))
+    }
+
+    /// Writes a quarantine mark, acknowledged.
+    pub async fn write_mark(&self, key: &str, mark: &Mark) -> Result<(), GuardError> {
+        let value = serde_json::to_vec(mark).map_err(|e| self.error(&e.to_string()))?;
+        let to = FutureRecord::to(&self.topic)
+            .key(key)
+            .payload(&value)
+            .partition(0);
+        self.producer
+            .send(to, Timeout::After(WRITE_TIMEOUT))
+            .await
+            .map(|_| ())
+            .map_err(|(e, _)| self.error(&format!("cannot write: {e}")))
+    }
+
+    /// Queues a quarantine mark now (so that it stays in order with this worker's later
+    /// marks) without waiting for it: a lost one costs a repeat PATCH, never a wrong skip.
+    pub fn write_mark_in_background(&self, key: &str, mark: &Mark) {
+        let Ok(value) = serde_json::to_vec(mark) else {
+            return;
+        };
+        let to = FutureRecord::to(&self.topic)
+            .key(key)
+            .payload(&value)
+            .partition(0);
+        match self.producer.send_result(to) {
+            Ok(delivery) => {
+                tokio::spawn(async move {
+                    if let Ok(Err((e, _))) = delivery.await {
+                        tracing::debug!(error = %e, "quarantine memory: a mark not written");
+                    }
+                });
+            }
+            Err((e, _)) => tracing::debug!(error = %e, "quarantine memory: a mark not queued"),
+        }
     }
 
     pub fn error(&self, reason: &str) -> GuardError {
@@ -192,6 +244,7 @@ pub async fn open(config: &GuardConfig, kafka: Kafka) -> Result<Arc<Guard>, Guar
     let worker = format!("{:016x}", rand::random::<u64>());
     let writer = Writer {
         producer,
+        reader: reader.clone(),
         topic: kafka.topic.clone(),
         worker: worker.clone(),
         seq: AtomicU64::new(0),
@@ -253,10 +306,27 @@ async fn follow(
 /// Applies one record. A replayed demand is skipped: its age is unknown (the worker that wrote
 /// it may be long gone), and live workers publish theirs again within seconds.
 fn apply(guard: &Guard, message: &BorrowedMessage<'_>, worker: &str, replaying: bool) {
+    apply_entry(guard, message, worker, replaying);
+    guard.read_to.send_replace(message.offset() + 1);
+}
+
+fn apply_entry(guard: &Guard, message: &BorrowedMessage<'_>, worker: &str, replaying: bool) {
     // A tombstone, or an entry of a kind this version does not know, decides nothing here.
     let Some(payload) = message.payload() else {
         return;
     };
+    if let Some(key) = message
+        .key()
+        .and_then(|k| std::str::from_utf8(k).ok())
+        .filter(|k| k.starts_with(memory::KEY_PREFIX))
+    {
+        if payload.len() <= MAX_ENTRY_BYTES
+            && let Ok(mark) = serde_json::from_slice::<Mark>(payload)
+        {
+            guard.memory.apply(key, mark, guard.now_ms());
+        }
+        return;
+    }
     if message.key().is_some_and(|k| k.starts_with(DEMAND_PREFIX)) {
         if !replaying && let Ok(d) = serde_json::from_slice::<DemandRecord>(payload) {
             guard.demands.record(&d.worker, d.waiting);

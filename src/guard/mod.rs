@@ -18,13 +18,15 @@
 //! or a rolling restart, and a release through any replica that lets all of them go on.
 //! Without one the log is this process's memory.
 //!
-//! The state topic also carries each worker's demand for the request budget ([`demand`]): the
-//! topic every worker already reads in one order is the cheapest place to share it.
+//! The state topic also carries each worker's demand for the request budget ([`demand`]) and
+//! the fleet's quarantine memory ([`memory`]): the topic every worker already reads in one
+//! order is the cheapest place to share them.
 //!
 //! Time is wall time that follows tokio's clock, so that tests can run a window in paused time.
 
 pub mod demand;
 pub mod ledger;
+pub mod memory;
 pub mod window;
 
 use std::collections::HashMap;
@@ -41,6 +43,9 @@ use offboarder_base::metric_names as names;
 
 use window::Window;
 pub use window::{Admission, Applied, Entry};
+
+/// How long a skip of a remembered quarantine waits to read the state topic to its end.
+const MEMORY_READ_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The `[guard]` table.
 #[derive(Debug, Clone, Deserialize)]
@@ -129,6 +134,11 @@ pub struct Guard {
     stop: CancellationToken,
     /// Every worker's demand for the request budget, as read from the state topic.
     demands: demand::Demands,
+    /// The fleet's quarantine memory, as read from the state topic (and this worker's own
+    /// marks at once).
+    memory: memory::QuarantineMemory,
+    /// The next offset of the state topic to read: how far this worker has read it.
+    read_to: watch::Sender<i64>,
 }
 
 impl Default for Guard {
@@ -162,6 +172,76 @@ impl Guard {
             ledger,
             stop: CancellationToken::new(),
             demands: demand::Demands::default(),
+            memory: memory::QuarantineMemory::default(),
+            read_to: watch::Sender::new(0),
+        }
+    }
+
+    /// How long a quarantine is remembered (`pipeline.quarantine_memory`).
+    pub fn set_quarantine_memory(&self, ttl: Duration) {
+        self.memory.set_ttl(ttl);
+    }
+
+    /// Whether a repeat quarantine of `key` ([`memory::QuarantineMemory::key`]), for the event
+    /// read at `asking`, may be skipped: a worker of the fleet quarantined that user for an
+    /// earlier event, and no release of them has been
+    /// read since, after reading the state topic to its current end (so that every release
+    /// finished before now is seen). Anything that stops that read answers `false`: the
+    /// quarantine is sent again, which is idempotent.
+    pub async fn remembers_quarantine(&self, key: &str, asking: &memory::Position) -> bool {
+        if !self.memory.remembers(key, self.now_ms(), asking) {
+            return false;
+        }
+        if let Some(writer) = &self.ledger {
+            let end = match writer.end().await {
+                Ok(end) => end,
+                Err(e) => {
+                    tracing::debug!(error = %e, "quarantine memory: the state topic's end unknown");
+                    return false;
+                }
+            };
+            let mut read_to = self.read_to.subscribe();
+            let caught_up =
+                tokio::time::timeout(MEMORY_READ_TIMEOUT, read_to.wait_for(|next| *next >= end))
+                    .await;
+            if !matches!(caught_up, Ok(Ok(_))) {
+                return false;
+            }
+        }
+        self.memory.remembers(key, self.now_ms(), asking)
+    }
+
+    /// Remembers that this worker quarantined `key`, for the fleet. Best effort: a mark that
+    /// is not written costs one repeat PATCH later, never a wrong skip.
+    pub fn remember_quarantine(&self, key: &str, at: &memory::Position) {
+        let mark = self.mark(true, at);
+        self.memory.apply(key, mark.clone(), self.now_ms());
+        if let Some(writer) = &self.ledger {
+            writer.write_mark_in_background(key, &mark);
+        }
+    }
+
+    /// Records that `key` is no longer quarantined (released, or read-back found the user
+    /// outside the group), acknowledged by the state topic before it returns, so that no
+    /// worker of the fleet skips the user's next quarantine once this event has finished.
+    pub async fn forget_quarantine(
+        &self,
+        key: &str,
+        at: &memory::Position,
+    ) -> Result<(), GuardError> {
+        let mark = self.mark(false, at);
+        self.memory.apply(key, mark.clone(), self.now_ms());
+        match &self.ledger {
+            Some(writer) => writer.write_mark(key, &mark).await,
+            None => Ok(()),
+        }
+    }
+
+    fn mark(&self, quarantined: bool, at: &memory::Position) -> memory::Mark {
+        memory::Mark {
+            quarantined,
+            at_ms: self.now_ms(),
+            position: at.clone(),
         }
     }
 

@@ -424,9 +424,10 @@ pub struct PipelineConfig {
     /// rebalance timeout (`max.poll.interval.ms`, 300 s by default).
     #[serde(with = "humantime_serde")]
     pub revoke_grace: Duration,
-    /// How long the worker remembers a user it quarantined: a repeat signal within this time
-    /// sends no second PATCH. After a restart the first repeat sends one (harmless) PATCH. A
-    /// quarantine that ends `unverified` is forgotten at once.
+    /// How long the fleet remembers a user it quarantined: a repeat signal within this time,
+    /// on any worker and across restarts (the memory lives in the state topic), sends no
+    /// second PATCH. A quarantine that ends `unverified` is forgotten at once, and a release
+    /// forgets it for every worker.
     #[serde(with = "humantime_serde")]
     pub quarantine_memory: Duration,
     /// The dead-letter limit's window: how many of the most recent events are counted.

@@ -38,8 +38,6 @@ pub(super) struct Context {
     pub(super) budget: Option<Arc<Budget>>,
     /// `pipeline.revoke_grace`.
     pub(super) revoke_grace: Duration,
-    /// Forgotten on every revoke (see `Executor::quarantine_memory`).
-    pub(super) quarantine_memory: Arc<netskope::cache::TtlCache<String, ()>>,
 }
 
 impl ClientContext for Context {
@@ -82,7 +80,6 @@ impl ConsumerContext for Context {
                     "revoked partitions drained: their unfinished events are left to the new owner"
                 );
             }
-            self.quarantine_memory.clear();
             // With `exactly_once`, what finished on these partitions commits now, while this
             // worker still owns them; the new owner starts after it.
             if let Some(transactions) = &self.shared.transactions

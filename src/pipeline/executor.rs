@@ -17,19 +17,18 @@ use serde_json::json;
 use time::OffsetDateTime;
 use tokio::time::Instant;
 
-use netskope::cache::TtlCache;
 use netskope::scim::{GROUP_SCHEMA, add_members_patch, deactivate_patch};
-use netskope::{ErrorClass, NetskopeClient, NetskopeError, UserRef};
+use netskope::{ErrorClass, NetskopeClient, NetskopeError, Op, UserRef};
 use offboarder_base::clock::WallClock;
 
 use super::batcher::{Batchers, Change, GroupBatcher};
 use super::config::PipelineConfig;
+use crate::guard::Guard;
+use crate::guard::memory::{Position, QuarantineMemory};
 use crate::outcome::{OutcomeError, RequestDescription, Status};
 use crate::policy::Decision;
 use crate::verify::{Check, Expected, RequestKey, next_request_seq};
 
-/// Remembered quarantines: a repeat signal within this time sends no second PATCH.
-const QUARANTINE_MEMORY_SIZE: usize = 100_000;
 /// Backoff between tries of one event; each try already includes the client's own retries.
 const RETRY_MIN_DELAY: Duration = Duration::from_secs(2);
 const RETRY_MAX_DELAY: Duration = Duration::from_secs(120);
@@ -114,8 +113,9 @@ pub struct Executor {
     batch_window: Duration,
     batch_max_members: usize,
     batchers: Batchers,
-    /// `<group lower-cased>\n<user id>` of users this worker put in quarantine.
-    quarantined: Arc<TtlCache<String, ()>>,
+    /// The fleet's shared state: its quarantine memory (a repeat signal for a user the fleet
+    /// quarantined within `pipeline.quarantine_memory` sends no second PATCH).
+    fleet: Arc<Guard>,
     clock: WallClock,
 }
 
@@ -128,12 +128,21 @@ impl Executor {
             batch_window: config.batch_window,
             batch_max_members: config.batch_max_members,
             batchers: Batchers::default(),
-            quarantined: Arc::new(TtlCache::new(
-                QUARANTINE_MEMORY_SIZE,
-                config.quarantine_memory,
-            )),
+            fleet: {
+                let guard = Guard::default();
+                guard.set_quarantine_memory(config.quarantine_memory);
+                Arc::new(guard)
+            },
             clock: WallClock::new(),
         }
+    }
+
+    /// Shares the quarantine memory with the fleet through `guard`'s state topic, instead of
+    /// keeping it in this process.
+    pub fn with_fleet(mut self, guard: Arc<Guard>, config: &PipelineConfig) -> Self {
+        guard.set_quarantine_memory(config.quarantine_memory);
+        self.fleet = guard;
+        self
     }
 
     /// Whether actions are only described (`policy.dry_run`), never sent.
@@ -141,11 +150,13 @@ impl Executor {
         self.dry_run
     }
 
-    /// Carries out `decision` for `user_name`. `Err` only for a configuration fault.
+    /// Carries out `decision` for `user_name`, for the event read at `at`. `Err` only for a
+    /// configuration fault.
     pub async fn execute(
         &self,
         user_name: &str,
         decision: &Decision,
+        at: &Position,
     ) -> Result<Report, NetskopeError> {
         if let Decision::Skip { reason, .. } = decision {
             return Ok(Report::skipped(reason.clone()));
@@ -160,7 +171,7 @@ impl Executor {
         let mut attempts = 0;
         loop {
             attempts += 1;
-            let error = match self.try_once(user_name, decision).await {
+            let error = match self.try_once(user_name, decision, at).await {
                 Ok(done) => {
                     return Ok(Report {
                         status: done.status,
@@ -214,9 +225,14 @@ impl Executor {
         }
     }
 
-    async fn try_once(&self, user_name: &str, decision: &Decision) -> Result<Done, NetskopeError> {
+    async fn try_once(
+        &self,
+        user_name: &str,
+        decision: &Decision,
+        at: &Position,
+    ) -> Result<Done, NetskopeError> {
         let user = self.client.resolve_user(user_name).await?;
-        let result = self.act(&user, decision).await;
+        let result = self.act(&user, decision, at).await;
         // An id that vanished may be a stale cache entry (a user deleted and re-created):
         // resolve afresh once before calling the user unknown.
         match result {
@@ -226,13 +242,18 @@ impl Executor {
                 if fresh.id == user.id {
                     return result;
                 }
-                self.act(&fresh, decision).await
+                self.act(&fresh, decision, at).await
             }
             other => other,
         }
     }
 
-    async fn act(&self, user: &UserRef, decision: &Decision) -> Result<Done, NetskopeError> {
+    async fn act(
+        &self,
+        user: &UserRef,
+        decision: &Decision,
+        at: &Position,
+    ) -> Result<Done, NetskopeError> {
         let user_path = format!("/Users/{}", user.id);
         let done = |status, request: RequestDescription, check| Done {
             status,
@@ -270,8 +291,8 @@ impl Executor {
                 self.client.forget_user(&user.user_name);
                 Ok(done(Status::Applied, request, check))
             }
-            Decision::Quarantine { group } => self.membership(user, group, Change::Add).await,
-            Decision::Release { group } => self.membership(user, group, Change::Remove).await,
+            Decision::Quarantine { group } => self.membership(user, group, Change::Add, at).await,
+            Decision::Release { group } => self.membership(user, group, Change::Remove, at).await,
             Decision::Skip { reason, .. } => Ok(Done {
                 status: Status::Skipped,
                 user: None,
@@ -301,18 +322,17 @@ impl Executor {
         }
     }
 
-    /// The quarantine memory, for the consumer's revoke hook: after a rebalance another worker
-    /// may have released a user this one remembers as quarantined, and a memory that outlived
-    /// that would skip the user's next critical signal. So a revoke forgets it all (the price:
-    /// one more idempotent PATCH for a repeat signal).
-    pub fn quarantine_memory(&self) -> Arc<TtlCache<String, ()>> {
-        self.quarantined.clone()
-    }
-
-    /// Forgets that this worker quarantined `user_id` in `group`: read-back found the user
-    /// outside the group, so the next signal must act instead of being skipped as a repeat.
-    pub fn forget_quarantine(&self, group: &str, user_id: &str) {
-        self.quarantined.remove(&quarantine_key(group, user_id));
+    /// Forgets, for the fleet, that `user_id` was quarantined in `group` by the event read at
+    /// `at`: read-back found the user outside the group, so the next signal must act instead
+    /// of being skipped as a repeat.
+    pub async fn forget_quarantine(&self, group: &str, user_id: &str, at: &Position) {
+        let key = QuarantineMemory::key(group, user_id);
+        if let Err(e) = self.fleet.forget_quarantine(&key, at).await {
+            tracing::warn!(
+                error = %e,
+                "quarantine memory: could not record for the fleet that a quarantine did not hold; a repeat signal for this user may be skipped until pipeline.quarantine_memory passes"
+            );
+        }
     }
 
     async fn membership(
@@ -320,14 +340,15 @@ impl Executor {
         user: &UserRef,
         group: &str,
         change: Change,
+        at: &Position,
     ) -> Result<Done, NetskopeError> {
-        let memory_key = quarantine_key(group, &user.id);
-        if change == Change::Add && self.quarantined.get(&memory_key).is_some() {
+        let memory_key = QuarantineMemory::key(group, &user.id);
+        if change == Change::Add && self.fleet.remembers_quarantine(&memory_key, at).await {
             return Ok(Done {
                 status: Status::Skipped,
                 user: Some(user.clone()),
                 reason: Some(format!(
-                    "already quarantined in {group} by this worker; no second PATCH"
+                    "already quarantined in {group} by this fleet; no second PATCH"
                 )),
                 request: None,
                 expected: None,
@@ -365,13 +386,27 @@ impl Executor {
                 expected: None,
             });
         }
+        if change == Change::Remove {
+            // Before the PATCH, and acknowledged: once this release has finished, no worker of
+            // the fleet can skip the user's next quarantine as a repeat.
+            self.fleet
+                .forget_quarantine(&memory_key, at)
+                .await
+                .map_err(|e| NetskopeError::Transient {
+                    op: Op::PatchMembers,
+                    status: None,
+                    reason: format!(
+                        "the release cannot be recorded in the fleet's quarantine memory: {e}"
+                    ),
+                    attempts: 1,
+                })?;
+        }
         let applied = self.batcher(group).submit(change, user.id.clone()).await?;
         let Some(group_id) = applied.group_id else {
             return Ok(nothing_to_release(user, group));
         };
-        match change {
-            Change::Add => self.quarantined.insert(memory_key, ()),
-            Change::Remove => self.quarantined.remove(&memory_key),
+        if change == Change::Add {
+            self.fleet.remember_quarantine(&memory_key, at);
         }
         let reason = (applied.batch_size > 1)
             .then(|| format!("sent in one PATCH with {} members", applied.batch_size));
@@ -412,8 +447,4 @@ fn nothing_to_release(user: &UserRef, group: &str) -> Done {
         request: None,
         expected: None,
     }
-}
-/// The quarantine memory's key: group names match case-insensitively, as in Netskope.
-fn quarantine_key(group: &str, user_id: &str) -> String {
-    format!("{}\n{user_id}", group.to_lowercase())
 }

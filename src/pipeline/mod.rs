@@ -143,11 +143,15 @@ impl Pipeline {
             transactions: transactions.clone(),
             ..Shared::default()
         });
-        let executor = Executor::new(client.clone(), policy.dry_run(), &config.pipeline);
-        let budget = config
-            .pipeline
-            .split_budget
-            .then(|| Arc::new(budget::Budget::new(client.clone(), input_partitions)));
+        let executor = Executor::new(client.clone(), policy.dry_run(), &config.pipeline)
+            .with_fleet(shared.guard.clone(), &config.pipeline);
+        let budget = config.pipeline.split_budget.then(|| {
+            Arc::new(budget::Budget::new(
+                client.clone(),
+                shared.guard.clone(),
+                input_partitions,
+            ))
+        });
         let consumer: KafkaConsumer = kafka
             .consumer_config()
             .map_err(|e| cfg(e.to_string()))?
@@ -155,7 +159,6 @@ impl Pipeline {
                 shared: shared.clone(),
                 budget: budget.clone(),
                 revoke_grace: config.pipeline.revoke_grace,
-                quarantine_memory: executor.quarantine_memory(),
             })
             .map_err(|e| cfg(format!("kafka: cannot create the consumer: {e}")))?;
         let handle = PipelineHandle {
@@ -255,9 +258,7 @@ impl Pipeline {
         ));
         let demand = intake.core.budget.clone().map(|budget| {
             let core = intake.core.clone();
-            tokio::spawn(
-                budget.follow_demand(core.shared.guard.clone(), move || core.waiting_to_act()),
-            )
+            tokio::spawn(budget.follow_demand(move || core.waiting_to_act()))
         });
         let handle = intake.core.handle.clone();
         let mut received = 0u64;

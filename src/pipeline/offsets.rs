@@ -22,6 +22,17 @@ pub struct Ticket {
     generation: u64,
 }
 
+impl Ticket {
+    /// Where the event was read, for the order of what it writes to the state topic.
+    pub fn position(&self) -> crate::guard::memory::Position {
+        crate::guard::memory::Position {
+            topic: self.topic.clone(),
+            partition: self.partition,
+            offset: self.offset,
+        }
+    }
+}
+
 /// The open offsets of one partition.
 #[derive(Debug, Default)]
 struct Partition {

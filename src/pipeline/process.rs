@@ -235,7 +235,8 @@ impl Core {
     /// Carries out an admitted event's decision and publishes its outcome.
     pub(super) async fn act(self: Arc<Self>, job: Job, decision: Decision) {
         let user_name = job.event.user_name().to_string();
-        let mut report = match self.executor.execute(&user_name, &decision).await {
+        let at = job.ticket.position();
+        let mut report = match self.executor.execute(&user_name, &decision, &at).await {
             Ok(report) => report,
             Err(e) => return self.fail(PipelineError::Netskope(e)),
         };
@@ -464,7 +465,9 @@ impl Core {
         {
             // The user may not be in the group (read-back says so, or nothing confirmed it):
             // the next signal for them must act, not be skipped as a repeat.
-            self.executor.forget_quarantine(group, user_id);
+            self.executor
+                .forget_quarantine(group, user_id, &ticket.position())
+                .await;
         }
         let evidence = outcome.verification.as_ref().map(|v| v.evidence.as_str());
         if status == Status::Unverified {
