@@ -331,7 +331,11 @@ async fn check_config(path: &Path) -> ExitCode {
     if let Err(e) = config.guard.validate() {
         config_fault(e);
     }
-    if let Err(e) = config.verify.validate() {
+    if let Err(e) = config
+        .verify
+        .validate()
+        .and_then(|()| config.verify.check_endpoints(client.endpoints()))
+    {
         config_fault(e);
     }
     if let Err(e) = config.admin.read_token() {
@@ -342,7 +346,10 @@ async fn check_config(path: &Path) -> ExitCode {
     }
     println!("config {}: valid", path.display());
     println!("  SCIM base: {}", client.endpoints().scim_base);
-    println!("  audit:     {}", client.endpoints().audit);
+    match &client.endpoints().audit {
+        Some(audit) => println!("  audit:     {audit}"),
+        None => println!("  audit:     none (verification by read-back only)"),
+    }
     println!(
         "  tokens:    {}",
         if client.has_separate_events_token() {
@@ -428,10 +435,16 @@ async fn check_config(path: &Path) -> ExitCode {
             }
         }
     }
-    for (name, result) in [
-        ("SCIM (GET /Users)", client.probe_scim().await),
-        ("audit (GET events/data/audit)", client.probe_audit().await),
-    ] {
+    let mut probes = vec![("SCIM (GET /Users)", client.probe_scim().await)];
+    if config.verify.mode.uses_audit() {
+        probes.push(("audit (GET events/data/audit)", client.probe_audit().await));
+    } else {
+        println!(
+            "  audit: not probed (verify.mode = \"{}\" does not read it)",
+            config.verify.mode.as_str()
+        );
+    }
+    for (name, result) in probes {
         match result {
             Ok(()) => println!("  {name}: reachable, token accepted"),
             Err(e) => {

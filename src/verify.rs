@@ -46,7 +46,18 @@ pub enum VerifyMode {
 }
 
 impl VerifyMode {
-    fn uses_audit(self) -> bool {
+    /// The mode as the config file spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VerifyMode::Audit => "audit",
+            VerifyMode::Readback => "readback",
+            VerifyMode::AuditThenReadback => "audit+readback",
+            VerifyMode::Off => "off",
+        }
+    }
+
+    /// Whether this mode reads Netskope's audit trail.
+    pub fn uses_audit(self) -> bool {
         matches!(self, VerifyMode::Audit | VerifyMode::AuditThenReadback)
     }
 }
@@ -110,6 +121,17 @@ impl VerifyConfig {
         }
         if self.mode.uses_audit() && self.audit_events.is_empty() {
             return Err("verify.audit_events: name at least one audit event".into());
+        }
+        Ok(())
+    }
+
+    /// Whether the endpoints fit the mode: a mode that reads the audit trail needs its URL.
+    pub fn check_endpoints(&self, endpoints: &netskope::Endpoints) -> Result<(), String> {
+        if self.mode.uses_audit() && endpoints.audit.is_none() {
+            return Err(format!(
+                "verify.mode = \"{}\" reads Netskope's audit trail, but netskope has neither tenant_url nor audit_url: set one, or set verify.mode = \"readback\" for a SCIM server without Netskope's audit trail",
+                self.mode.as_str()
+            ));
         }
         Ok(())
     }
@@ -566,5 +588,35 @@ async fn read_back(
                 format!("user {user_id} is {state} of group {group_id}"),
             ))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A plain SCIM server has no audit trail: read-back alone needs no audit URL, a mode
+    /// that reads the trail says what to set.
+    #[test]
+    fn only_a_mode_that_reads_the_audit_trail_needs_its_url() {
+        let endpoints = netskope::NetskopeConfig {
+            scim_base_url: Some("https://scim.example.org/v2".into()),
+            ..Default::default()
+        }
+        .endpoints()
+        .expect("endpoints");
+        let config = |mode| VerifyConfig {
+            mode,
+            ..VerifyConfig::default()
+        };
+        assert_eq!(
+            config(VerifyMode::Readback).check_endpoints(&endpoints),
+            Ok(())
+        );
+        assert_eq!(config(VerifyMode::Off).check_endpoints(&endpoints), Ok(()));
+        let err = config(VerifyMode::AuditThenReadback)
+            .check_endpoints(&endpoints)
+            .unwrap_err();
+        assert!(err.contains("verify.mode = \"readback\""), "{err}");
     }
 }

@@ -106,9 +106,13 @@ impl Tenant {
         )
     }
 
-    /// A worker config for this tenant: the sandbox's Kafka, this server for SCIM, read-back.
+    /// A worker config for this tenant: the sandbox's Kafka, this server for SCIM, read-back,
+    /// and no Netskope URL at all (no tenant, no audit trail), as a user of a plain SCIM
+    /// server would write it.
     fn config(&self, sandbox: &Sandbox, group: &str) -> Config {
         let mut c = sandbox.config(group);
+        c.netskope.tenant_url = None;
+        c.netskope.audit_url = None;
         c.netskope.scim_base_url = Some(self.base.clone());
         c.netskope.auth_header = AuthHeader::Bearer;
         c.netskope.requests_per_minute = 600_000;

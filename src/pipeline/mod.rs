@@ -166,6 +166,10 @@ impl Pipeline {
             ..PipelineHandle::default()
         };
         config.verify.validate().map_err(cfg)?;
+        config
+            .verify
+            .check_endpoints(client.endpoints())
+            .map_err(cfg)?;
         let verifier = if config.verify.enabled() && !policy.dry_run() {
             let mode = verify::effective_mode(&client, &config.verify).await;
             Some(Verifier::spawn(client.clone(), config.verify.clone(), mode))

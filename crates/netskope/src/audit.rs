@@ -131,7 +131,12 @@ impl NetskopeClient {
     ) -> Result<Vec<AuditEvent>, NetskopeError> {
         let op = Op::AuditPage;
         let limit = limit.clamp(1, MAX_PAGE_LIMIT);
-        let url = self.endpoints.audit.clone();
+        let Some(url) = self.endpoints.audit.clone() else {
+            return Err(NetskopeError::InvalidInput {
+                op,
+                reason: "no audit endpoint: set netskope.tenant_url or netskope.audit_url".into(),
+            });
+        };
         let paging = self.paging_param.as_str();
         let query = [
             ("starttime", window.start.to_string()),

@@ -154,7 +154,7 @@ pub const DEFAULT_SCIM_TOKEN_ENV: &str = "NETSKOPE_SCIM_TOKEN";
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConfigError {
     #[error(
-        "netskope: set tenant_url (e.g. https://acme.goskope.com), or both scim_base_url and audit_url"
+        "netskope: set tenant_url (e.g. https://acme.goskope.com), or scim_base_url (with audit_url when verification reads Netskope's audit trail)"
     )]
     MissingUrl,
     #[error("netskope.{field}: {value:?} is not a valid URL: {reason}")]
@@ -180,7 +180,9 @@ pub enum ConfigError {
 pub struct Endpoints {
     /// SCIM base without a trailing slash, e.g. `https://acme.goskope.com/api/v2/scim`.
     pub scim_base: Url,
-    pub audit: Url,
+    /// The audit events endpoint: `None` for a SCIM server without Netskope's audit trail
+    /// (verification by read-back only).
+    pub audit: Option<Url>,
 }
 
 /// Tokens loaded from their sources. `events` is `None` when the SCIM token serves both.
@@ -212,9 +214,9 @@ impl NetskopeConfig {
             (None, None) => return Err(ConfigError::MissingUrl),
         };
         let audit = match (&self.audit_url, &tenant) {
-            (Some(u), _) => self.parse_url("audit_url", u)?,
-            (None, Some(t)) => join(t, "api/v2/events/data/audit"),
-            (None, None) => return Err(ConfigError::MissingUrl),
+            (Some(u), _) => Some(self.parse_url("audit_url", u)?),
+            (None, Some(t)) => Some(join(t, "api/v2/events/data/audit")),
+            (None, None) => None,
         };
         self.check_limits()?;
         Ok(Endpoints { scim_base, audit })
@@ -353,9 +355,20 @@ mod tests {
         let e = cfg("https://acme.goskope.com/").endpoints().unwrap();
         assert_eq!(e.scim_base.as_str(), "https://acme.goskope.com/api/v2/scim");
         assert_eq!(
-            e.audit.as_str(),
-            "https://acme.goskope.com/api/v2/events/data/audit"
+            e.audit.map(String::from).as_deref(),
+            Some("https://acme.goskope.com/api/v2/events/data/audit")
         );
+    }
+
+    #[test]
+    fn a_scim_server_alone_needs_no_audit_url() {
+        let c = NetskopeConfig {
+            scim_base_url: Some("https://scim.example.org/v2".into()),
+            ..Default::default()
+        };
+        let e = c.endpoints().unwrap();
+        assert_eq!(e.scim_base.as_str(), "https://scim.example.org/v2");
+        assert_eq!(e.audit, None);
     }
 
     #[test]
@@ -365,8 +378,8 @@ mod tests {
         let e = c.endpoints().unwrap();
         assert_eq!(e.scim_base.as_str(), "https://scim.example.org/v2");
         assert_eq!(
-            e.audit.as_str(),
-            "https://acme.goskope.com/api/v2/events/data/audit"
+            e.audit.map(String::from).as_deref(),
+            Some("https://acme.goskope.com/api/v2/events/data/audit")
         );
     }
 

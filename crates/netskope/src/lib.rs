@@ -65,7 +65,7 @@ impl std::fmt::Debug for NetskopeClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("NetskopeClient")
             .field("scim_base", &self.endpoints.scim_base.as_str())
-            .field("audit", &self.endpoints.audit.as_str())
+            .field("audit", &self.endpoints.audit.as_ref().map(Url::as_str))
             .field("scim_limiter", &self.scim_token.limiter)
             .field("separate_events_token", &self.has_separate_events_token())
             .finish()
