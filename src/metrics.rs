@@ -71,6 +71,7 @@ fn zero_counters() {
             Status::DryRun,
             Status::Verified,
             Status::Unverified,
+            Status::Superseded,
             Status::Halted,
         ] {
             metrics::counter!(OUTCOMES, "action" => action.as_str(), "status" => status.as_str())
@@ -148,7 +149,7 @@ fn describe() {
     describe_histogram!(
         VERIFICATION_LATENCY,
         Unit::Seconds,
-        "Time from an action's answer to its verification, by method and result."
+        "Time from an action's answer to its verification, by method and result (verified, unverified or superseded)."
     );
     describe_gauge!(
         CONSUMER_LAG,

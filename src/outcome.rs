@@ -52,6 +52,10 @@ pub enum Status {
     Verified,
     /// The verification phase: no witness showed the change; `verification` says what was seen.
     Unverified,
+    /// The verification phase: a later action of this worker on the same user changed what
+    /// read-back would show before this one was verified (a release after a quarantine), so it
+    /// was not read back; `verification.evidence` names the later action. Not an alarm.
+    Superseded,
     /// Not final: the blast-radius guard halted destructive actions at this event (once per
     /// halt). The event waits for an operator's release, then gets its own outcomes.
     Halted,
@@ -66,6 +70,7 @@ impl Status {
             Status::DryRun => "dry_run",
             Status::Verified => "verified",
             Status::Unverified => "unverified",
+            Status::Superseded => "superseded",
             Status::Halted => "halted",
         }
     }

@@ -12,6 +12,12 @@
 //! `active` flag, its absence after a delete, or the group's members. Read-back alone
 //! (`mode = "readback"`) reads back at the first poll after the action.
 //!
+//! Read-back shows the state now, not the state our action left. When a later action of ours
+//! on the same user changes what read-back would see (a release after a quarantine, a delete
+//! after a deactivation) before the earlier one is verified, the earlier one ends
+//! `superseded` instead of being read back: reading it back could only raise a false alarm.
+//! An audit event still verifies it, since that shows our own request.
+//!
 //! Paging is defensive, because audit pages shift while events are indexed and a tenant may
 //! ignore the paging parameter: events are de-duplicated by `_id`, a page identical to the one
 //! before ends the poll, and so does `max_pages`.
@@ -162,6 +168,48 @@ pub enum Check {
     },
 }
 
+impl Check {
+    /// Whether `self`, the check of a later action, changes what read-back of `earlier` would
+    /// show: the same user, and a state that contradicts the earlier one.
+    pub fn supersedes(&self, earlier: &Check) -> bool {
+        use Check::*;
+        match (self, earlier) {
+            (
+                NotInGroup {
+                    group_id: g,
+                    user_id: u,
+                },
+                InGroup { group_id, user_id },
+            )
+            | (
+                InGroup {
+                    group_id: g,
+                    user_id: u,
+                },
+                NotInGroup { group_id, user_id },
+            ) => g == group_id && u == user_id,
+            (UserGone { user_id: u }, InGroup { user_id, .. } | UserInactive { user_id }) => {
+                u == user_id
+            }
+            _ => false,
+        }
+    }
+
+    /// The action behind this check, in words.
+    pub fn describe(&self) -> String {
+        match self {
+            Check::UserInactive { user_id } => format!("a later deactivation of user {user_id}"),
+            Check::UserGone { user_id } => format!("a later delete of user {user_id}"),
+            Check::InGroup { group_id, user_id } => {
+                format!("a later quarantine of user {user_id} in group {group_id}")
+            }
+            Check::NotInGroup { group_id, user_id } => {
+                format!("a later release of user {user_id} from group {group_id}")
+            }
+        }
+    }
+}
+
 /// The request whose audit event verifies an action. Actions carried by one PATCH share it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct RequestKey {
@@ -207,6 +255,9 @@ pub struct Verification {
     pub audit_timestamp: Option<u64>,
     /// What was seen, in words.
     pub evidence: String,
+    /// A later action of ours on the same user changed what read-back would show before this
+    /// one was verified (`evidence` names it): neither verified nor a failure.
+    pub superseded: bool,
 }
 
 /// The handle through which the pipeline submits actions. Cheap to clone.
@@ -283,6 +334,8 @@ struct Waiting {
     matched: Option<(String, u64)>,
     /// Read-back attempts that failed with a transient error.
     readback_failures: u32,
+    /// A later action of ours on the same user, which read-back would see instead of this one.
+    superseded_by: Option<String>,
 }
 
 struct Poller {
@@ -305,12 +358,22 @@ impl Poller {
         loop {
             tokio::select! {
                 submitted = rx.recv() => match submitted {
-                    Some((action, reply)) => self.waiting.push(Waiting {
-                        action,
-                        reply,
-                        matched: None,
-                        readback_failures: 0,
-                    }),
+                    Some((action, reply)) => {
+                        for w in &mut self.waiting {
+                            if w.superseded_by.is_none()
+                                && action.expected.check.supersedes(&w.action.expected.check)
+                            {
+                                w.superseded_by = Some(action.expected.check.describe());
+                            }
+                        }
+                        self.waiting.push(Waiting {
+                            action,
+                            reply,
+                            matched: None,
+                            readback_failures: 0,
+                            superseded_by: None,
+                        });
+                    }
                     // The pipeline is gone, and with it everyone waiting for an answer.
                     None => return,
                 },
@@ -356,6 +419,10 @@ impl Poller {
             if !readback_due {
                 continue;
             }
+            if let Some(later) = &w.superseded_by {
+                done.insert(index, Verification::superseded(later));
+                continue;
+            }
             match read_back(&self.client, &w.action.expected.check, &mut members).await {
                 Ok(v) => {
                     done.insert(index, v);
@@ -381,7 +448,7 @@ impl Poller {
             metrics::histogram!(
                 names::VERIFICATION_LATENCY,
                 "method" => v.method,
-                "result" => if v.verified { "verified" } else { "unverified" }
+                "result" => v.result()
             )
             .record(now.saturating_sub(w.action.acted_at) as f64);
             let _ = w.reply.send(v);
@@ -517,6 +584,7 @@ impl Verification {
                 "audit event {id}: {} {} answered 2xx",
                 request.method, request.path
             ),
+            superseded: false,
         }
     }
 
@@ -527,6 +595,28 @@ impl Verification {
             audit_event_id: None,
             audit_timestamp: None,
             evidence,
+            superseded: false,
+        }
+    }
+
+    fn superseded(later: &str) -> Self {
+        Self {
+            superseded: true,
+            ..Self::unverified(
+                "none",
+                format!("not read back: {later} followed before this action was verified"),
+            )
+        }
+    }
+
+    /// `verified`, `unverified` or `superseded`.
+    pub fn result(&self) -> &'static str {
+        if self.verified {
+            "verified"
+        } else if self.superseded {
+            "superseded"
+        } else {
+            "unverified"
         }
     }
 }
@@ -542,6 +632,7 @@ async fn read_back(
         audit_event_id: None,
         audit_timestamp: None,
         evidence,
+        superseded: false,
     };
     match check {
         Check::UserInactive { user_id } => Ok(match client.get_user(user_id).await? {

@@ -162,7 +162,7 @@ fn finals(read: &[OwnedMessage]) -> Vec<Value> {
         .filter(|o| {
             matches!(
                 o["status"].as_str(),
-                Some("verified" | "unverified" | "failed" | "skipped")
+                Some("verified" | "unverified" | "superseded" | "failed" | "skipped")
             )
         })
         .collect()
@@ -292,6 +292,57 @@ async fn quarantine_then_release_round_trips() {
     assert_eq!(
         tenant.members_of(QUARANTINE).await,
         Some(BTreeSet::from([eve]))
+    );
+}
+
+/// Read-back shows the state now: a quarantine released before it was read back would read as
+/// "not a member" and end `unverified`, a false alarm (five of five users, before). It ends
+/// `superseded` instead (or `verified`, when a poll read it back before the release).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quarantine_released_before_its_read_back_is_superseded_not_unverified() {
+    let Some(tenant) = Tenant::new() else { return };
+    let sandbox = sandbox().await;
+    let xdr = &sandbox.topics.risk_signals;
+    let names: Vec<String> = (1..=5).map(|n| format!("flip{n}@example.com")).collect();
+    let mut records = Vec::new();
+    for name in &names {
+        tenant.create_user(name).await;
+        records.push((
+            xdr.clone(),
+            name.clone(),
+            support::event(&format!("q-{name}"), name, json!({"risk_score": 95})),
+        ));
+        records.push((
+            xdr.clone(),
+            name.clone(),
+            support::event(
+                &format!("r-{name}"),
+                name,
+                json!({"severity": "high", "state": "cleared"}),
+            ),
+        ));
+    }
+    let config = tenant.config(&sandbox, "scim2-superseded");
+    let finals = run(&sandbox, &config, tenant.client(&config), &records, 10).await;
+    let status = |id: String| by_event(&finals, &id)["status"].clone();
+    let quarantines: Vec<Value> = names.iter().map(|n| status(format!("q-{n}"))).collect();
+    println!("quarantines released before read-back: {quarantines:?}");
+    for name in &names {
+        assert_read_back(&by_event(&finals, &format!("r-{name}")));
+    }
+    assert!(
+        quarantines
+            .iter()
+            .all(|s| s == "superseded" || s == "verified"),
+        "no false alarm: {quarantines:?}"
+    );
+    assert_eq!(
+        tenant
+            .members_of(QUARANTINE)
+            .await
+            .unwrap_or_default()
+            .len(),
+        0
     );
 }
 

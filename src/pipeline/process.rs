@@ -437,6 +437,8 @@ impl Core {
         };
         let status = if v.verified {
             Status::Verified
+        } else if v.superseded {
+            Status::Superseded
         } else {
             Status::Unverified
         };

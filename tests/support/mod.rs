@@ -63,7 +63,7 @@ pub const DONE_EARLIER: &str = "applied (done by an earlier delivery)";
 pub fn is_final(status: &str) -> bool {
     matches!(
         status,
-        "verified" | "unverified" | "skipped" | "failed" | DONE_EARLIER
+        "verified" | "unverified" | "superseded" | "skipped" | "failed" | DONE_EARLIER
     )
 }
 
