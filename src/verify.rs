@@ -4,9 +4,15 @@
 //! A 204 says Netskope accepted a request, not that it took effect. Netskope audits every REST
 //! API v2 call (`Rest API V2 Call`, with `[status, method, path, trid]` in `data_values`), after
 //! an indexing delay of minutes. So every applied action waits here, and ONE poller serves all
-//! of them: each poll reads the audit events of one time window (from the oldest pending action,
-//! minus a skew allowance, to now) page by page, and matches them against everything pending.
-//! Verification therefore costs about one request per poll interval, however many actions wait.
+//! of them: each poll reads the audit events of one time window (from the oldest pending action
+//! to now) page by page, and matches them against everything pending. Verification therefore
+//! costs about one request per poll interval, however many actions wait.
+//!
+//! An audit event verifies one of our requests only if it is *ours*: the same method and path,
+//! timestamped inside the window in which the server handled our request (from its answer's
+//! `Date`, by the server's own clock), and made by our token's audit identity (configured, or
+//! learned from the first such match). An IdP re-enabling the user a few seconds before or
+//! after, or an administrator's edit, does not verify us.
 //!
 //! An action still unmatched at `timeout` is read back, when read-back is on: the user's
 //! `active` flag, its absence after a delete, or the group's members. Read-back alone
@@ -87,14 +93,16 @@ pub struct VerifyConfig {
     pub max_pages: u32,
     /// Actions waiting for verification. At the bound, consumption pauses.
     pub max_pending: usize,
-    /// Allowance for the difference between this host's clock and Netskope's: the audit window
-    /// starts this long before the oldest pending action.
+    /// Allowance for the difference between this host's clock and Netskope's, for an answer
+    /// without a `Date` header: its request's audit event is looked for this long either side
+    /// of when the answer came. (With `Date`, the window is the server's own.)
     #[serde(with = "humantime_serde")]
     pub clock_skew: Duration,
     /// `audit_log_event` values that record a REST API call.
     pub audit_events: Vec<String>,
-    /// When set, only audit events whose `user` is this name (the API token's name as Netskope
-    /// shows it) count, so an administrator's own change cannot verify ours.
+    /// Only audit events whose `user` is this name (the API token's name as Netskope shows
+    /// it) count, so an administrator's or an IdP's change cannot verify ours. Unset: learned
+    /// from the first audit event that matches one of our requests inside its window.
     pub audit_user: Option<String>,
 }
 
@@ -234,6 +242,10 @@ pub struct Expected {
     pub request: RequestKey,
     /// What read-back must see, the second witness.
     pub check: Check,
+    /// When the server handled the request, by its own clock (from its answer's `Date`): the
+    /// audit event of that request is timestamped inside. `None` when the answer had no
+    /// `Date`; the window is then guessed from this host's clock and `clock_skew`.
+    pub server_window: Option<AuditWindow>,
 }
 
 /// An applied action waiting for its witness.
@@ -273,6 +285,7 @@ impl Verifier {
     pub fn spawn(client: Arc<NetskopeClient>, config: VerifyConfig, mode: VerifyMode) -> Self {
         let (tx, rx) = mpsc::channel(1024);
         let pending = Arc::new(AtomicUsize::new(0));
+        let config_actor = config.audit_user.clone();
         let poller = Poller {
             client,
             mode,
@@ -281,6 +294,7 @@ impl Verifier {
             waiting: Vec::new(),
             seen: HashMap::new(),
             pending: pending.clone(),
+            actor: config_actor,
         };
         tokio::spawn(poller.run(rx));
         Self { tx, pending }
@@ -330,8 +344,9 @@ pub async fn effective_mode(client: &NetskopeClient, config: &VerifyConfig) -> V
 struct Waiting {
     action: Pending,
     reply: oneshot::Sender<Verification>,
-    /// The audit event that matched, while read-back is not needed.
-    matched: Option<(String, u64)>,
+    /// The audit event that matched (its `_id`, timestamp and actor), while read-back is not
+    /// needed.
+    matched: Option<(String, u64, Option<String>)>,
     /// Read-back attempts that failed with a transient error.
     readback_failures: u32,
     /// A later action of ours on the same user, which read-back would see instead of this one.
@@ -348,6 +363,11 @@ struct Poller {
     /// never verifies two requests; pruned as the window moves on.
     seen: HashMap<String, u64>,
     pending: Arc<AtomicUsize>,
+    /// Whose audit events can verify ours: `verify.audit_user`, or the `user` of the first
+    /// audit event that matched one of our requests inside its window (this token's own name
+    /// in the audit trail). Once known, another actor's change of the same path, an IdP's or
+    /// an administrator's, never verifies ours.
+    actor: Option<String>,
 }
 
 impl Poller {
@@ -398,8 +418,11 @@ impl Poller {
             let timed_out = now.saturating_sub(w.action.acted_at) >= timeout;
             let request = &w.action.expected.request;
             let readback_due = match (&w.matched, self.mode) {
-                (Some((id, ts)), _) => {
-                    done.insert(index, Verification::by_audit(id, *ts, request));
+                (Some((id, ts, actor)), _) => {
+                    done.insert(
+                        index,
+                        Verification::by_audit(id, *ts, actor.as_deref(), request),
+                    );
                     continue;
                 }
                 (None, VerifyMode::Audit) if timed_out => {
@@ -455,19 +478,35 @@ impl Poller {
         }
     }
 
+    /// Where the audit event of `w`'s request must lie, by the server's clock: the window its
+    /// answer gave, or, without a `Date` in the answer, `clock_skew` around when it came.
+    fn window_of(&self, w: &Waiting) -> AuditWindow {
+        w.action.expected.server_window.unwrap_or_else(|| {
+            let skew = self.config.clock_skew.as_secs();
+            AuditWindow {
+                start: w.action.acted_at.saturating_sub(skew),
+                end: w.action.acted_at + skew,
+            }
+        })
+    }
+
     /// Reads the audit window page by page and marks the requests its events verify.
     async fn read_audit(&mut self, now: u64) {
-        let oldest = self
+        let skew = self.config.clock_skew.as_secs();
+        let windows: Vec<AuditWindow> = self
             .waiting
             .iter()
             .filter(|w| w.matched.is_none())
-            .map(|w| w.action.acted_at)
-            .min()
-            .unwrap_or(now);
-        let skew = self.config.clock_skew.as_secs();
+            .map(|w| self.window_of(w))
+            .collect();
         let window = AuditWindow {
-            start: oldest.saturating_sub(skew),
-            end: now + skew,
+            start: windows.iter().map(|w| w.start).min().unwrap_or(now),
+            end: windows
+                .iter()
+                .map(|w| w.end)
+                .max()
+                .unwrap_or(now)
+                .max(now + skew),
         };
         self.seen.retain(|_, ts| *ts >= window.start);
         let limit = self.config.page_limit;
@@ -524,7 +563,10 @@ impl Poller {
             let Some((method, path)) = self.api_call(&e) else {
                 continue;
             };
-            // The oldest request with this method and path that the event can belong to.
+            // The oldest request with this method and path whose window holds the event. Two
+            // of our requests on one path (a quarantine and a release of one group) are told
+            // apart by their windows, and within overlapping windows by their order: the
+            // audit trail records no body.
             let request = self
                 .waiting
                 .iter()
@@ -532,18 +574,28 @@ impl Poller {
                     w.matched.is_none()
                         && w.action.expected.request.method == method
                         && w.action.expected.request.path == path
-                        && w.action.acted_at.saturating_sub(skew) <= e.timestamp
+                        && self.window_of(w).contains(e.timestamp)
                 })
                 .min_by_key(|w| (w.action.acted_at, w.action.expected.request.seq))
                 .map(|w| w.action.expected.request.clone());
             let Some(request) = request else { continue };
+            if self.actor.is_none()
+                && let Some(user) = &e.user
+            {
+                tracing::info!(
+                    actor = user.as_str(),
+                    audit_event_id = e.id.as_str(),
+                    "verification: this token acts as {user:?} in the audit trail (learned from the first audit event of one of its requests); from now on only its events verify an action. Set verify.audit_user to pin it"
+                );
+                self.actor = Some(user.clone());
+            }
             self.seen.insert(e.id.clone(), e.timestamp);
             for w in self
                 .waiting
                 .iter_mut()
                 .filter(|w| w.action.expected.request == request)
             {
-                w.matched = Some((e.id.clone(), e.timestamp));
+                w.matched = Some((e.id.clone(), e.timestamp, e.user.clone()));
             }
         }
     }
@@ -554,7 +606,7 @@ impl Poller {
         if !self.config.audit_events.iter().any(|n| n == name) {
             return None;
         }
-        if let Some(user) = &self.config.audit_user
+        if let Some(user) = &self.actor
             && e.user.as_deref() != Some(user.as_str())
         {
             return None;
@@ -574,15 +626,17 @@ impl Poller {
 }
 
 impl Verification {
-    fn by_audit(id: &str, timestamp: u64, request: &RequestKey) -> Self {
+    fn by_audit(id: &str, timestamp: u64, actor: Option<&str>, request: &RequestKey) -> Self {
         Self {
             verified: true,
             method: "audit",
             audit_event_id: Some(id.to_string()),
             audit_timestamp: Some(timestamp),
             evidence: format!(
-                "audit event {id}: {} {} answered 2xx",
-                request.method, request.path
+                "audit event {id}: {} {} by {} answered 2xx",
+                request.method,
+                request.path,
+                actor.map_or("(no user given)".to_string(), |a| format!("{a:?}"))
             ),
             superseded: false,
         }

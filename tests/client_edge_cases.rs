@@ -509,12 +509,32 @@ async fn members_travel_in_batches_and_both_remove_styles_are_well_formed() {
     let mut cfg = config(&server);
     cfg.members_batch_size = 3;
     let path_filter = client_with(&cfg);
-    assert_eq!(path_filter.add_members("g-1", &ids).await.unwrap(), 3);
-    assert_eq!(path_filter.remove_members("g-1", &ids).await.unwrap(), 3);
+    assert_eq!(
+        path_filter.add_members("g-1", &ids).await.unwrap().requests,
+        3
+    );
+    assert_eq!(
+        path_filter
+            .remove_members("g-1", &ids)
+            .await
+            .unwrap()
+            .requests,
+        3
+    );
     cfg.member_remove_style = RemoveStyle::ValueList;
     let value_list = client_with(&cfg);
-    assert_eq!(value_list.remove_members("g-1", &ids).await.unwrap(), 3);
-    assert_eq!(value_list.add_members("g-1", &[]).await.unwrap(), 0);
+    assert_eq!(
+        value_list
+            .remove_members("g-1", &ids)
+            .await
+            .unwrap()
+            .requests,
+        3
+    );
+    assert_eq!(
+        value_list.add_members("g-1", &[]).await.unwrap().requests,
+        0
+    );
 }
 
 #[tokio::test(start_paused = true)]

@@ -189,12 +189,12 @@ async fn quarantine_and_release_in_both_remove_styles() {
         );
     }
     assert_eq!(
-        c.add_members(&group, &ids).await.unwrap(),
+        c.add_members(&group, &ids).await.unwrap().requests,
         1,
         "one PATCH for six users"
     );
     assert_eq!(
-        c.add_members(&group, &ids[..2]).await.unwrap(),
+        c.add_members(&group, &ids[..2]).await.unwrap().requests,
         1,
         "re-adding is harmless"
     );
@@ -519,4 +519,38 @@ async fn a_token_file_is_read_again_after_a_401() {
         .unwrap_err();
     assert!(err.to_string().contains("restart"), "{err}");
     std::fs::remove_dir_all(&dir).ok();
+}
+
+/// The server's `Date` tells when it handled a change, by its own clock: the audit event of
+/// that change is timestamped inside the window the client derives from it, whatever this
+/// host's clock says.
+#[tokio::test]
+async fn a_change_reports_when_the_server_handled_it_and_its_audit_event_lies_inside() {
+    let sim = sim_with(SimArgs {
+        users: 2,
+        audit_lag_secs: 0,
+        ..Default::default()
+    })
+    .await;
+    let c = client(&sim);
+    let u = c.resolve_user("user1@example.com").await.unwrap();
+    let sent = c.deactivate(&u.id).await.unwrap();
+    let window = sent.server_window.expect("the simulator sends Date");
+    assert!(window.end - window.start <= 3, "{window:?}");
+    let path = format!("/api/v2/scim/Users/{}", u.id);
+    let event = all_audit_events(&c, 100)
+        .await
+        .into_iter()
+        .find(|e| {
+            e.supporting_data
+                .as_ref()
+                .is_some_and(|d| d.data_values.get(2).and_then(|v| v.as_str()) == Some(&path))
+        })
+        .expect("the PATCH is audited");
+    assert!(
+        window.contains(event.timestamp),
+        "{} outside {window:?}",
+        event.timestamp
+    );
+    assert_eq!(sent.requests, 1);
 }

@@ -719,8 +719,9 @@ async fn concurrent_adds_within_the_window_travel_in_one_patch() {
     let expected = Applied {
         group_id: Some("g-1".into()),
         batch_size: 3,
-        // One PATCH: one request, whose audit event verifies all three.
+        // One PATCH: one request, whose audit event verifies all three, in one window.
         request_seq: r1.request_seq,
+        server_window: r1.server_window,
     };
     assert_eq!(r1, expected);
     assert_eq!(r2, expected);

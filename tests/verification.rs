@@ -19,7 +19,7 @@ use tokio::time::Instant;
 use wiremock::matchers::{method, path, query_param};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
-use netskope::{NetskopeClient, NetskopeConfig, Tokens};
+use netskope::{AuditWindow, NetskopeClient, NetskopeConfig, Tokens};
 use netskope_sim::{SimArgs, SimHandle};
 use offboarder::pipeline::Pipeline;
 use offboarder::sandbox::{self, Sandbox};
@@ -85,7 +85,7 @@ fn config(mode: VerifyMode) -> VerifyConfig {
 /// verifier needs.
 async fn deactivate(client: &NetskopeClient, user_name: &str) -> Pending {
     let user = client.resolve_user(user_name).await.unwrap();
-    client.deactivate(&user.id).await.unwrap();
+    let sent = client.deactivate(&user.id).await.unwrap();
     Pending {
         expected: Expected {
             request: RequestKey {
@@ -94,6 +94,7 @@ async fn deactivate(client: &NetskopeClient, user_name: &str) -> Pending {
                 seq: verify::next_request_seq(),
             },
             check: Check::UserInactive { user_id: user.id },
+            server_window: sent.server_window,
         },
         acted_at: WallClock::new().now_secs(),
     }
@@ -182,6 +183,7 @@ fn pending_for(user_id: &str, now: u64) -> Pending {
             check: Check::UserInactive {
                 user_id: user_id.to_string(),
             },
+            server_window: None,
         },
         acted_at: now,
     }
@@ -274,6 +276,68 @@ async fn a_tenant_that_ignores_the_offset_cannot_make_a_poll_loop() {
     // Each poll stops at the second, identical page; the timeout is 4 polls away.
     println!("audit requests with the offset ignored: {requests}");
     assert!(requests <= 2 * 5, "{requests}");
+}
+
+/// An audit event of `actor` for `PATCH /api/v2/scim/Users/<user_id>` at `timestamp`.
+fn audit_event_by(id: &str, actor: &str, user_id: &str, timestamp: u64) -> Value {
+    let mut e = audit_event(id, user_id, timestamp);
+    e["user"] = json!(actor);
+    e
+}
+
+/// `verified` proves our request, not just any request of the same path: an IdP's PATCH of the
+/// same user a few seconds before or after ours (outside the window the server's answer gave
+/// ours) never verifies it, and once the worker has learned whose audit events are its own,
+/// another actor's event inside a window does not either.
+#[tokio::test(start_paused = true)]
+async fn another_actors_change_of_the_same_user_never_verifies_ours() {
+    fine_grained_clock();
+    let server = MockServer::start().await;
+    let now = WallClock::new().now_secs();
+    let t = now - 60;
+    let events = vec![
+        // u-a: only the IdP touched it, 5 s before and 5 s after our request.
+        audit_event_by("idp-before", "okta-provisioning", "u-a", t - 5),
+        audit_event_by("idp-after", "okta-provisioning", "u-a", t + 5),
+        // u-b: our own request, in its window: verifies, and teaches the actor.
+        audit_event_by("ours", "offboarder-scim", "u-b", t + 10),
+        // u-c: the IdP inside our window, and our own event missing.
+        audit_event_by("idp-inside", "okta-provisioning", "u-c", t + 20),
+    ];
+    Mock::given(method("GET"))
+        .and(path("/api/v2/events/data/audit"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"ok": 1, "result": events})))
+        .mount(&server)
+        .await;
+    let client = client_for(&server.uri(), "t", None);
+    let mut cfg = config(VerifyMode::Audit);
+    cfg.timeout = Duration::from_secs(30);
+    let verifier = Verifier::spawn(client, cfg.clone(), cfg.mode);
+    let ours = |user_id: &str, at: u64| {
+        let mut p = pending_for(user_id, now);
+        p.expected.server_window = Some(AuditWindow {
+            start: at,
+            end: at + 1,
+        });
+        p
+    };
+    let results = answers(vec![
+        verifier.submit(ours("u-a", t)).await,
+        verifier.submit(ours("u-b", t + 10)).await,
+        verifier.submit(ours("u-c", t + 20)).await,
+    ])
+    .await;
+    assert_eq!(
+        results.iter().map(Verification::result).collect::<Vec<_>>(),
+        ["unverified", "verified", "unverified"],
+        "{results:#?}"
+    );
+    assert_eq!(results[1].audit_event_id.as_deref(), Some("ours"));
+    assert!(
+        results[1].evidence.contains("\"offboarder-scim\""),
+        "{}",
+        results[1].evidence
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -384,6 +448,7 @@ async fn group_changes_are_read_back_from_the_members() {
                 seq: verify::next_request_seq(),
             },
             check,
+            server_window: None,
         },
         acted_at: WallClock::new().now_secs(),
     };

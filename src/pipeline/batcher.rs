@@ -24,7 +24,7 @@ use futures::FutureExt;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use netskope::{ErrorClass, NetskopeClient, NetskopeError};
+use netskope::{AuditWindow, ErrorClass, NetskopeClient, NetskopeError, Sent};
 
 /// Which way a membership change goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,6 +43,8 @@ pub struct Applied {
     /// The same for every member of that PATCH, and for no other request: its audit event
     /// verifies them all.
     pub request_seq: u64,
+    /// When the server handled that PATCH, by its clock (`None`: unknown, or nothing sent).
+    pub server_window: Option<AuditWindow>,
 }
 
 struct Request {
@@ -173,7 +175,7 @@ async fn flush(client: &NetskopeClient, group: &str, batch: Vec<Request>) {
         let change = part[0].change;
         let ids: Vec<String> = part.iter().map(|r| r.user_id.clone()).collect();
         match send(client, group, change, &ids).await {
-            Ok(group_id) => {
+            Ok((group_id, server_window)) => {
                 let batch_size = ids.len();
                 let request_seq = crate::verify::next_request_seq();
                 for r in part {
@@ -181,6 +183,7 @@ async fn flush(client: &NetskopeClient, group: &str, batch: Vec<Request>) {
                         group_id: group_id.clone(),
                         batch_size,
                         request_seq,
+                        server_window,
                     }));
                 }
             }
@@ -193,14 +196,14 @@ async fn flush(client: &NetskopeClient, group: &str, batch: Vec<Request>) {
                 );
                 for r in part {
                     let single = std::slice::from_ref(&r.user_id);
-                    let result =
-                        send(client, group, change, single)
-                            .await
-                            .map(|group_id| Applied {
-                                group_id,
-                                batch_size: 1,
-                                request_seq: crate::verify::next_request_seq(),
-                            });
+                    let result = send(client, group, change, single).await.map(
+                        |(group_id, server_window)| Applied {
+                            group_id,
+                            batch_size: 1,
+                            request_seq: crate::verify::next_request_seq(),
+                            server_window,
+                        },
+                    );
                     let _ = r.reply.send(result);
                 }
             }
@@ -213,29 +216,30 @@ async fn flush(client: &NetskopeClient, group: &str, batch: Vec<Request>) {
     }
 }
 
-/// Finds the group and sends the PATCH. A group deleted behind our back (404 on PATCH) is
-/// looked up once more.
+/// Finds the group and sends the PATCH: the group's id (`None` for a removal from a group
+/// that does not exist) and when the server handled it. A group deleted behind our back (404
+/// on PATCH) is looked up once more.
 async fn send(
     client: &NetskopeClient,
     group: &str,
     change: Change,
     ids: &[String],
-) -> Result<Option<String>, NetskopeError> {
+) -> Result<(Option<String>, Option<AuditWindow>), NetskopeError> {
     let Some(group_id) = target(client, group, change).await? else {
-        return Ok(None);
+        return Ok((None, None));
     };
     match patch(client, &group_id, change, ids).await {
         Err(NetskopeError::NotFound { .. }) => {
             tracing::warn!(group, "the group is gone; looking it up again");
             client.forget_group(group);
             let Some(group_id) = target(client, group, change).await? else {
-                return Ok(None);
+                return Ok((None, None));
             };
             patch(client, &group_id, change, ids)
                 .await
-                .map(|_| Some(group_id))
+                .map(|sent| (Some(group_id), sent.server_window))
         }
-        result => result.map(|_| Some(group_id)),
+        result => result.map(|sent| (Some(group_id), sent.server_window)),
     }
 }
 
@@ -257,7 +261,7 @@ async fn patch(
     group_id: &str,
     change: Change,
     ids: &[String],
-) -> Result<usize, NetskopeError> {
+) -> Result<Sent, NetskopeError> {
     match change {
         Change::Add => client.add_members(group_id, ids).await,
         Change::Remove => client.remove_members(group_id, ids).await,
@@ -284,6 +288,7 @@ mod tests {
                     group_id: Some("g1".into()),
                     batch_size: 1,
                     request_seq: 0,
+                    server_window: None,
                 }));
             }
         })

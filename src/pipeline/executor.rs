@@ -18,7 +18,7 @@ use time::OffsetDateTime;
 use tokio::time::Instant;
 
 use netskope::scim::{GROUP_SCHEMA, add_members_patch, deactivate_patch};
-use netskope::{ErrorClass, NetskopeClient, NetskopeError, Op, UserRef};
+use netskope::{AuditWindow, ErrorClass, NetskopeClient, NetskopeError, Op, Sent, UserRef};
 use offboarder_base::clock::WallClock;
 
 use super::batcher::{Batchers, Change, GroupBatcher};
@@ -255,11 +255,12 @@ impl Executor {
         at: &Position,
     ) -> Result<Done, NetskopeError> {
         let user_path = format!("/Users/{}", user.id);
-        let done = |status, request: RequestDescription, check| Done {
+        let done = |status, request: RequestDescription, check, sent: Option<Sent>| Done {
             status,
             user: Some(user.clone()),
             reason: None,
-            expected: (status == Status::Applied).then(|| self.expected(&request, 0, check)),
+            expected: (status == Status::Applied)
+                .then(|| self.expected(&request, 0, check, sent.and_then(|s| s.server_window))),
             request: Some(request),
         };
         let user_id = user.id.clone();
@@ -272,10 +273,10 @@ impl Executor {
                 };
                 let check = Check::UserInactive { user_id };
                 if self.dry_run {
-                    return Ok(done(Status::DryRun, request, check));
+                    return Ok(done(Status::DryRun, request, check, None));
                 }
-                self.client.deactivate(&user.id).await?;
-                Ok(done(Status::Applied, request, check))
+                let sent = self.client.deactivate(&user.id).await?;
+                Ok(done(Status::Applied, request, check, Some(sent)))
             }
             Decision::Delete => {
                 let request = RequestDescription {
@@ -285,11 +286,11 @@ impl Executor {
                 };
                 let check = Check::UserGone { user_id };
                 if self.dry_run {
-                    return Ok(done(Status::DryRun, request, check));
+                    return Ok(done(Status::DryRun, request, check, None));
                 }
-                self.client.delete_user(&user.id).await?;
+                let sent = self.client.delete_user(&user.id).await?;
                 self.client.forget_user(&user.user_name);
-                Ok(done(Status::Applied, request, check))
+                Ok(done(Status::Applied, request, check, Some(sent)))
             }
             Decision::Quarantine { group } => self.membership(user, group, Change::Add, at).await,
             Decision::Release { group } => self.membership(user, group, Change::Remove, at).await,
@@ -304,8 +305,15 @@ impl Executor {
     }
 
     /// What verifies `request` (a path below the SCIM base): its audit event shows the full
-    /// path. `seq` 0 asks for a fresh request number.
-    fn expected(&self, request: &RequestDescription, seq: u64, check: Check) -> Expected {
+    /// path, within `server_window` when the answer said when. `seq` 0 asks for a fresh
+    /// request number.
+    fn expected(
+        &self,
+        request: &RequestDescription,
+        seq: u64,
+        check: Check,
+        server_window: Option<AuditWindow>,
+    ) -> Expected {
         let base = self
             .client
             .endpoints()
@@ -319,6 +327,7 @@ impl Executor {
                 seq: if seq == 0 { next_request_seq() } else { seq },
             },
             check,
+            server_window,
         }
     }
 
@@ -420,7 +429,12 @@ impl Executor {
             status: Status::Applied,
             user: Some(user.clone()),
             reason,
-            expected: Some(self.expected(&request, applied.request_seq, check)),
+            expected: Some(self.expected(
+                &request,
+                applied.request_seq,
+                check,
+                applied.server_window,
+            )),
             request: Some(request),
         })
     }

@@ -321,6 +321,12 @@ pub(crate) async fn gate(
     if let Some(rate) = rate {
         add_rate_headers(&mut response, rate);
     }
+    // The simulator's own clock, as Netskope's `Date` is Netskope's: the worker dates its
+    // audit events by it, and in paused-time tests the simulator's clock is not the host's.
+    let date = std::time::UNIX_EPOCH + std::time::Duration::from_secs(sim.wall.now_secs());
+    if let Ok(value) = HeaderValue::from_str(&httpdate::fmt_http_date(date)) {
+        response.headers_mut().insert(header::DATE, value);
+    }
     response
 }
 

@@ -21,6 +21,55 @@ pub struct AuditWindow {
     pub end: u64,
 }
 
+impl AuditWindow {
+    pub fn contains(&self, timestamp: u64) -> bool {
+        self.start <= timestamp && timestamp <= self.end
+    }
+
+    /// The smallest window that holds both.
+    pub fn union(self, other: AuditWindow) -> AuditWindow {
+        AuditWindow {
+            start: self.start.min(other.start),
+            end: self.end.max(other.end),
+        }
+    }
+}
+
+/// What a change sent to the server leaves for verification.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Sent {
+    /// Requests sent (a member change in chunks sends several; a removal the server refused
+    /// as a value list is sent again with filter paths).
+    pub requests: usize,
+    /// When the server handled them, by the server's own clock: from each answer's `Date`
+    /// header back to when its request left, with a second either side for the header's
+    /// resolution. Its audit event is timestamped inside. `None` when an answer had no `Date`.
+    pub server_window: Option<AuditWindow>,
+}
+
+impl Sent {
+    pub(crate) fn one(server_window: Option<AuditWindow>) -> Self {
+        Self {
+            requests: 1,
+            server_window,
+        }
+    }
+
+    /// Both changes together: the requests of each, and a window that holds both (none when
+    /// either is unknown).
+    pub(crate) fn and(self, other: Sent) -> Sent {
+        let server_window = match (self.server_window, other.server_window) {
+            (Some(a), Some(b)) => Some(a.union(b)),
+            (None, w) | (w, None) if self.requests == 0 || other.requests == 0 => w,
+            _ => None,
+        };
+        Sent {
+            requests: self.requests + other.requests,
+            server_window,
+        }
+    }
+}
+
 /// One audit event. Only the fields verification needs are typed.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct AuditEvent {

@@ -11,6 +11,7 @@ use reqwest::header::CONTENT_TYPE;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use super::audit::Sent;
 use super::error::{NetskopeError, Op};
 use super::filter;
 use super::transport::Reply;
@@ -221,7 +222,7 @@ impl NetskopeClient {
     }
 
     /// `PATCH /Users/{id}` with `active=false`. Repeating it is harmless.
-    pub async fn deactivate(&self, id: &str) -> Result<(), NetskopeError> {
+    pub async fn deactivate(&self, id: &str) -> Result<Sent, NetskopeError> {
         let op = Op::Deactivate;
         let url = self.scim_url(&["Users", id]);
         let body = deactivate_patch().to_string().into_bytes();
@@ -247,7 +248,7 @@ impl NetskopeClient {
                         reason: "the server answered success but the user is still active".into(),
                     });
                 }
-                Ok(())
+                Ok(Sent::one(reply.server_window))
             }
             404 => Err(NetskopeError::NotFound {
                 op,
@@ -258,7 +259,7 @@ impl NetskopeClient {
     }
 
     /// `DELETE /Users/{id}`. Irreversible; a 404 (already gone) counts as success.
-    pub async fn delete_user(&self, id: &str) -> Result<(), NetskopeError> {
+    pub async fn delete_user(&self, id: &str) -> Result<Sent, NetskopeError> {
         let op = Op::DeleteUser;
         let url = self.scim_url(&["Users", id]);
         let reply = self
@@ -266,7 +267,7 @@ impl NetskopeClient {
             .send(&self.scim_token, op, |http| http.delete(url.clone()))
             .await?;
         match reply.status {
-            200..=299 | 404 => Ok(()),
+            200..=299 | 404 => Ok(Sent::one(reply.server_window)),
             _ => Err(reply.rejected(op, &self.scim_token)),
         }
     }
@@ -366,22 +367,21 @@ impl NetskopeClient {
     }
 
     /// Adds users to a group, up to `members_batch_size` per PATCH. Adding a member twice is
-    /// harmless. Returns the number of PATCH requests sent.
+    /// harmless.
     pub async fn add_members(
         &self,
         group_id: &str,
         user_ids: &[String],
-    ) -> Result<usize, NetskopeError> {
-        let mut sent = 0;
+    ) -> Result<Sent, NetskopeError> {
+        let mut sent = Sent::default();
         for chunk in user_ids.chunks(self.members_batch_size) {
-            self.patch_group(group_id, add_members_patch(chunk)).await?;
-            sent += 1;
+            sent = sent.and(self.patch_group(group_id, add_members_patch(chunk)).await?);
         }
         Ok(sent)
     }
 
     /// Removes users from a group, up to `members_batch_size` per PATCH, in the configured
-    /// style. Removing a non-member is harmless. Returns the number of PATCH requests sent.
+    /// style. Removing a non-member is harmless.
     ///
     /// A server that refuses a value-list removal with a 400 (strict RFC 7644 servers do: a
     /// `remove` on `members` without a filter means "every member") gets the same removal again
@@ -391,14 +391,13 @@ impl NetskopeClient {
         &self,
         group_id: &str,
         user_ids: &[String],
-    ) -> Result<usize, NetskopeError> {
-        let mut sent = 0;
+    ) -> Result<Sent, NetskopeError> {
+        let mut sent = Sent::default();
         for chunk in user_ids.chunks(self.members_batch_size) {
             let style = self.effective_remove_style();
             let result = self
                 .patch_group(group_id, remove_members_patch(style, chunk))
                 .await;
-            sent += 1;
             match result {
                 Err(NetskopeError::Rejected {
                     status: 400,
@@ -416,10 +415,15 @@ impl NetskopeClient {
                         );
                     }
                     let retry = remove_members_patch(RemoveStyle::PathFilter, chunk);
-                    self.patch_group(group_id, retry).await?;
-                    sent += 1;
+                    let again = self.patch_group(group_id, retry).await?;
+                    // The refused request counts, but only a 2xx is audited: the window is
+                    // the one that succeeded.
+                    sent = sent.and(Sent {
+                        requests: again.requests + 1,
+                        ..again
+                    });
                 }
-                other => other?,
+                other => sent = sent.and(other?),
             }
         }
         Ok(sent)
@@ -439,7 +443,7 @@ impl NetskopeClient {
         }
     }
 
-    async fn patch_group(&self, group_id: &str, patch: Value) -> Result<(), NetskopeError> {
+    async fn patch_group(&self, group_id: &str, patch: Value) -> Result<Sent, NetskopeError> {
         let op = Op::PatchMembers;
         let url = self.scim_url(&["Groups", group_id]);
         let body = patch.to_string().into_bytes();
@@ -452,7 +456,7 @@ impl NetskopeClient {
             })
             .await?;
         match reply.status {
-            200..=299 => Ok(()),
+            200..=299 => Ok(Sent::one(reply.server_window)),
             404 => Err(NetskopeError::NotFound {
                 op,
                 what: format!("group id {group_id}"),

@@ -163,6 +163,8 @@ pub struct Reply {
     pub status: u16,
     pub body: Vec<u8>,
     pub attempts: u32,
+    /// When the server handled the request, by its own clock (see [`crate::Sent`]).
+    pub server_window: Option<crate::AuditWindow>,
 }
 
 impl Reply {
@@ -390,6 +392,7 @@ impl Transport {
         metrics::counter!(names::SCIM_REQUESTS, "op" => op.name(), "status" => status.to_string())
             .increment(1);
         let headers = response.headers().clone();
+        let server_window = server_window(&headers, sent.elapsed());
         let (remaining, reset) = rate_headers(&headers);
         token.limiter.on_rate_headers(remaining, reset);
         debug!(op = op.name(), status, "response");
@@ -470,6 +473,7 @@ impl Transport {
             status,
             body,
             attempts: 0,
+            server_window,
         })
     }
 
@@ -541,6 +545,23 @@ fn rate_headers(headers: &HeaderMap) -> (Option<u64>, Option<Duration>) {
     let reset =
         header_u64(headers, &["ratelimit-reset", "x-ratelimit-reset"]).map(Duration::from_secs);
     (remaining, reset)
+}
+
+/// When the server handled a request that took `took`, by the server's clock: its `Date`
+/// header (whole seconds, taken as it answered) back to when the request left, one second
+/// either side for the header's resolution.
+fn server_window(headers: &HeaderMap, took: Duration) -> Option<crate::AuditWindow> {
+    let date = headers.get(reqwest::header::DATE)?.to_str().ok()?;
+    let answered = httpdate::parse_http_date(date)
+        .ok()?
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?
+        .as_secs();
+    let took = took.as_secs() + u64::from(took.subsec_nanos() > 0);
+    Some(crate::AuditWindow {
+        start: answered.saturating_sub(took + 1),
+        end: answered + 1,
+    })
 }
 
 /// `Retry-After` as seconds or as an HTTP date.
