@@ -166,6 +166,15 @@ impl Event {
         }
     }
 
+    /// Who asked: the event's `source` (the HR system, the security product, or
+    /// `operator:<name>` for `offboarder act`).
+    pub fn origin(&self) -> Option<&str> {
+        match self {
+            Event::Termination(termination) => termination.source.as_deref(),
+            Event::RiskSignal(signal) => Some(&signal.source),
+        }
+    }
+
     pub fn user_name(&self) -> &str {
         match self {
             Event::Termination(termination) => &termination.user.user_name,

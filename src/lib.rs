@@ -37,6 +37,7 @@
 //! | [`telemetry`] | logs (human on a terminal, JSON otherwise), OTLP traces, each event's span and its trace context |
 //! | [`metrics`] | the Prometheus recorder: help texts, buckets, counters that start at 0 |
 //! | [`admin`] | the admin listener: `/metrics`, `/healthz`, `/readyz`, and the guard's status and release |
+//! | [`tools`] | operator commands beside the worker: `act` (an operator's action as an input event), `history` (a user's outcomes), `dead-letters list/replay` |
 
 pub mod admin;
 pub mod config;
@@ -51,4 +52,5 @@ pub mod policy;
 #[cfg(feature = "demo")]
 pub mod sandbox;
 pub mod telemetry;
+pub mod tools;
 pub mod verify;

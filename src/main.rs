@@ -13,6 +13,7 @@ use netskope_sim::SimArgs;
 use offboarder::config::Config;
 use offboarder::pipeline::{self, Pipeline, PipelineHandle};
 use offboarder::telemetry::{self, LogFormat};
+use offboarder::tools::{self, ToolError, act::OperatorAction, dead_letters};
 
 #[derive(Parser)]
 #[command(
@@ -64,6 +65,102 @@ enum Command {
         #[command(subcommand)]
         command: GuardCommand,
     },
+    /// Publish an operator's action as an input event: the worker handles it like any other
+    /// (policy, guard, verification, one final outcome), with source = "operator:<name>".
+    Act {
+        #[arg(value_enum)]
+        action: OperatorAction,
+        /// The user's SCIM userName, spelled as your HR feed keys it.
+        #[arg(long)]
+        user: String,
+        /// Why, for the audit trail: kept in the event.
+        #[arg(long)]
+        reason: String,
+        /// Who acts (default: $USER).
+        #[arg(long)]
+        operator: Option<String>,
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Print one user's outcomes, oldest first, for an auditor.
+    History {
+        #[arg(long)]
+        user: String,
+        /// Print each outcome record as it is on the topic (JSON lines).
+        #[arg(long)]
+        json: bool,
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// List dead letters with their reasons, or send chosen ones back to their input topic.
+    DeadLetters {
+        #[command(subcommand)]
+        command: DeadLetterCommand,
+    },
+}
+
+/// Which dead letters (every criterion given must match).
+#[derive(clap::Args)]
+struct DeadLetterSelection {
+    /// The reason, e.g. schema_violation, invalid_json, retries_exhausted.
+    #[arg(long)]
+    reason: Option<String>,
+    /// A partition of the dead-letter topic.
+    #[arg(long)]
+    partition: Option<i32>,
+    /// The first offset (of the dead-letter topic) to take.
+    #[arg(long)]
+    from: Option<i64>,
+    /// The last offset to take.
+    #[arg(long)]
+    to: Option<i64>,
+}
+
+impl DeadLetterSelection {
+    fn is_empty(&self) -> bool {
+        self.reason.is_none()
+            && self.partition.is_none()
+            && self.from.is_none()
+            && self.to.is_none()
+    }
+
+    fn selection(&self) -> dead_letters::Selection {
+        dead_letters::Selection {
+            reason: self.reason.clone(),
+            partition: self.partition,
+            from: self.from,
+            to: self.to,
+        }
+    }
+}
+
+#[derive(Subcommand)]
+enum DeadLetterCommand {
+    /// List dead letters: where each came from, why, and its size.
+    List {
+        #[command(flatten)]
+        select: DeadLetterSelection,
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Publish the selected dead letters to their input topic again, with the replay recorded
+    /// in the header offboarder-replayed-from. Each gets its own outcome.
+    Replay {
+        #[command(flatten)]
+        select: DeadLetterSelection,
+        /// Replay every dead letter (a selection is required otherwise).
+        #[arg(long)]
+        all: bool,
+        /// A fix for each replayed event: POINTER=JSON, e.g. /user/user_name="bob@example.com".
+        /// May be given several times.
+        #[arg(long = "set", value_name = "POINTER=JSON")]
+        fixes: Vec<dead_letters::Fix>,
+        /// Show what would be replayed, and publish nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long)]
+        config: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -113,6 +210,168 @@ async fn main() -> ExitCode {
         },
         Command::CheckConfig { config } => check_config(&config).await,
         Command::Guard { command } => guard(command).await,
+        Command::Act {
+            action,
+            user,
+            reason,
+            operator,
+            config,
+        } => act(&config, action, &user, &reason, operator).await,
+        Command::History { user, json, config } => history(&config, &user, json).await,
+        Command::DeadLetters { command } => dead_letter_command(command).await,
+    }
+}
+
+/// The config of an operator tool: the file only (tools need no Netskope token).
+fn load_for_tool(path: &Path) -> Result<Config, ExitCode> {
+    Config::load(path).map_err(|e| {
+        eprintln!("{e}");
+        ExitCode::from(EXIT_CONFIG)
+    })
+}
+
+fn tool_failed(e: &ToolError) -> ExitCode {
+    eprintln!("{e}");
+    match e {
+        ToolError::Config(_) => ExitCode::from(EXIT_CONFIG),
+        ToolError::Kafka(_) => ExitCode::FAILURE,
+    }
+}
+
+async fn act(
+    path: &Path,
+    action: OperatorAction,
+    user: &str,
+    reason: &str,
+    operator: Option<String>,
+) -> ExitCode {
+    let config = match load_for_tool(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let operator = operator
+        .or_else(|| std::env::var("USER").ok())
+        .unwrap_or_else(|| "unknown".into());
+    match tools::act::act(
+        &config.kafka,
+        action,
+        user,
+        reason,
+        &operator,
+        config.pipeline.max_event_bytes,
+    )
+    .await
+    {
+        Ok(p) => {
+            println!(
+                "published {} to {}/{}/{} (source operator:{operator}); follow it with: offboarder history --user {user} --config {}",
+                p.event_id,
+                p.topic,
+                p.partition,
+                p.offset,
+                path.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => tool_failed(&e),
+    }
+}
+
+async fn history(path: &Path, user: &str, json: bool) -> ExitCode {
+    let config = match load_for_tool(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    match tools::history::history(&config.kafka, user).await {
+        Ok((outcomes, truncated)) => {
+            for o in &outcomes {
+                if json {
+                    println!("{o}");
+                } else {
+                    println!("{}", tools::history::line(o));
+                }
+            }
+            if truncated {
+                eprintln!(
+                    "more than {} outcomes: the oldest are shown",
+                    tools::history::MAX_OUTCOMES
+                );
+            }
+            if outcomes.is_empty() {
+                eprintln!("no outcomes for {user} in {}", config.kafka.topics.outcomes);
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => tool_failed(&e),
+    }
+}
+
+async fn dead_letter_command(command: DeadLetterCommand) -> ExitCode {
+    let (path, select) = match &command {
+        DeadLetterCommand::List { config, select }
+        | DeadLetterCommand::Replay { config, select, .. } => (config, select),
+    };
+    let config = match load_for_tool(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    if let DeadLetterCommand::Replay { all: false, .. } = &command
+        && select.is_empty()
+    {
+        eprintln!(
+            "dead-letters replay: select what to replay (--reason, --partition, --from, --to), or pass --all"
+        );
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    let topic = config.kafka.topics.dead_letter.clone();
+    let (dead, truncated) = match dead_letters::list(&config.kafka, &select.selection()).await {
+        Ok(found) => found,
+        Err(e) => return tool_failed(&e),
+    };
+    if truncated {
+        eprintln!(
+            "more than {} dead letters match: the first are taken; narrow the selection",
+            dead_letters::MAX_RECORDS
+        );
+    }
+    let DeadLetterCommand::Replay { fixes, dry_run, .. } = command else {
+        for d in &dead {
+            println!("{}", d.line(&topic));
+        }
+        eprintln!("{} dead letter(s)", dead.len());
+        return ExitCode::SUCCESS;
+    };
+    let done = match dead_letters::replay(&config.kafka, &dead, &fixes, dry_run).await {
+        Ok(done) => done,
+        Err(e) => return tool_failed(&e),
+    };
+    let mut refused = 0;
+    for (d, r) in &done {
+        match r {
+            dead_letters::Replayed::Sent { topic: to, .. } if dry_run => {
+                println!("would replay {topic}/{}/{} to {to}", d.partition, d.offset);
+            }
+            dead_letters::Replayed::Sent {
+                topic: to,
+                partition,
+                offset,
+            } => {
+                println!(
+                    "replayed {topic}/{}/{} to {to}/{partition}/{offset}",
+                    d.partition, d.offset
+                );
+            }
+            dead_letters::Replayed::Refused(why) => {
+                refused += 1;
+                println!("not replayed {topic}/{}/{}: {why}", d.partition, d.offset);
+            }
+        }
+    }
+    eprintln!("{} replayed, {refused} refused", done.len() - refused);
+    if refused > 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
     }
 }
 

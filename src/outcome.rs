@@ -143,6 +143,9 @@ pub struct Outcome {
     pub outcome_id: String,
     pub source_event_id: String,
     pub source: SourceRef,
+    /// Who asked: the input event's `source` (`operator:<name>` for `offboarder act`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub requested_by: Option<String>,
     pub user_name: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub scim_user_id: Option<String>,
@@ -221,6 +224,7 @@ mod tests {
                 partition: 0,
                 offset: 42,
             },
+            requested_by: Some("workday".into()),
             user_name: "Alice@Example.com".into(),
             scim_user_id: None,
             action,

@@ -320,6 +320,20 @@ impl KafkaConfig {
         Ok(c)
     }
 
+    /// The reader of the operator tools (`history`, `dead-letters`): partitions assigned by
+    /// hand, in no consumer group and committing nothing, so that it never moves the worker's
+    /// offsets.
+    pub fn tool_reader_config(&self) -> Result<ClientConfig, KafkaConfigError> {
+        let mut c = self.base()?;
+        c.set("group.id", format!("{}.tools", self.group_id))
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("enable.partition.eof", "false")
+            .set("auto.offset.reset", "earliest");
+        probe_system_cas(&mut c);
+        Ok(c)
+    }
+
     /// The producer of outcomes and dead letters: acks from all in-sync replicas, idempotent so
     /// its own retries neither lose nor duplicate records.
     pub fn producer_config(&self) -> Result<ClientConfig, KafkaConfigError> {

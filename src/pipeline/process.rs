@@ -74,6 +74,7 @@ impl Job {
                 partition: self.ticket.partition,
                 offset: self.ticket.offset,
             },
+            requested_by: self.event.origin().map(str::to_string),
             user_name: self.event.user_name().to_string(),
             scim_user_id: None,
             action: decision.action(),
