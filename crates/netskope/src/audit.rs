@@ -42,7 +42,7 @@ pub struct Sent {
     /// as a value list is sent again with filter paths).
     pub requests: usize,
     /// When the server handled them, by the server's own clock: from each answer's `Date`
-    /// header back to when its request left, with a second either side for the header's
+    /// header back to when its request left, with a few seconds of slack for the header's
     /// resolution. Its audit event is timestamped inside. `None` when an answer had no `Date`.
     pub server_window: Option<AuditWindow>,
 }

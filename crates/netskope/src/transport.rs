@@ -548,8 +548,9 @@ fn rate_headers(headers: &HeaderMap) -> (Option<u64>, Option<Duration>) {
 }
 
 /// When the server handled a request that took `took`, by the server's clock: its `Date`
-/// header (whole seconds, taken as it answered) back to when the request left, one second
-/// either side for the header's resolution.
+/// header (whole seconds; servers may cache it for up to a second) back to when the request
+/// left. Two seconds of slack before, for the header's resolution and caching; five after, for
+/// those and for an audit record stamped just after the answer went out.
 fn server_window(headers: &HeaderMap, took: Duration) -> Option<crate::AuditWindow> {
     let date = headers.get(reqwest::header::DATE)?.to_str().ok()?;
     let answered = httpdate::parse_http_date(date)
@@ -559,8 +560,8 @@ fn server_window(headers: &HeaderMap, took: Duration) -> Option<crate::AuditWind
         .as_secs();
     let took = took.as_secs() + u64::from(took.subsec_nanos() > 0);
     Some(crate::AuditWindow {
-        start: answered.saturating_sub(took + 1),
-        end: answered + 1,
+        start: answered.saturating_sub(took + 2),
+        end: answered + 5,
     })
 }
 
