@@ -111,7 +111,7 @@ pub async fn act(
         EventKind::RiskSignal => kafka.topics.risk_signals.clone(),
     };
     let (partition, offset) = publish(
-        kafka,
+        &super::producer(kafka)?,
         &topic,
         Some(user.as_bytes()),
         &bytes,

@@ -216,6 +216,7 @@ pub async fn replay(
     dry_run: bool,
 ) -> Result<Vec<(DeadLetter, Replayed)>, ToolError> {
     let inputs = [&kafka.topics.terminations, &kafka.topics.risk_signals];
+    let producer = super::producer(kafka)?;
     let mut done = Vec::new();
     for d in dead {
         let refuse = |why: String| (d.clone(), Replayed::Refused(why));
@@ -267,7 +268,7 @@ pub async fn replay(
             value: Some(&from),
         });
         let (partition, offset) =
-            publish(kafka, topic, d.key.as_deref(), &payload, headers).await?;
+            publish(&producer, topic, d.key.as_deref(), &payload, headers).await?;
         done.push((
             d.clone(),
             Replayed::Sent {

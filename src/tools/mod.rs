@@ -142,20 +142,25 @@ fn partition_ends(
         .collect()
 }
 
+/// A producer for the tools: the worker's producer settings (idempotent, acks from all
+/// in-sync replicas).
+pub fn producer(kafka: &KafkaConfig) -> Result<FutureProducer, ToolError> {
+    kafka
+        .producer_config()
+        .map_err(|e| ToolError::Config(e.to_string()))?
+        .create()
+        .map_err(|e| ToolError::Kafka(format!("cannot create a producer: {e}")))
+}
+
 /// Publishes one record and waits for the brokers to acknowledge it; returns its partition
 /// and offset.
 pub async fn publish(
-    kafka: &KafkaConfig,
+    producer: &FutureProducer,
     topic: &str,
     key: Option<&[u8]>,
     payload: &[u8],
     headers: OwnedHeaders,
 ) -> Result<(i32, i64), ToolError> {
-    let producer: FutureProducer = kafka
-        .producer_config()
-        .map_err(|e| ToolError::Config(e.to_string()))?
-        .create()
-        .map_err(|e| ToolError::Kafka(format!("cannot create a producer: {e}")))?;
     let mut record = FutureRecord::to(topic).payload(payload).headers(headers);
     if let Some(key) = key {
         record = record.key(key);
