@@ -73,6 +73,7 @@ fn zero_counters() {
             Status::Unverified,
             Status::Superseded,
             Status::Halted,
+            Status::Scheduled,
         ] {
             metrics::counter!(OUTCOMES, "action" => action.as_str(), "status" => status.as_str())
                 .absolute(0);

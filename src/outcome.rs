@@ -59,6 +59,9 @@ pub enum Status {
     /// Not final: the blast-radius guard halted destructive actions at this event (once per
     /// halt). The event waits for an operator's release, then gets its own outcomes.
     Halted,
+    /// A termination whose `effective_at` is in the future: kept in the fleet's schedule, it
+    /// acts then (`timestamps.effective`), with outcomes of its own. Final for this record.
+    Scheduled,
 }
 
 impl Status {
@@ -72,6 +75,7 @@ impl Status {
             Status::Unverified => "unverified",
             Status::Superseded => "superseded",
             Status::Halted => "halted",
+            Status::Scheduled => "scheduled",
         }
     }
 }
@@ -134,6 +138,13 @@ pub struct Timestamps {
         skip_serializing_if = "Option::is_none"
     )]
     pub verified: Option<OffsetDateTime>,
+    /// A termination's `effective_at` when it was scheduled: on its `scheduled` outcome, and
+    /// on the outcomes of the action when it came due.
+    #[serde(
+        with = "time::serde::rfc3339::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub effective: Option<OffsetDateTime>,
 }
 
 /// One outcome record. Keyed by the lower-cased user name on the topic, so that all outcomes of
@@ -239,6 +250,7 @@ mod tests {
                 received: OffsetDateTime::UNIX_EPOCH,
                 acted: None,
                 verified: None,
+                effective: None,
             },
             trace_id: "4bf92f3577b34da6a3ce929d0e0e4736".into(),
         }

@@ -26,7 +26,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::message::{BorrowedMessage, Header, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
@@ -34,6 +34,7 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use super::memory::{self, Mark};
+use super::schedule::{self, Scheduled};
 use super::{Entry, Guard, GuardConfig, GuardError};
 
 /// How long a worker waits to read back an entry it wrote before it treats the state topic as
@@ -136,6 +137,42 @@ impl Writer {
             .map_err(|e| self.error(&format!("reading its end did not run: {e}")))?
             .map(|(_, end)| end)
             .map_err(|e| self.error(&format!("cannot read its end: {e}")))
+    }
+
+    /// Writes `value` as JSON under `key`, acknowledged.
+    pub async fn write_json<T: Serialize>(&self, key: &str, value: &T) -> Result<(), GuardError> {
+        let value = serde_json::to_vec(value).map_err(|e| self.error(&e.to_string()))?;
+        let to = FutureRecord::to(&self.topic)
+            .key(key)
+            .payload(&value)
+            .partition(0);
+        self.producer
+            .send(to, Timeout::After(WRITE_TIMEOUT))
+            .await
+            .map(|_| ())
+            .map_err(|(e, _)| self.error(&format!("cannot write: {e}")))
+    }
+
+    /// Publishes a due termination to its input topic, keyed by the user, with the header that
+    /// marks it as fired; acknowledged.
+    pub async fn publish_scheduled(&self, entry: &Scheduled) -> Result<(), GuardError> {
+        let value = serde_json::to_vec(&entry.event()).map_err(|e| self.error(&e.to_string()))?;
+        let headers = OwnedHeaders::new().insert(Header {
+            key: schedule::SCHEDULED_HEADER,
+            value: Some(entry.event_id.as_str()),
+        });
+        let to = FutureRecord::to(&entry.topic)
+            .key(&entry.user_name)
+            .payload(&value)
+            .headers(headers);
+        self.producer
+            .send(to, Timeout::After(WRITE_TIMEOUT))
+            .await
+            .map(|_| ())
+            .map_err(|(e, _)| GuardError::Ledger {
+                topic: entry.topic.clone(),
+                reason: format!("cannot publish a due termination: {e}"),
+            })
     }
 
     /// Writes a quarantine mark, acknowledged.
@@ -311,6 +348,18 @@ fn apply(guard: &Guard, message: &BorrowedMessage<'_>, worker: &str, replaying: 
 }
 
 fn apply_entry(guard: &Guard, message: &BorrowedMessage<'_>, worker: &str, replaying: bool) {
+    if let Some(key) = message
+        .key()
+        .and_then(|k| std::str::from_utf8(k).ok())
+        .filter(|k| k.starts_with(schedule::KEY_PREFIX))
+    {
+        let entry = message
+            .payload()
+            .filter(|p| p.len() <= MAX_ENTRY_BYTES)
+            .and_then(|p| serde_json::from_slice::<Scheduled>(p).ok());
+        guard.schedule.apply(key, entry);
+        return;
+    }
     // A tombstone, or an entry of a kind this version does not know, decides nothing here.
     let Some(payload) = message.payload() else {
         return;

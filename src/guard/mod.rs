@@ -27,6 +27,7 @@
 pub mod demand;
 pub mod ledger;
 pub mod memory;
+pub mod schedule;
 pub mod window;
 
 use std::collections::HashMap;
@@ -139,6 +140,8 @@ pub struct Guard {
     memory: memory::QuarantineMemory,
     /// The next offset of the state topic to read: how far this worker has read it.
     read_to: watch::Sender<i64>,
+    /// The fleet's scheduled terminations, as read from the state topic.
+    schedule: schedule::Schedule,
 }
 
 impl Default for Guard {
@@ -174,6 +177,35 @@ impl Guard {
             demands: demand::Demands::default(),
             memory: memory::QuarantineMemory::default(),
             read_to: watch::Sender::new(0),
+            schedule: schedule::Schedule::default(),
+        }
+    }
+
+    /// The fleet's scheduled terminations.
+    pub fn schedule(&self) -> &schedule::Schedule {
+        &self.schedule
+    }
+
+    /// Writes `entry` (a termination to act on later, or one marked done) for the fleet,
+    /// acknowledged, and takes it at once. Without a state topic it lives in this process.
+    pub async fn write_schedule(&self, entry: schedule::Scheduled) -> Result<(), GuardError> {
+        let key = schedule::key(&entry.user_name);
+        if let Some(writer) = &self.ledger {
+            writer.write_json(&key, &entry).await?;
+        }
+        self.schedule.apply(&key, Some(entry));
+        Ok(())
+    }
+
+    /// Publishes a due termination again to its input topic, marked with
+    /// [`schedule::SCHEDULED_HEADER`], acknowledged.
+    pub async fn fire(&self, entry: &schedule::Scheduled) -> Result<(), GuardError> {
+        match &self.ledger {
+            Some(writer) => writer.publish_scheduled(entry).await,
+            None => Err(GuardError::Ledger {
+                topic: String::new(),
+                reason: "scheduled terminations need the state topic".into(),
+            }),
         }
     }
 

@@ -260,6 +260,7 @@ impl Pipeline {
             intake.core.clone(),
             intake.kafka.commit_interval,
         ));
+        let scheduler = tokio::spawn(fire_due_terminations(intake.core.clone()));
         let demand = intake.core.budget.clone().map(|budget| {
             let core = intake.core.clone();
             tokio::spawn(budget.follow_demand(move || core.waiting_to_act()))
@@ -306,6 +307,7 @@ impl Pipeline {
         }
         watchdog.abort();
         committer.abort();
+        scheduler.abort();
         if let Some(demand) = demand {
             demand.abort();
             // The key goes with the worker: a compacted topic would keep one per start. Briefly:
@@ -314,6 +316,51 @@ impl Pipeline {
             let _ = tokio::time::timeout(std::time::Duration::from_secs(2), withdraw).await;
         }
         intake.drain(received).await
+    }
+}
+
+/// How often due scheduled terminations are looked for: each acts within about this long of
+/// its `effective_at`.
+const SCHEDULE_TICK: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Publishes again, to their input topic, the scheduled terminations that came due on the
+/// partitions this worker holds ([`crate::guard::schedule`]), until the run stops. A firing
+/// that fails is tried again at the next tick.
+async fn fire_due_terminations(core: Arc<Core>) {
+    let clock = WallClock::new();
+    loop {
+        tokio::select! {
+            _ = core.handle.stop.cancelled() => return,
+            _ = tokio::time::sleep(SCHEDULE_TICK) => {}
+        }
+        let owned: std::collections::HashSet<(String, i32)> = match core.consumer.assignment() {
+            // Read into owned values at once: a list alive when the consumer drops hangs it.
+            Ok(list) => list
+                .elements()
+                .iter()
+                .map(|p| (p.topic().to_string(), p.partition()))
+                .collect(),
+            Err(_) => continue,
+        };
+        let now_ms = (clock.now().as_millis()).min(i64::MAX as u128) as i64;
+        let guard = &core.shared.guard;
+        let due = guard
+            .schedule()
+            .take_due(now_ms, |t, p| owned.contains(&(t.to_string(), p)));
+        for entry in due {
+            match guard.fire(&entry).await {
+                Ok(()) => tracing::info!(
+                    source_event_id = entry.event_id,
+                    user = entry.user_name,
+                    effective_at = entry.effective_at,
+                    "scheduled termination due: published again to act"
+                ),
+                Err(e) => {
+                    tracing::warn!(error = %e, source_event_id = entry.event_id, "a due termination could not be published; trying again");
+                    guard.schedule().unfire(&entry.event_id);
+                }
+            }
+        }
     }
 }
 

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use rdkafka::consumer::Consumer;
-use rdkafka::message::{Message, OwnedMessage};
+use rdkafka::message::{Headers, Message, OwnedMessage};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -23,7 +23,7 @@ use super::publish::{Delivery, NOTHING, OnSent, Publisher};
 use super::shared::{PartitionWork, PipelineError, PipelineHandle, Shared};
 use super::transactions::Entered;
 use crate::event::Event;
-use crate::guard::Admission;
+use crate::guard::{Admission, schedule};
 use crate::outcome::{self, Action, Outcome, SourceRef, Status, Timestamps, VerificationEvidence};
 use crate::policy::{Decision, Policy};
 use crate::telemetry::EventTrace;
@@ -92,10 +92,46 @@ impl Job {
                 received: self.received,
                 acted: None,
                 verified: None,
+                effective: None,
             },
             trace_id: self.trace.trace_id.clone(),
         }
     }
+}
+
+/// Where a termination stands in the fleet's schedule, for [`Core::act`].
+#[derive(Default)]
+pub(super) struct Plan {
+    /// Said in the outcome: scheduled and now due, or backdated.
+    note: Option<String>,
+    /// The `effective_at` of a scheduled termination that came due.
+    effective: Option<time::OffsetDateTime>,
+    /// The schedule's entry of a termination that came due: marked done once it acted.
+    fired: Option<schedule::Scheduled>,
+}
+
+/// A termination in the future by less than this acts at once.
+const SCHEDULE_SLACK: time::Duration = time::Duration::seconds(1);
+/// A termination due longer ago than this says so in its outcome ("effective_at was in the
+/// past"), so that a backdated date is visible, not silently taken as now.
+const BACKDATED: time::Duration = time::Duration::minutes(1);
+/// Between tries to write a schedule entry while the state topic cannot be written.
+const SCHEDULE_RETRY: std::time::Duration = std::time::Duration::from_secs(2);
+
+fn rfc3339(t: time::OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+/// The event id a record carries in [`schedule::SCHEDULED_HEADER`]: a termination published
+/// again because it came due.
+fn scheduled_header(message: &OwnedMessage) -> Option<String> {
+    let headers = message.headers()?;
+    headers
+        .iter()
+        .find(|h| h.key == schedule::SCHEDULED_HEADER)
+        .and_then(|h| h.value)
+        .map(|v| String::from_utf8_lossy(v).into_owned())
 }
 
 /// What the lanes and dead-letter tasks need, shared behind one `Arc`.
@@ -204,6 +240,10 @@ impl Core {
         }
         let decision = self.policy.decide(&job.event);
         tracing::Span::current().record("action", decision.action().as_str());
+        // Before the guard: a termination scheduled for later does not act now.
+        let Some((job, plan)) = self.plan_schedule(job, &decision).await else {
+            return;
+        };
         if matches!(decision, Decision::Deactivate | Decision::Delete) && !self.executor.dry_run() {
             let event = job.guard_key();
             match self.shared.guard.try_admit(&event).await {
@@ -230,11 +270,120 @@ impl Core {
         let _acting = job.partition.acting();
         // Boxed, and so allocated, only now: thousands of events waiting for a permit each
         // cost their job, not the kilobytes of state that acting on Netskope needs.
-        Box::pin(self.clone().act(job, decision)).await;
+        Box::pin(self.clone().act(job, decision, plan)).await;
+    }
+
+    /// A termination's place in the fleet's schedule ([`crate::guard::schedule`]). One whose
+    /// `effective_at` is in the future is written there and finishes with `scheduled` (`None`
+    /// returned). One that came due acts only if the schedule still holds it (else it
+    /// finishes `skipped`). One that acts now marks an earlier entry of the user done: the
+    /// latest HR event wins.
+    async fn plan_schedule(self: &Arc<Self>, job: Job, decision: &Decision) -> Option<(Job, Plan)> {
+        let Event::Termination(t) = &job.event else {
+            return Some((job, Plan::default()));
+        };
+        if !matches!(decision, Decision::Deactivate | Decision::Delete) {
+            return Some((job, Plan::default()));
+        }
+        let guard = &self.shared.guard;
+        let key = schedule::key(&t.user.user_name);
+        let current = guard.schedule().get(&key);
+        let effective = t.effective_at;
+        if let Some(fired) = scheduled_header(&job.message) {
+            return match current {
+                Some(entry) if entry.event_id == fired => Some((
+                    job,
+                    Plan {
+                        note: Some(format!(
+                            "scheduled for {}; acted when it came due",
+                            entry.effective_at
+                        )),
+                        effective,
+                        fired: Some(entry),
+                    },
+                )),
+                _ => {
+                    let mut outcome = job.outcome(decision, Status::Skipped);
+                    outcome.reason = Some(
+                        "no longer scheduled: a later HR event for this user replaced it".into(),
+                    );
+                    outcome.timestamps.effective = effective;
+                    self.send_outcome(job, outcome, None).await;
+                    None
+                }
+            };
+        }
+        let now = self.clock.now_datetime();
+        match effective {
+            Some(at) if at > now + SCHEDULE_SLACK => {
+                let entry = schedule::Scheduled {
+                    event_id: t.event_id.clone(),
+                    user_name: t.user.user_name.clone(),
+                    employee_id: t.user.employee_id.clone(),
+                    occurred_at: rfc3339(t.occurred_at),
+                    effective_at: rfc3339(at),
+                    due_ms: (at.unix_timestamp_nanos() / 1_000_000) as i64,
+                    source: t.source.clone(),
+                    reason: t.reason.clone(),
+                    topic: job.ticket.topic.clone(),
+                    partition: job.ticket.partition,
+                    done: false,
+                };
+                // The state topic holds the schedule: while it cannot be written, the event
+                // waits with its offset held, like a destructive action the guard cannot decide.
+                while let Err(e) = guard.write_schedule(entry.clone()).await {
+                    if self.failed.load(Ordering::SeqCst) || job.partition.draining() {
+                        return None;
+                    }
+                    tracing::warn!(error = %e, "cannot schedule the termination; retrying");
+                    tokio::time::sleep(SCHEDULE_RETRY).await;
+                }
+                let mut outcome = job.outcome(decision, Status::Scheduled);
+                outcome.reason = Some(format!(
+                    "effective_at is in the future: {} at {}",
+                    decision.action().as_str(),
+                    entry.effective_at
+                ));
+                outcome.timestamps.effective = Some(at);
+                tracing::info!(
+                    source_event_id = outcome.source_event_id,
+                    user = outcome.user_name,
+                    effective_at = entry.effective_at,
+                    "termination scheduled"
+                );
+                self.send_outcome(job, outcome, None).await;
+                None
+            }
+            _ => {
+                if let Some(entry) = current.filter(|e| !e.done) {
+                    let done = schedule::Scheduled {
+                        done: true,
+                        ..entry
+                    };
+                    if let Err(e) = guard.write_schedule(done).await {
+                        tracing::warn!(error = %e, "an earlier scheduled termination of this user could not be marked done; it will act again when due (idempotently)");
+                    }
+                }
+                let note = effective.filter(|at| *at + BACKDATED < now).map(|at| {
+                    format!(
+                        "effective_at was in the past ({}): acted at once",
+                        rfc3339(at)
+                    )
+                });
+                Some((
+                    job,
+                    Plan {
+                        note,
+                        effective: None,
+                        fired: None,
+                    },
+                ))
+            }
+        }
     }
 
     /// Carries out an admitted event's decision and publishes its outcome.
-    pub(super) async fn act(self: Arc<Self>, job: Job, decision: Decision) {
+    pub(super) async fn act(self: Arc<Self>, job: Job, decision: Decision, plan: Plan) {
         let user_name = job.event.user_name().to_string();
         let at = job.ticket.position();
         let mut report = match self.executor.execute(&user_name, &decision, &at).await {
@@ -261,9 +410,26 @@ impl Core {
                 return;
             }
         }
+        if let Some(fired) = plan.fired
+            && report.status != Status::Failed
+        {
+            // Done, so that the owner does not fire it again; a delivery of this event after a
+            // crash still finds it (done, same event) and acts again, idempotently.
+            let done = schedule::Scheduled {
+                done: true,
+                ..fired
+            };
+            if let Err(e) = self.shared.guard.write_schedule(done).await {
+                tracing::warn!(error = %e, "a scheduled termination that acted could not be marked done; a restarted worker fires it again (idempotently)");
+            }
+        }
         let mut outcome = job.outcome(&decision, report.status);
         outcome.scim_user_id = report.scim_user_id;
-        outcome.reason = report.reason;
+        outcome.reason = match (report.reason, plan.note) {
+            (Some(r), Some(n)) => Some(format!("{n}; {r}")),
+            (r, n) => r.or(n),
+        };
+        outcome.timestamps.effective = plan.effective;
         outcome.error = report.error.as_ref().map(super::executor::outcome_error);
         outcome.request = report.request;
         outcome.attempts = report.attempts;
@@ -296,6 +462,17 @@ impl Core {
             }
             _ => None,
         };
+        self.send_outcome(job, outcome, verify).await;
+    }
+
+    /// Publishes `outcome` of `job`, then finishes the event (after its verification, when
+    /// there is one to wait for).
+    async fn send_outcome(
+        self: &Arc<Self>,
+        job: Job,
+        outcome: Outcome,
+        verify: Option<(Verifier, Pending)>,
+    ) {
         // Handed to the producer here, in lane order; acknowledged in a task of its own, so the
         // lane moves on to the user's next event instead of waiting out linger.ms and a round
         // trip per event. Without a verification to wait for, this is the final outcome: with
