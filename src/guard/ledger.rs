@@ -115,11 +115,17 @@ impl Writer {
             ),
             None => None,
         };
-        let key = format!("demand/{}", self.worker);
-        let mut to = FutureRecord::<String, Vec<u8>>::to(&self.topic)
-            .key(&key)
+        self.send(&format!("demand/{}", self.worker), value.as_deref())
+            .await
+    }
+
+    /// Writes `value` under `key` (`None`: a tombstone) to the topic's one partition,
+    /// acknowledged.
+    async fn send(&self, key: &str, value: Option<&[u8]>) -> Result<(), GuardError> {
+        let mut to = FutureRecord::<str, [u8]>::to(&self.topic)
+            .key(key)
             .partition(0);
-        if let Some(value) = &value {
+        if let Some(value) = value {
             to = to.payload(value);
         }
         self.producer
@@ -142,15 +148,7 @@ impl Writer {
     /// Writes `value` as JSON under `key`, acknowledged.
     pub async fn write_json<T: Serialize>(&self, key: &str, value: &T) -> Result<(), GuardError> {
         let value = serde_json::to_vec(value).map_err(|e| self.error(&e.to_string()))?;
-        let to = FutureRecord::to(&self.topic)
-            .key(key)
-            .payload(&value)
-            .partition(0);
-        self.producer
-            .send(to, Timeout::After(WRITE_TIMEOUT))
-            .await
-            .map(|_| ())
-            .map_err(|(e, _)| self.error(&format!("cannot write: {e}")))
+        self.send(key, Some(&value)).await
     }
 
     /// Publishes a due termination to its input topic, keyed by the user, with the header that
@@ -173,20 +171,6 @@ impl Writer {
                 topic: entry.topic.clone(),
                 reason: format!("cannot publish a due termination: {e}"),
             })
-    }
-
-    /// Writes a quarantine mark, acknowledged.
-    pub async fn write_mark(&self, key: &str, mark: &Mark) -> Result<(), GuardError> {
-        let value = serde_json::to_vec(mark).map_err(|e| self.error(&e.to_string()))?;
-        let to = FutureRecord::to(&self.topic)
-            .key(key)
-            .payload(&value)
-            .partition(0);
-        self.producer
-            .send(to, Timeout::After(WRITE_TIMEOUT))
-            .await
-            .map(|_| ())
-            .map_err(|(e, _)| self.error(&format!("cannot write: {e}")))
     }
 
     /// Queues a quarantine mark now (so that it stays in order with this worker's later
@@ -230,17 +214,8 @@ impl Writer {
             entry: *entry,
             event: event.map(str::to_string),
         };
-        let value = serde_json::to_vec(&record).map_err(|e| self.error(&e.to_string()))?;
-        let key = format!("guard/{}/{seq}", self.worker);
-        let to = FutureRecord::to(&self.topic)
-            .key(&key)
-            .payload(&value)
-            .partition(0);
-        self.producer
-            .send(to, Timeout::After(WRITE_TIMEOUT))
+        self.write_json(&format!("guard/{}/{seq}", self.worker), &record)
             .await
-            .map(|_| ())
-            .map_err(|(e, _)| self.error(&format!("cannot write: {e}")))
     }
 }
 

@@ -264,7 +264,7 @@ impl Guard {
         let mark = self.mark(false, at);
         self.memory.apply(key, mark.clone(), self.now_ms());
         match &self.ledger {
-            Some(writer) => writer.write_mark(key, &mark).await,
+            Some(writer) => writer.write_json(key, &mark).await,
             None => Ok(()),
         }
     }

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use rdkafka::consumer::Consumer;
-use rdkafka::message::{Headers, Message, OwnedMessage};
+use rdkafka::message::{Message, OwnedMessage};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -19,7 +19,7 @@ use offboarder_base::metric_names as m_names;
 use super::consumer::KafkaConsumer;
 use super::executor::Executor;
 use super::offsets::Ticket;
-use super::publish::{Delivery, NOTHING, OnSent, Publisher};
+use super::publish::{Delivery, NOTHING, OnSent, Publisher, header_text};
 use super::shared::{PartitionWork, PipelineError, PipelineHandle, Shared};
 use super::transactions::Entered;
 use crate::event::Event;
@@ -121,17 +121,6 @@ const SCHEDULE_RETRY: std::time::Duration = std::time::Duration::from_secs(2);
 fn rfc3339(t: time::OffsetDateTime) -> String {
     t.format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default()
-}
-
-/// The event id a record carries in [`schedule::SCHEDULED_HEADER`]: a termination published
-/// again because it came due.
-fn scheduled_header(message: &OwnedMessage) -> Option<String> {
-    let headers = message.headers()?;
-    headers
-        .iter()
-        .find(|h| h.key == schedule::SCHEDULED_HEADER)
-        .and_then(|h| h.value)
-        .map(|v| String::from_utf8_lossy(v).into_owned())
 }
 
 /// What the lanes and dead-letter tasks need, shared behind one `Arc`.
@@ -289,7 +278,8 @@ impl Core {
         let key = schedule::key(&t.user.user_name);
         let current = guard.schedule().get(&key);
         let effective = t.effective_at;
-        if let Some(fired) = scheduled_header(&job.message) {
+        // The event id of a termination published again because it came due.
+        if let Some(fired) = header_text(&job.message, schedule::SCHEDULED_HEADER) {
             return match current {
                 Some(entry) if entry.event_id == fired => Some((
                     job,

@@ -37,6 +37,16 @@ pub mod header {
     pub const PAYLOAD_OMITTED: &str = "offboarder-payload-omitted-bytes";
 }
 
+/// The value of header `name` of a record, as text.
+pub fn header_text(message: &OwnedMessage, name: &str) -> Option<String> {
+    message
+        .headers()?
+        .iter()
+        .find(|h| h.key == name)
+        .and_then(|h| h.value)
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+}
+
 /// The W3C trace-context header.
 const TRACEPARENT: &str = "traceparent";
 

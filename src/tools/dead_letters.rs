@@ -10,12 +10,12 @@
 //!
 //! Nothing is replayed without a selection, and only to the two input topics.
 
-use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
+use rdkafka::message::{Header, Message, OwnedHeaders, OwnedMessage};
 use serde_json::Value;
 
 use super::{ToolError, publish, read_topic};
 use crate::pipeline::config::KafkaConfig;
-use crate::pipeline::publish::header;
+use crate::pipeline::publish::{header, header_text};
 
 /// The header that records a replay.
 pub const REPLAYED_FROM: &str = "offboarder-replayed-from";
@@ -58,15 +58,6 @@ pub struct DeadLetter {
     pub payload_omitted: bool,
     /// An earlier replay this record came from, when it failed again.
     pub replayed_from: Option<String>,
-}
-
-fn header_text(m: &OwnedMessage, name: &str) -> Option<String> {
-    let headers = m.headers()?;
-    headers
-        .iter()
-        .find(|h| h.key == name)
-        .and_then(|h| h.value)
-        .map(|v| String::from_utf8_lossy(v).into_owned())
 }
 
 impl DeadLetter {
