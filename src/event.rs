@@ -75,6 +75,9 @@ pub struct Termination {
     /// When access should end, if not at `occurred_at`.
     #[serde(default, with = "time::serde::rfc3339::option")]
     pub effective_at: Option<OffsetDateTime>,
+    /// The HR system withdrew this user's termination: cancel it, or undo it.
+    #[serde(default)]
+    pub rescinded: bool,
 }
 
 /// A security product's severity. Ordered `Low < Medium < High < Critical` so a configured

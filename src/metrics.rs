@@ -62,6 +62,7 @@ fn zero_counters() {
         Action::Delete,
         Action::Quarantine,
         Action::Release,
+        Action::Reactivate,
         Action::None,
     ] {
         for status in [
@@ -74,6 +75,7 @@ fn zero_counters() {
             Status::Superseded,
             Status::Halted,
             Status::Scheduled,
+            Status::Cancelled,
         ] {
             metrics::counter!(OUTCOMES, "action" => action.as_str(), "status" => status.as_str())
                 .absolute(0);

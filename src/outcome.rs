@@ -18,6 +18,8 @@ pub enum Action {
     Delete,
     Quarantine,
     Release,
+    /// `PATCH /Users/{id}` with `active=true`: a rescinded termination undone.
+    Reactivate,
     /// The event called for nothing (a risk signal below the thresholds).
     None,
 }
@@ -29,6 +31,7 @@ impl Action {
             Action::Delete => "delete",
             Action::Quarantine => "quarantine",
             Action::Release => "release",
+            Action::Reactivate => "reactivate",
             Action::None => "none",
         }
     }
@@ -62,6 +65,8 @@ pub enum Status {
     /// A termination whose `effective_at` is in the future: kept in the fleet's schedule, it
     /// acts then (`timestamps.effective`), with outcomes of its own. Final for this record.
     Scheduled,
+    /// A scheduled termination withdrawn (rescinded) before it acted: nothing was sent.
+    Cancelled,
 }
 
 impl Status {
@@ -76,6 +81,7 @@ impl Status {
             Status::Superseded => "superseded",
             Status::Halted => "halted",
             Status::Scheduled => "scheduled",
+            Status::Cancelled => "cancelled",
         }
     }
 }

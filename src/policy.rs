@@ -33,6 +33,14 @@ pub struct PolicyConfig {
     pub protected_users: Vec<String>,
     /// When on, no mutating request leaves the process; outcomes read `dry_run`.
     pub dry_run: bool,
+    /// A rescinded termination that already acted reactivates the user (`PATCH active=true`),
+    /// if offboarder itself deactivated them. Off by default: a rescind then only cancels what
+    /// has not acted yet, and the outcome says the user stays deactivated.
+    pub allow_reactivation: bool,
+    /// How long offboarder remembers, for the fleet, that it deactivated a user: a rescind
+    /// later than this finds no deactivation of offboarder's to undo, and reactivates nothing.
+    #[serde(with = "humantime_serde")]
+    pub rescind_window: std::time::Duration,
 }
 
 impl Default for PolicyConfig {
@@ -44,6 +52,8 @@ impl Default for PolicyConfig {
             quarantine_group: "Quarantine_HighRisk".into(),
             protected_users: Vec::new(),
             dry_run: false,
+            allow_reactivation: false,
+            rescind_window: std::time::Duration::from_secs(90 * 24 * 3600),
         }
     }
 }
@@ -59,6 +69,9 @@ pub enum Decision {
     Release {
         group: String,
     },
+    /// Undo offboarder's own deactivation of the user: their termination was rescinded. What
+    /// happens depends on the fleet's record of that user (see `pipeline::process`).
+    Reactivate,
     /// Do nothing; `action` is what would have been done (for a protected user) or
     /// [`Action::None`].
     Skip {
@@ -74,6 +87,7 @@ impl Decision {
             Decision::Delete => Action::Delete,
             Decision::Quarantine { .. } => Action::Quarantine,
             Decision::Release { .. } => Action::Release,
+            Decision::Reactivate => Action::Reactivate,
             Decision::Skip { action, .. } => *action,
         }
     }
@@ -104,6 +118,9 @@ impl Policy {
                 "policy.quarantine_score: {} is above 100",
                 config.quarantine_score
             ));
+        }
+        if config.rescind_window.is_zero() {
+            return Err("policy.rescind_window must be longer than zero".into());
         }
         if config.quarantine_group.trim().is_empty() {
             return Err("policy.quarantine_group: must not be empty".into());
@@ -145,6 +162,7 @@ impl Policy {
 
     pub fn decide(&self, event: &Event) -> Decision {
         let wanted = match event {
+            Event::Termination(t) if t.rescinded => Decision::Reactivate,
             Event::Termination(_) => match self.config.on_termination {
                 TerminationAction::Deactivate => Decision::Deactivate,
                 TerminationAction::Delete => Decision::Delete,
@@ -223,6 +241,7 @@ mod tests {
             source: None,
             reason: None,
             effective_at: None,
+            rescinded: false,
         })
     }
 
@@ -254,6 +273,26 @@ mod tests {
         );
         let p = policy(|c| c.on_termination = TerminationAction::Delete);
         assert_eq!(p.decide(&termination("a@x.com")), Decision::Delete);
+    }
+
+    #[test]
+    fn a_rescinded_termination_asks_for_reactivation_unless_the_user_is_protected() {
+        let mut rescind = termination("a@x.com");
+        if let Event::Termination(t) = &mut rescind {
+            t.rescinded = true;
+        }
+        for on_termination in [TerminationAction::Deactivate, TerminationAction::Delete] {
+            let p = policy(|c| c.on_termination = on_termination);
+            assert_eq!(p.decide(&rescind), Decision::Reactivate);
+        }
+        let p = policy(|c| c.protected_users = vec!["*@x.com".into()]);
+        assert!(matches!(
+            p.decide(&rescind),
+            Decision::Skip {
+                action: Action::Reactivate,
+                ..
+            }
+        ));
     }
 
     #[test]

@@ -162,6 +162,10 @@ pub enum Check {
     UserInactive {
         user_id: String,
     },
+    /// The user reads `active: true` (a reactivation).
+    UserActive {
+        user_id: String,
+    },
     /// The user is gone (404).
     UserGone {
         user_id: String,
@@ -196,9 +200,12 @@ impl Check {
                 },
                 NotInGroup { group_id, user_id },
             ) => g == group_id && u == user_id,
-            (UserGone { user_id: u }, InGroup { user_id, .. } | UserInactive { user_id }) => {
-                u == user_id
-            }
+            (
+                UserGone { user_id: u },
+                InGroup { user_id, .. } | UserInactive { user_id } | UserActive { user_id },
+            )
+            | (UserActive { user_id: u }, UserInactive { user_id })
+            | (UserInactive { user_id: u }, UserActive { user_id }) => u == user_id,
             _ => false,
         }
     }
@@ -207,6 +214,7 @@ impl Check {
     pub fn describe(&self) -> String {
         match self {
             Check::UserInactive { user_id } => format!("a later deactivation of user {user_id}"),
+            Check::UserActive { user_id } => format!("a later reactivation of user {user_id}"),
             Check::UserGone { user_id } => format!("a later delete of user {user_id}"),
             Check::InGroup { group_id, user_id } => {
                 format!("a later quarantine of user {user_id} in group {group_id}")
@@ -689,19 +697,22 @@ async fn read_back(
         superseded: false,
     };
     match check {
-        Check::UserInactive { user_id } => Ok(match client.get_user(user_id).await? {
-            Some(u) if u.active == Some(false) => {
-                seen(true, format!("user {user_id} reads active=false"))
-            }
-            Some(u) => seen(
-                false,
-                format!(
-                    "user {user_id} reads active={}",
-                    u.active.map_or("(absent)".to_string(), |a| a.to_string())
+        Check::UserInactive { user_id } | Check::UserActive { user_id } => {
+            let want = matches!(check, Check::UserActive { .. });
+            Ok(match client.get_user(user_id).await? {
+                Some(u) if u.active == Some(want) => {
+                    seen(true, format!("user {user_id} reads active={want}"))
+                }
+                Some(u) => seen(
+                    false,
+                    format!(
+                        "user {user_id} reads active={}",
+                        u.active.map_or("(absent)".to_string(), |a| a.to_string())
+                    ),
                 ),
-            ),
-            None => seen(false, format!("user {user_id} no longer exists (404)")),
-        }),
+                None => seen(false, format!("user {user_id} no longer exists (404)")),
+            })
+        }
         Check::UserGone { user_id } => Ok(match client.get_user(user_id).await? {
             None => seen(true, format!("user {user_id} is gone (404)")),
             Some(u) => seen(

@@ -966,3 +966,71 @@ async fn releasing_from_a_missing_group_creates_nothing() {
         .collect();
     assert!(mutating.is_empty(), "sent {mutating:?}");
 }
+
+/// A reactivation goes to the id offboarder deactivated, with no lookup; when that id is gone
+/// it fails, and never falls back on whoever holds the name now (a new account is someone
+/// else). A fresh lookup reports whether the user was active before the action; a cached one
+/// does not claim to know.
+#[tokio::test(start_paused = true)]
+async fn a_reactivation_goes_to_the_recorded_id_and_never_to_a_new_holder_of_the_name() {
+    let server = MockServer::start().await;
+    let body = json!({
+        "schemas": [PATCH_OP],
+        "Operations": [{"op": "replace", "path": "active", "value": true}],
+    });
+    Mock::given(method("PATCH"))
+        .and(path(format!("{USERS}/u-old")))
+        .and(body_json(body.clone()))
+        .respond_with(ResponseTemplate::new(204))
+        .expect(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("PATCH"))
+        .and(path(format!("{USERS}/u-gone")))
+        .respond_with(ResponseTemplate::new(404))
+        .expect(1)
+        .mount(&server)
+        .await;
+    // The name now resolves to a new account; the executor must not look it up.
+    mount_user(&server, "a@x.com", "u-new", 0).await;
+    let ex = executor(&server, false, PipelineConfig::default());
+    let report = ex
+        .reactivate("a@x.com", "u-old", &Position::default())
+        .await
+        .unwrap();
+    assert_eq!(report.status, Status::Applied, "{report:?}");
+    assert_eq!(report.scim_user_id.as_deref(), Some("u-old"));
+    assert_eq!(report.request.and_then(|r| r.body), Some(body));
+    let gone = ex
+        .reactivate("a@x.com", "u-gone", &Position::default())
+        .await
+        .unwrap();
+    assert_eq!(gone.status, Status::Failed, "{gone:?}");
+    assert!(matches!(gone.error, Some(NetskopeError::NotFound { .. })));
+    assert_eq!(count(&server, "PATCH", &format!("{USERS}/u-new")).await, 0);
+    assert_eq!(count(&server, "GET", USERS).await, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn only_a_fresh_lookup_says_whether_the_user_was_active_before() {
+    let server = MockServer::start().await;
+    mount_user(&server, "a@x.com", "u1", 1).await;
+    Mock::given(method("PATCH"))
+        .and(path(format!("{USERS}/u1")))
+        .respond_with(ResponseTemplate::new(204))
+        .expect(2)
+        .mount(&server)
+        .await;
+    let ex = executor(&server, false, PipelineConfig::default());
+    let fresh = ex
+        .execute("a@x.com", &Decision::Deactivate, &Position::default())
+        .await
+        .unwrap();
+    assert_eq!(fresh.user_was_active, Some(true));
+    let cached = ex
+        .execute("a@x.com", &Decision::Deactivate, &Position::default())
+        .await
+        .unwrap();
+    assert_eq!(cached.status, Status::Applied);
+    assert_eq!(cached.user_was_active, None, "the cache's state may be stale");
+}

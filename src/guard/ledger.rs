@@ -34,7 +34,7 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use super::memory::{self, Mark};
-use super::schedule::{self, Scheduled};
+use super::schedule::{self, Termination};
 use super::{Entry, Guard, GuardConfig, GuardError};
 
 /// How long a worker waits to read back an entry it wrote before it treats the state topic as
@@ -145,6 +145,11 @@ impl Writer {
             .map_err(|e| self.error(&format!("cannot read its end: {e}")))
     }
 
+    /// Writes a tombstone for `key`, acknowledged.
+    pub async fn delete(&self, key: &str) -> Result<(), GuardError> {
+        self.send(key, None).await
+    }
+
     /// Writes `value` as JSON under `key`, acknowledged.
     pub async fn write_json<T: Serialize>(&self, key: &str, value: &T) -> Result<(), GuardError> {
         let value = serde_json::to_vec(value).map_err(|e| self.error(&e.to_string()))?;
@@ -153,7 +158,7 @@ impl Writer {
 
     /// Publishes a due termination to its input topic, keyed by the user, with the header that
     /// marks it as fired; acknowledged.
-    pub async fn publish_scheduled(&self, entry: &Scheduled) -> Result<(), GuardError> {
+    pub async fn publish_scheduled(&self, entry: &Termination) -> Result<(), GuardError> {
         let value = serde_json::to_vec(&entry.event()).map_err(|e| self.error(&e.to_string()))?;
         let headers = OwnedHeaders::new().insert(Header {
             key: schedule::SCHEDULED_HEADER,
@@ -331,7 +336,7 @@ fn apply_entry(guard: &Guard, message: &BorrowedMessage<'_>, worker: &str, repla
         let entry = message
             .payload()
             .filter(|p| p.len() <= MAX_ENTRY_BYTES)
-            .and_then(|p| serde_json::from_slice::<Scheduled>(p).ok());
+            .and_then(|p| serde_json::from_slice::<Termination>(p).ok());
         guard.schedule.apply(key, entry);
         return;
     }

@@ -45,8 +45,9 @@ use offboarder_base::metric_names as names;
 use window::Window;
 pub use window::{Admission, Applied, Entry};
 
-/// How long a skip of a remembered quarantine waits to read the state topic to its end.
-const MEMORY_READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long reading the state topic to its end may take (before a skip of a remembered
+/// quarantine, before a decision on a user's termination).
+const READ_TO_END_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The `[guard]` table.
 #[derive(Debug, Clone, Deserialize)]
@@ -186,9 +187,10 @@ impl Guard {
         &self.schedule
     }
 
-    /// Writes `entry` (a termination to act on later, or one marked done) for the fleet,
-    /// acknowledged, and takes it at once. Without a state topic it lives in this process.
-    pub async fn write_schedule(&self, entry: schedule::Scheduled) -> Result<(), GuardError> {
+    /// Writes `entry` (a user's termination: to act on later, acted, cancelled, undone) for
+    /// the fleet, acknowledged, and takes it at once. Without a state topic it lives in this
+    /// process.
+    pub async fn write_schedule(&self, entry: schedule::Termination) -> Result<(), GuardError> {
         let key = schedule::key(&entry.user_name);
         if let Some(writer) = &self.ledger {
             writer.write_json(&key, &entry).await?;
@@ -197,9 +199,36 @@ impl Guard {
         Ok(())
     }
 
+    /// Deletes a finished entry of the schedule (a tombstone, so compaction drops it).
+    pub async fn forget_schedule(&self, key: &str) -> Result<(), GuardError> {
+        if let Some(writer) = &self.ledger {
+            writer.delete(key).await?;
+        }
+        self.schedule.apply(key, None);
+        Ok(())
+    }
+
+    /// Waits until this worker has read the state topic to where it ends now, so that every
+    /// entry acknowledged before the call is seen (another worker's schedule entry, a release
+    /// of a quarantine). At once without a state topic.
+    pub async fn read_to_end(&self) -> Result<(), GuardError> {
+        let Some(writer) = &self.ledger else {
+            return Ok(());
+        };
+        let end = writer.end().await?;
+        let mut read_to = self.read_to.subscribe();
+        match tokio::time::timeout(READ_TO_END_TIMEOUT, read_to.wait_for(|next| *next >= end)).await
+        {
+            Ok(Ok(_)) => Ok(()),
+            _ => Err(writer.error(&format!(
+                "not read to its end (offset {end}) within {READ_TO_END_TIMEOUT:?}"
+            ))),
+        }
+    }
+
     /// Publishes a due termination again to its input topic, marked with
     /// [`schedule::SCHEDULED_HEADER`], acknowledged.
-    pub async fn fire(&self, entry: &schedule::Scheduled) -> Result<(), GuardError> {
+    pub async fn fire(&self, entry: &schedule::Termination) -> Result<(), GuardError> {
         match &self.ledger {
             Some(writer) => writer.publish_scheduled(entry).await,
             None => Err(GuardError::Ledger {
@@ -224,21 +253,9 @@ impl Guard {
         if !self.memory.remembers(key, self.now_ms(), asking) {
             return false;
         }
-        if let Some(writer) = &self.ledger {
-            let end = match writer.end().await {
-                Ok(end) => end,
-                Err(e) => {
-                    tracing::debug!(error = %e, "quarantine memory: the state topic's end unknown");
-                    return false;
-                }
-            };
-            let mut read_to = self.read_to.subscribe();
-            let caught_up =
-                tokio::time::timeout(MEMORY_READ_TIMEOUT, read_to.wait_for(|next| *next >= end))
-                    .await;
-            if !matches!(caught_up, Ok(Ok(_))) {
-                return false;
-            }
+        if let Err(e) = self.read_to_end().await {
+            tracing::debug!(error = %e, "quarantine memory: the state topic not read to its end");
+            return false;
         }
         self.memory.remembers(key, self.now_ms(), asking)
     }

@@ -17,7 +17,7 @@ use serde_json::json;
 use time::OffsetDateTime;
 use tokio::time::Instant;
 
-use netskope::scim::{GROUP_SCHEMA, add_members_patch, deactivate_patch};
+use netskope::scim::{GROUP_SCHEMA, active_patch, add_members_patch};
 use netskope::{AuditWindow, ErrorClass, NetskopeClient, NetskopeError, Op, Sent, UserRef};
 use offboarder_base::clock::WallClock;
 
@@ -48,6 +48,9 @@ pub fn outcome_error(e: &NetskopeError) -> OutcomeError {
 pub struct Report {
     pub status: Status,
     pub scim_user_id: Option<String>,
+    /// Whether the user was active before this action, when the lookup that found them said
+    /// so (a fresh one, not the cache).
+    pub user_was_active: Option<bool>,
     pub reason: Option<String>,
     pub error: Option<NetskopeError>,
     pub request: Option<RequestDescription>,
@@ -86,6 +89,7 @@ impl Report {
         Self {
             status: Status::Skipped,
             scim_user_id: None,
+            user_was_active: None,
             reason: Some(reason),
             error: None,
             request: None,
@@ -158,6 +162,29 @@ impl Executor {
         decision: &Decision,
         at: &Position,
     ) -> Result<Report, NetskopeError> {
+        self.run(user_name, None, decision, at).await
+    }
+
+    /// Reactivates the user with SCIM id `user_id` (named `user_name`): the id offboarder
+    /// deactivated, not whatever the name resolves to now, so that a new account that took
+    /// the name is never touched. `Err` only for a configuration fault.
+    pub async fn reactivate(
+        &self,
+        user_name: &str,
+        user_id: &str,
+        at: &Position,
+    ) -> Result<Report, NetskopeError> {
+        self.run(user_name, Some(user_id), &Decision::Reactivate, at)
+            .await
+    }
+
+    async fn run(
+        &self,
+        user_name: &str,
+        known_id: Option<&str>,
+        decision: &Decision,
+        at: &Position,
+    ) -> Result<Report, NetskopeError> {
         if let Decision::Skip { reason, .. } = decision {
             return Ok(Report::skipped(reason.clone()));
         }
@@ -171,11 +198,14 @@ impl Executor {
         let mut attempts = 0;
         loop {
             attempts += 1;
-            let error = match self.try_once(user_name, decision, at).await {
+            let error = match self.try_once(user_name, known_id, decision, at).await {
                 Ok(done) => {
+                    let (scim_user_id, user_was_active) =
+                        done.user.map_or((None, None), |u| (Some(u.id), u.active));
                     return Ok(Report {
                         status: done.status,
-                        scim_user_id: done.user.map(|u| u.id),
+                        scim_user_id,
+                        user_was_active,
                         reason: done.reason,
                         error: None,
                         request: done.request,
@@ -209,6 +239,7 @@ impl Executor {
             return Ok(Report {
                 status: Status::Failed,
                 scim_user_id: None,
+                user_was_active: None,
                 reason: exhausted.then(|| {
                     format!(
                         "transient faults lasted longer than pipeline.transient_retry_for ({}); the event went to the dead-letter topic for replay",
@@ -228,15 +259,26 @@ impl Executor {
     async fn try_once(
         &self,
         user_name: &str,
+        known_id: Option<&str>,
         decision: &Decision,
         at: &Position,
     ) -> Result<Done, NetskopeError> {
-        let user = self.client.resolve_user(user_name).await?;
+        let user = match known_id {
+            Some(id) => UserRef {
+                id: id.to_string(),
+                user_name: user_name.to_string(),
+                active: None,
+            },
+            None => self.client.resolve_user(user_name).await?,
+        };
         let result = self.act(&user, decision, at).await;
         // An id that vanished may be a stale cache entry (a user deleted and re-created):
-        // resolve afresh once before calling the user unknown.
+        // resolve afresh once before calling the user unknown. Not a known id: that user is
+        // the one meant, and a new account of the same name is someone else.
         match result {
-            Err(NetskopeError::NotFound { .. }) if !matches!(decision, Decision::Delete) => {
+            Err(NetskopeError::NotFound { .. })
+                if !matches!(decision, Decision::Delete) && known_id.is_none() =>
+            {
                 self.client.forget_user(user_name);
                 let fresh = self.client.resolve_user(user_name).await?;
                 if fresh.id == user.id {
@@ -269,13 +311,26 @@ impl Executor {
                 let request = RequestDescription {
                     method: "PATCH",
                     path: user_path,
-                    body: Some(deactivate_patch()),
+                    body: Some(active_patch(false)),
                 };
                 let check = Check::UserInactive { user_id };
                 if self.dry_run {
                     return Ok(done(Status::DryRun, request, check, None));
                 }
                 let sent = self.client.deactivate(&user.id).await?;
+                Ok(done(Status::Applied, request, check, Some(sent)))
+            }
+            Decision::Reactivate => {
+                let request = RequestDescription {
+                    method: "PATCH",
+                    path: user_path,
+                    body: Some(active_patch(true)),
+                };
+                let check = Check::UserActive { user_id };
+                if self.dry_run {
+                    return Ok(done(Status::DryRun, request, check, None));
+                }
+                let sent = self.client.reactivate(&user.id).await?;
                 Ok(done(Status::Applied, request, check, Some(sent)))
             }
             Decision::Delete => {

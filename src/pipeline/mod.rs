@@ -10,6 +10,7 @@
 //! | `consumer` | the consumer's context and rebalance callbacks, the join watchdog, the resume-gap check, fatal consumer errors, the start-up topic check |
 //! | `admission` | each record read: registered, decoded, validated, handed to its user's lane or to the dead-letter path; pausing and resuming reading under load and for the guard |
 //! | `process` | one valid event: policy, guard, executor, verification, outcome, offset finished |
+//! | `lifecycle` | a termination's place in the HR lifecycle before the guard (scheduled, due, rescinded) and its record after the action |
 //! | `drain` | shutdown: stop reading, let in-flight events finish within the grace period, report what is left open |
 //! | `shared` | what the parts share: the state read by the loop, the callbacks and the lanes; the handle; the run's error and summary |
 //! | [`config`] | the `[kafka]` and `[pipeline]` tables, librdkafka configs with the worker's guarantees |
@@ -38,6 +39,7 @@ pub mod dead_letter_limit;
 mod drain;
 pub mod executor;
 pub mod lanes;
+mod lifecycle;
 pub mod offsets;
 mod process;
 pub mod publish;
@@ -323,11 +325,19 @@ impl Pipeline {
 /// its `effective_at`.
 const SCHEDULE_TICK: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// Finished termination records older than `policy.rescind_window` are looked for once in
+/// this many ticks.
+const EXPIRE_EVERY_TICKS: u64 = 60;
+
 /// Publishes again, to their input topic, the scheduled terminations that came due on the
 /// partitions this worker holds ([`crate::guard::schedule`]), until the run stops. A firing
-/// that fails is tried again at the next tick.
+/// that fails is tried again at the next tick. Now and then, deletes the finished records of
+/// those partitions that are older than `policy.rescind_window`.
 async fn fire_due_terminations(core: Arc<Core>) {
     let clock = WallClock::new();
+    let keep_ms =
+        i64::try_from(core.policy.config().rescind_window.as_millis()).unwrap_or(i64::MAX);
+    let mut ticks = 0u64;
     loop {
         tokio::select! {
             _ = core.handle.stop.cancelled() => return,
@@ -358,6 +368,19 @@ async fn fire_due_terminations(core: Arc<Core>) {
                 Err(e) => {
                     tracing::warn!(error = %e, source_event_id = entry.event_id, "a due termination could not be published; trying again");
                     guard.schedule().unfire(&entry.event_id);
+                }
+            }
+        }
+        ticks += 1;
+        if ticks.is_multiple_of(EXPIRE_EVERY_TICKS) {
+            let expired = guard
+                .schedule()
+                .expired(now_ms.saturating_sub(keep_ms), |t, p| {
+                    owned.contains(&(t.to_string(), p))
+                });
+            for key in expired {
+                if let Err(e) = guard.forget_schedule(&key).await {
+                    tracing::debug!(error = %e, "an expired termination record not deleted; trying again later");
                 }
             }
         }

@@ -18,12 +18,13 @@ use offboarder_base::metric_names as m_names;
 
 use super::consumer::KafkaConsumer;
 use super::executor::Executor;
+use super::lifecycle::Plan;
 use super::offsets::Ticket;
-use super::publish::{Delivery, NOTHING, OnSent, Publisher, header_text};
+use super::publish::{Delivery, NOTHING, OnSent, Publisher};
 use super::shared::{PartitionWork, PipelineError, PipelineHandle, Shared};
 use super::transactions::Entered;
 use crate::event::Event;
-use crate::guard::{Admission, schedule};
+use crate::guard::Admission;
 use crate::outcome::{self, Action, Outcome, SourceRef, Status, Timestamps, VerificationEvidence};
 use crate::policy::{Decision, Policy};
 use crate::telemetry::EventTrace;
@@ -97,30 +98,6 @@ impl Job {
             trace_id: self.trace.trace_id.clone(),
         }
     }
-}
-
-/// Where a termination stands in the fleet's schedule, for [`Core::act`].
-#[derive(Default)]
-pub(super) struct Plan {
-    /// Said in the outcome: scheduled and now due, or backdated.
-    note: Option<String>,
-    /// The `effective_at` of a scheduled termination that came due.
-    effective: Option<time::OffsetDateTime>,
-    /// The schedule's entry of a termination that came due: marked done once it acted.
-    fired: Option<schedule::Scheduled>,
-}
-
-/// A termination in the future by less than this acts at once.
-const SCHEDULE_SLACK: time::Duration = time::Duration::seconds(1);
-/// A termination due longer ago than this says so in its outcome ("effective_at was in the
-/// past"), so that a backdated date is visible, not silently taken as now.
-const BACKDATED: time::Duration = time::Duration::minutes(1);
-/// Between tries to write a schedule entry while the state topic cannot be written.
-const SCHEDULE_RETRY: std::time::Duration = std::time::Duration::from_secs(2);
-
-fn rfc3339(t: time::OffsetDateTime) -> String {
-    t.format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
 }
 
 /// What the lanes and dead-letter tasks need, shared behind one `Arc`.
@@ -229,8 +206,9 @@ impl Core {
         }
         let decision = self.policy.decide(&job.event);
         tracing::Span::current().record("action", decision.action().as_str());
-        // Before the guard: a termination scheduled for later does not act now.
-        let Some((job, plan)) = self.plan_schedule(job, &decision).await else {
+        // Before the guard: a termination scheduled for later does not act now, and a rescind
+        // acts only on what offboarder did.
+        let Some((job, plan)) = self.plan_lifecycle(job, &decision).await else {
             return;
         };
         if matches!(decision, Decision::Deactivate | Decision::Delete) && !self.executor.dry_run() {
@@ -262,121 +240,15 @@ impl Core {
         Box::pin(self.clone().act(job, decision, plan)).await;
     }
 
-    /// A termination's place in the fleet's schedule ([`crate::guard::schedule`]). One whose
-    /// `effective_at` is in the future is written there and finishes with `scheduled` (`None`
-    /// returned). One that came due acts only if the schedule still holds it (else it
-    /// finishes `skipped`). One that acts now marks an earlier entry of the user done: the
-    /// latest HR event wins.
-    async fn plan_schedule(self: &Arc<Self>, job: Job, decision: &Decision) -> Option<(Job, Plan)> {
-        let Event::Termination(t) = &job.event else {
-            return Some((job, Plan::default()));
-        };
-        if !matches!(decision, Decision::Deactivate | Decision::Delete) {
-            return Some((job, Plan::default()));
-        }
-        let guard = &self.shared.guard;
-        let key = schedule::key(&t.user.user_name);
-        let current = guard.schedule().get(&key);
-        let effective = t.effective_at;
-        // The event id of a termination published again because it came due.
-        if let Some(fired) = header_text(&job.message, schedule::SCHEDULED_HEADER) {
-            return match current {
-                Some(entry) if entry.event_id == fired => Some((
-                    job,
-                    Plan {
-                        note: Some(format!(
-                            "scheduled for {}; acted when it came due",
-                            entry.effective_at
-                        )),
-                        effective,
-                        fired: Some(entry),
-                    },
-                )),
-                _ => {
-                    let mut outcome = job.outcome(decision, Status::Skipped);
-                    outcome.reason = Some(
-                        "no longer scheduled: a later HR event for this user replaced it".into(),
-                    );
-                    outcome.timestamps.effective = effective;
-                    self.send_outcome(job, outcome, None).await;
-                    None
-                }
-            };
-        }
-        let now = self.clock.now_datetime();
-        match effective {
-            Some(at) if at > now + SCHEDULE_SLACK => {
-                let entry = schedule::Scheduled {
-                    event_id: t.event_id.clone(),
-                    user_name: t.user.user_name.clone(),
-                    employee_id: t.user.employee_id.clone(),
-                    occurred_at: rfc3339(t.occurred_at),
-                    effective_at: rfc3339(at),
-                    due_ms: (at.unix_timestamp_nanos() / 1_000_000) as i64,
-                    source: t.source.clone(),
-                    reason: t.reason.clone(),
-                    topic: job.ticket.topic.clone(),
-                    partition: job.ticket.partition,
-                    done: false,
-                };
-                // The state topic holds the schedule: while it cannot be written, the event
-                // waits with its offset held, like a destructive action the guard cannot decide.
-                while let Err(e) = guard.write_schedule(entry.clone()).await {
-                    if self.failed.load(Ordering::SeqCst) || job.partition.draining() {
-                        return None;
-                    }
-                    tracing::warn!(error = %e, "cannot schedule the termination; retrying");
-                    tokio::time::sleep(SCHEDULE_RETRY).await;
-                }
-                let mut outcome = job.outcome(decision, Status::Scheduled);
-                outcome.reason = Some(format!(
-                    "effective_at is in the future: {} at {}",
-                    decision.action().as_str(),
-                    entry.effective_at
-                ));
-                outcome.timestamps.effective = Some(at);
-                tracing::info!(
-                    source_event_id = outcome.source_event_id,
-                    user = outcome.user_name,
-                    effective_at = entry.effective_at,
-                    "termination scheduled"
-                );
-                self.send_outcome(job, outcome, None).await;
-                None
-            }
-            _ => {
-                if let Some(entry) = current.filter(|e| !e.done) {
-                    let done = schedule::Scheduled {
-                        done: true,
-                        ..entry
-                    };
-                    if let Err(e) = guard.write_schedule(done).await {
-                        tracing::warn!(error = %e, "an earlier scheduled termination of this user could not be marked done; it will act again when due (idempotently)");
-                    }
-                }
-                let note = effective.filter(|at| *at + BACKDATED < now).map(|at| {
-                    format!(
-                        "effective_at was in the past ({}): acted at once",
-                        rfc3339(at)
-                    )
-                });
-                Some((
-                    job,
-                    Plan {
-                        note,
-                        effective: None,
-                        fired: None,
-                    },
-                ))
-            }
-        }
-    }
-
     /// Carries out an admitted event's decision and publishes its outcome.
     pub(super) async fn act(self: Arc<Self>, job: Job, decision: Decision, plan: Plan) {
         let user_name = job.event.user_name().to_string();
         let at = job.ticket.position();
-        let mut report = match self.executor.execute(&user_name, &decision, &at).await {
+        let run = match &plan.reactivate {
+            Some(user_id) => self.executor.reactivate(&user_name, user_id, &at).await,
+            None => self.executor.execute(&user_name, &decision, &at).await,
+        };
+        let mut report = match run {
             Ok(report) => report,
             Err(e) => return self.fail(PipelineError::Netskope(e)),
         };
@@ -400,18 +272,8 @@ impl Core {
                 return;
             }
         }
-        if let Some(fired) = plan.fired
-            && report.status != Status::Failed
-        {
-            // Done, so that the owner does not fire it again; a delivery of this event after a
-            // crash still finds it (done, same event) and acts again, idempotently.
-            let done = schedule::Scheduled {
-                done: true,
-                ..fired
-            };
-            if let Err(e) = self.shared.guard.write_schedule(done).await {
-                tracing::warn!(error = %e, "a scheduled termination that acted could not be marked done; a restarted worker fires it again (idempotently)");
-            }
+        if let Some(entry) = plan.entry {
+            self.record_lifecycle(&job, &decision, entry, &report).await;
         }
         let mut outcome = job.outcome(&decision, report.status);
         outcome.scim_user_id = report.scim_user_id;
@@ -457,7 +319,7 @@ impl Core {
 
     /// Publishes `outcome` of `job`, then finishes the event (after its verification, when
     /// there is one to wait for).
-    async fn send_outcome(
+    pub(super) async fn send_outcome(
         self: &Arc<Self>,
         job: Job,
         outcome: Outcome,

@@ -26,6 +26,9 @@ pub enum OperatorAction {
     Quarantine,
     /// Take the user out of the quarantine group (a cleared risk signal).
     Release,
+    /// Withdraw the user's termination (a rescind): cancel it if it has not acted yet, and
+    /// reactivate the user if offboarder deactivated them and `policy.allow_reactivation` is on.
+    Reactivate,
 }
 
 /// The event published: its id, topic, partition and offset.
@@ -67,6 +70,10 @@ pub fn event(
             e["severity"] = json!("critical");
             e["state"] = json!("cleared");
             EventKind::RiskSignal
+        }
+        OperatorAction::Reactivate => {
+            e["rescinded"] = json!(true);
+            EventKind::Termination
         }
     };
     (kind, e)
@@ -141,6 +148,7 @@ mod tests {
             (OperatorAction::Deactivate, "deactivate"),
             (OperatorAction::Quarantine, "quarantine"),
             (OperatorAction::Release, "release"),
+            (OperatorAction::Reactivate, "reactivate"),
         ] {
             let (kind, e) = event(action, "ann@example.com", "ticket 42", "jo", now);
             assert_eq!(e["source"], "operator:jo");

@@ -47,6 +47,7 @@ pub enum Op {
     ResolveUser,
     GetUser,
     Deactivate,
+    Reactivate,
     DeleteUser,
     FindGroup,
     CreateGroup,
@@ -62,6 +63,7 @@ impl Op {
             Op::ResolveUser => "resolve_user",
             Op::GetUser => "get_user",
             Op::Deactivate => "deactivate",
+            Op::Reactivate => "reactivate",
             Op::DeleteUser => "delete_user",
             Op::FindGroup => "find_group",
             Op::CreateGroup => "create_group",
@@ -79,7 +81,7 @@ impl Op {
             | Op::FindGroup
             | Op::GetGroupMembers
             | Op::AuditPage => "GET",
-            Op::Deactivate | Op::PatchMembers => "PATCH",
+            Op::Deactivate | Op::Reactivate | Op::PatchMembers => "PATCH",
             Op::DeleteUser => "DELETE",
             Op::CreateGroup => "POST",
         }
@@ -89,7 +91,7 @@ impl Op {
     pub fn route(self) -> &'static str {
         match self {
             Op::ListUsers | Op::ResolveUser => "/Users",
-            Op::GetUser | Op::Deactivate | Op::DeleteUser => "/Users/{id}",
+            Op::GetUser | Op::Deactivate | Op::Reactivate | Op::DeleteUser => "/Users/{id}",
             Op::FindGroup | Op::CreateGroup => "/Groups",
             Op::PatchMembers | Op::GetGroupMembers => "/Groups/{id}",
             Op::AuditPage => "/api/v2/events/data/audit",
@@ -100,9 +102,12 @@ impl Op {
     /// privilege it needs. Netskope scopes tokens per endpoint, and a 403 says nothing else.
     pub fn scope(self) -> (&'static str, &'static str) {
         let endpoint = match self {
-            Op::ListUsers | Op::ResolveUser | Op::GetUser | Op::Deactivate | Op::DeleteUser => {
-                "/api/v2/scim/Users"
-            }
+            Op::ListUsers
+            | Op::ResolveUser
+            | Op::GetUser
+            | Op::Deactivate
+            | Op::Reactivate
+            | Op::DeleteUser => "/api/v2/scim/Users",
             Op::FindGroup | Op::CreateGroup | Op::PatchMembers | Op::GetGroupMembers => {
                 "/api/v2/scim/Groups"
             }

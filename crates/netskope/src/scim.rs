@@ -30,6 +30,10 @@ pub struct UserRef {
     pub id: String,
     /// The user name as the server spells it (it may differ in case from the event's).
     pub user_name: String,
+    /// Whether the user was active when the lookup that found it was answered; `None` when it
+    /// came from the cache (that state may be stale) or the server left `active` out. Kept so
+    /// that a rescind never reactivates a user who was inactive before offboarder acted.
+    pub active: Option<bool>,
 }
 
 /// A user as read back from the server.
@@ -99,8 +103,13 @@ fn patch_op(operations: Vec<Value>) -> Value {
 
 /// The body of a deactivation: `PATCH /Users/{id}` with `active=false`.
 pub fn deactivate_patch() -> Value {
+    active_patch(false)
+}
+
+/// The body of `PATCH /Users/{id}` that sets `active`: `false` deactivates, `true` reactivates.
+pub fn active_patch(active: bool) -> Value {
     patch_op(vec![
-        json!({"op": "replace", "path": "active", "value": false}),
+        json!({"op": "replace", "path": "active", "value": active}),
     ])
 }
 
@@ -154,7 +163,10 @@ impl NetskopeClient {
         check_name(op, user_name)?;
         let key = user_name.to_lowercase();
         if let Some(hit) = self.users.get(&key) {
-            return Ok(hit);
+            return Ok(UserRef {
+                active: None,
+                ..hit
+            });
         }
         let found = self
             .find_one::<ScimUser>(op, "Users", "userName", user_name, &[], |u| &u.user_name)
@@ -166,6 +178,7 @@ impl NetskopeClient {
         let found = UserRef {
             id: found.id,
             user_name: found.user_name,
+            active: found.active,
         };
         self.users.insert(key, found.clone());
         Ok(found)
@@ -223,9 +236,18 @@ impl NetskopeClient {
 
     /// `PATCH /Users/{id}` with `active=false`. Repeating it is harmless.
     pub async fn deactivate(&self, id: &str) -> Result<Sent, NetskopeError> {
-        let op = Op::Deactivate;
+        self.set_active(Op::Deactivate, id, false).await
+    }
+
+    /// `PATCH /Users/{id}` with `active=true`: undoes a deactivation (a rescinded termination).
+    /// Repeating it is harmless.
+    pub async fn reactivate(&self, id: &str) -> Result<Sent, NetskopeError> {
+        self.set_active(Op::Reactivate, id, true).await
+    }
+
+    async fn set_active(&self, op: Op, id: &str, active: bool) -> Result<Sent, NetskopeError> {
         let url = self.scim_url(&["Users", id]);
-        let body = deactivate_patch().to_string().into_bytes();
+        let body = active_patch(active).to_string().into_bytes();
         let reply = self
             .transport
             .send(&self.scim_token, op, |http| {
@@ -236,16 +258,19 @@ impl NetskopeClient {
             .await?;
         match reply.status {
             200..=299 => {
-                // A 200 may carry the user: if it says the user is still active, the server
-                // accepted the request without doing it, and that must not pass as done.
+                // A 200 may carry the user: if it shows the other state, the server accepted
+                // the request without doing it, and that must not pass as done.
                 if !reply.body.is_empty()
                     && let Ok(user) = serde_json::from_slice::<ScimUser>(&reply.body)
-                    && user.active == Some(true)
+                    && user.active == Some(!active)
                 {
+                    let state = if active { "inactive" } else { "active" };
                     return Err(NetskopeError::InvalidResponse {
                         op,
                         status: reply.status,
-                        reason: "the server answered success but the user is still active".into(),
+                        reason: format!(
+                            "the server answered success but the user is still {state}"
+                        ),
                     });
                 }
                 Ok(Sent::one(reply.server_window))
