@@ -1,8 +1,9 @@
 //! `offboarder demo`: the whole worker, end to end, with nothing installed.
 //!
 //! It starts librdkafka's in-process mock Kafka cluster and the Netskope tenant simulator (ten
-//! seeded users), publishes a set of sample events (terminations, risk signals above and below
-//! the threshold, a repeat, a cleared signal, a protected user, invalid events), runs the real
+//! seeded users), publishes a set of sample events (terminations, one dated a few seconds ahead,
+//! one scheduled and then rescinded, risk signals above and below the threshold, a repeat, a
+//! cleared signal, a protected user, invalid events), runs the real
 //! pipeline until every event has its final outcome (applied actions: verified against the
 //! simulator's audit trail, which indexes with a one-second lag) or dead letter, and prints
 //! what happened.
@@ -35,7 +36,12 @@ struct Sample {
     payload: Vec<u8>,
     /// Whether it passes validation (else it ends in the dead-letter topic).
     valid: bool,
+    /// Scheduled to act during the demo: it comes again when due, with outcomes of its own.
+    fires: bool,
 }
+
+/// The scheduled termination acts this long after the demo publishes it.
+const SCHEDULED_IN: time::Duration = time::Duration::seconds(4);
 
 fn samples() -> Vec<Sample> {
     let now = "2026-11-25T09:00:00Z";
@@ -43,6 +49,19 @@ fn samples() -> Vec<Sample> {
         json!({"event_id": id, "occurred_at": now, "user": {"user_name": user},
                "source": "workday", "reason": "termination"})
     };
+    let rfc3339 = |t: time::OffsetDateTime| {
+        t.format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default()
+    };
+    let started = time::OffsetDateTime::now_utc();
+    let dated = |id: &str, user: &str, at: time::OffsetDateTime| {
+        let mut e = term(id, user);
+        e["effective_at"] = rfc3339(at).into();
+        e
+    };
+    let mut rescind = term("hr-1007", "user8@example.com");
+    rescind["rescinded"] = true.into();
+    rescind["reason"] = "termination entered in error".into();
     let risk = |id: &str, user: &str, extra: Value| {
         let mut e = json!({"event_id": id, "occurred_at": now, "user": {"user_name": user},
                            "source": "crowdstrike"});
@@ -57,6 +76,7 @@ fn samples() -> Vec<Sample> {
         user,
         payload,
         valid: true,
+        fires: false,
     };
     let mut samples: Vec<Sample> = [
         (
@@ -84,6 +104,16 @@ fn samples() -> Vec<Sample> {
             "breakglass@example.com",
             bytes(term("hr-1004", "breakglass@example.com")),
         ),
+        (
+            true,
+            "user8@example.com",
+            bytes(dated(
+                "hr-1006",
+                "user8@example.com",
+                started + time::Duration::days(14),
+            )),
+        ),
+        (true, "user8@example.com", bytes(rescind)),
         (
             false,
             "user3@example.com",
@@ -134,10 +164,23 @@ fn samples() -> Vec<Sample> {
     .map(valid)
     .collect();
     samples.push(Sample {
+        fires: true,
+        ..valid((
+            true,
+            "user7@example.com",
+            bytes(dated(
+                "hr-1005",
+                "user7@example.com",
+                started + SCHEDULED_IN,
+            )),
+        ))
+    });
+    samples.push(Sample {
         hr: true,
         user: "garbage",
         payload: b"this is not JSON".to_vec(),
         valid: false,
+        fires: false,
     });
     samples.push(Sample {
         hr: false,
@@ -145,6 +188,7 @@ fn samples() -> Vec<Sample> {
         // Neither a risk score nor a severity: a schema violation.
         payload: bytes(risk("xdr-2006", "user6@example.com", json!({}))),
         valid: false,
+        fires: false,
     });
     samples
 }
@@ -197,6 +241,8 @@ pub async fn run(print_records: bool) -> Result<(), Box<dyn std::error::Error>> 
     sandbox.publish(&records).await?;
     let invalid = samples.iter().filter(|s| !s.valid).count();
     let valid = samples.len() - invalid;
+    // A scheduled termination that comes due adds a record with outcomes of its own.
+    let finals_expected = valid + samples.iter().filter(|s| s.fires).count();
     println!(
         "Published {} events ({valid} valid, {invalid} invalid) to {} and {}\n",
         samples.len(),
@@ -213,7 +259,7 @@ pub async fn run(print_records: bool) -> Result<(), Box<dyn std::error::Error>> 
         |m: &rdkafka::message::OwnedMessage| !sandbox::text(m).contains(r#""status":"applied""#);
     let outcomes = sandbox
         .read(&sandbox.topics.outcomes, Duration::from_secs(60), |read| {
-            read.iter().filter(|m| is_final(m)).count() >= valid
+            read.iter().filter(|m| is_final(m)).count() >= finals_expected
         })
         .await?;
     let dead = sandbox
@@ -227,7 +273,7 @@ pub async fn run(print_records: bool) -> Result<(), Box<dyn std::error::Error>> 
     let summary = worker.await??;
 
     println!(
-        "{:<10} {:<24} {:<11} {:<8} {:<60} verification",
+        "{:<10} {:<24} {:<11} {:<10} {:<60} verification",
         "event", "user", "action", "result", "detail"
     );
     // One row per input event, in sample order (event id, then position), with its action
@@ -270,7 +316,7 @@ pub async fn run(print_records: bool) -> Result<(), Box<dyn std::error::Error>> 
             )
         });
         println!(
-            "{:<10} {:<24} {:<11} {:<8} {:<60} {}",
+            "{:<10} {:<24} {:<11} {:<10} {:<60} {}",
             o["source_event_id"].as_str().unwrap_or(""),
             o["user_name"].as_str().unwrap_or(""),
             o["action"].as_str().unwrap_or(""),
@@ -325,7 +371,7 @@ pub async fn run(print_records: bool) -> Result<(), Box<dyn std::error::Error>> 
     println!("\nSimulator state after the run:");
     println!("{:<20} {:<8} groups", "user", "active");
     let members = sandbox.sim.group_members(GROUP).unwrap_or_default();
-    for n in 1..=6 {
+    for n in 1..=8 {
         let name = format!("user{n}@example.com");
         if let Some(u) = sandbox.sim.user(&name) {
             println!(
@@ -354,9 +400,9 @@ pub async fn run(print_records: bool) -> Result<(), Box<dyn std::error::Error>> 
         summary.left_open
     );
     let finals = outcomes.iter().filter(|m| is_final(m)).count();
-    if finals < valid || dead.len() < invalid {
+    if finals < finals_expected || dead.len() < invalid {
         return Err(format!(
-            "expected {valid} final outcomes and {invalid} dead letters, got {finals} and {}",
+            "expected {finals_expected} final outcomes and {invalid} dead letters, got {finals} and {}",
             dead.len()
         )
         .into());

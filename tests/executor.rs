@@ -1032,5 +1032,8 @@ async fn only_a_fresh_lookup_says_whether_the_user_was_active_before() {
         .await
         .unwrap();
     assert_eq!(cached.status, Status::Applied);
-    assert_eq!(cached.user_was_active, None, "the cache's state may be stale");
+    assert_eq!(
+        cached.user_was_active, None,
+        "the cache's state may be stale"
+    );
 }
