@@ -36,7 +36,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use tokio::sync::{mpsc, oneshot};
 
-use netskope::{AuditEvent, AuditWindow, ErrorClass, NetskopeClient, NetskopeError};
+use netskope::{AuditCursor, AuditEvent, AuditWindow, ErrorClass, NetskopeClient, NetskopeError};
 use offboarder_base::clock::WallClock;
 use offboarder_base::metric_names as names;
 
@@ -301,6 +301,7 @@ impl Verifier {
             clock: WallClock::new(),
             waiting: Vec::new(),
             seen: HashMap::new(),
+            cursor: None,
             pending: pending.clone(),
             actor: config_actor,
         };
@@ -368,8 +369,11 @@ struct Poller {
     clock: WallClock,
     waiting: Vec<Waiting>,
     /// Audit `_id`s already used to verify a request, with their timestamps, so that one event
-    /// never verifies two requests; pruned as the window moves on.
+    /// never verifies two requests (the cursor may read one again after a rewind); pruned as
+    /// the oldest window moves on.
     seen: HashMap<String, u64>,
+    /// Where reading the audit trail goes on from; `None` until the first read.
+    cursor: Option<AuditCursor>,
     pending: Arc<AtomicUsize>,
     /// Whose audit events can verify ours: `verify.audit_user`, or the `user` of the first
     /// audit event that matched one of our requests inside its window (this token's own name
@@ -394,6 +398,14 @@ impl Poller {
                                 w.superseded_by = Some(action.expected.check.describe());
                             }
                         }
+                        // Its audit event may lie behind where reading has got to (a poll
+                        // ran between the request and now): read from its window again.
+                        let start = self.window_of_action(&action).start;
+                        if let Some(cursor) = &mut self.cursor
+                            && start < cursor.from()
+                        {
+                            cursor.move_to(start);
+                        }
                         self.waiting.push(Waiting {
                             action,
                             reply,
@@ -416,7 +428,7 @@ impl Poller {
         }
         let now = self.clock.now_secs();
         if self.mode.uses_audit() && self.waiting.iter().any(|w| w.matched.is_none()) {
-            self.read_audit(now).await;
+            self.read_audit().await;
         }
         let timeout = self.config.timeout.as_secs();
         // Read back what is due, reading each group's members once per poll.
@@ -489,80 +501,60 @@ impl Poller {
     /// Where the audit event of `w`'s request must lie, by the server's clock: the window its
     /// answer gave, or, without a `Date` in the answer, `clock_skew` around when it came.
     fn window_of(&self, w: &Waiting) -> AuditWindow {
-        w.action.expected.server_window.unwrap_or_else(|| {
+        self.window_of_action(&w.action)
+    }
+
+    fn window_of_action(&self, action: &Pending) -> AuditWindow {
+        action.expected.server_window.unwrap_or_else(|| {
             let skew = self.config.clock_skew.as_secs();
             AuditWindow {
-                start: w.action.acted_at.saturating_sub(skew),
-                end: w.action.acted_at + skew,
+                start: action.acted_at.saturating_sub(skew),
+                end: action.acted_at + skew,
             }
         })
     }
 
-    /// Reads the audit window page by page and marks the requests its events verify.
-    async fn read_audit(&mut self, now: u64) {
-        let skew = self.config.clock_skew.as_secs();
-        let windows: Vec<AuditWindow> = self
+    /// Reads the audit events inserted since the last read, page by page, and marks the
+    /// requests they verify. Each event is read once: the cost follows the audit volume, not
+    /// the number of actions waiting or how long they wait.
+    async fn read_audit(&mut self) {
+        // An event that can verify a waiting action was inserted no earlier than the start of
+        // that action's window (Netskope indexes an event after it happens).
+        let Some(start) = self
             .waiting
             .iter()
             .filter(|w| w.matched.is_none())
-            .map(|w| self.window_of(w))
-            .collect();
-        let window = AuditWindow {
-            start: windows.iter().map(|w| w.start).min().unwrap_or(now),
-            end: windows
-                .iter()
-                .map(|w| w.end)
-                .max()
-                .unwrap_or(now)
-                .max(now + skew),
+            .map(|w| self.window_of(w).start)
+            .min()
+        else {
+            return;
         };
-        self.seen.retain(|_, ts| *ts >= window.start);
-        let limit = self.config.page_limit;
-        let mut events: Vec<AuditEvent> = Vec::new();
-        let mut ids: HashSet<String> = HashSet::new();
-        let mut previous_first: Option<String> = None;
-        let mut offset = 0u64;
-        for page_number in 0..self.config.max_pages {
-            let page = match self.client.audit_page(window, limit, offset).await {
-                Ok(page) => page,
-                Err(e) if e.class() == ErrorClass::Config => {
-                    tracing::warn!(
-                        error = %e,
-                        "the audit trail refused the token; verifying by read-back only from now on"
-                    );
-                    self.mode = VerifyMode::Readback;
-                    return;
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "audit poll failed; trying again at the next poll");
-                    break;
-                }
-            };
-            let first = page.first().map(|e| e.id.clone());
-            if page_number > 0 && first.is_some() && first == previous_first {
-                tracing::warn!(
-                    "the audit endpoint returned the same page twice: it ignores the paging parameter (check netskope.audit_paging_param)"
-                );
-                break;
-            }
-            previous_first = first;
-            let short = (page.len() as u32) < limit;
-            offset += page.len() as u64;
-            for e in page {
-                if ids.insert(e.id.clone()) {
-                    events.push(e);
-                }
-            }
-            if short {
-                break;
-            }
-            if page_number + 1 == self.config.max_pages {
-                tracing::warn!(
-                    pages = self.config.max_pages,
-                    "the audit window holds more events than verify.max_pages reads; unmatched actions will be read back"
-                );
-            }
+        self.seen.retain(|_, ts| *ts >= start);
+        let cursor = self
+            .cursor
+            .get_or_insert_with(|| AuditCursor::starting_at(start));
+        if start > cursor.from() {
+            cursor.move_to(start);
         }
+        let read = self
+            .client
+            .read_audit(cursor, self.config.page_limit, self.config.max_pages)
+            .await;
+        let mut events = match read {
+            Ok(read) => read.events,
+            Err(e) if e.class() == ErrorClass::Config => {
+                tracing::warn!(
+                    error = %e,
+                    "the audit trail refused the token; verifying by read-back only from now on"
+                );
+                self.mode = VerifyMode::Readback;
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "audit poll failed; trying again at the next poll");
+                return;
+            }
+        };
         events.sort_by_key(|e| e.timestamp);
         for e in events {
             if self.seen.contains_key(&e.id) {

@@ -12,7 +12,7 @@ use wiremock::matchers::{body_json, header, method, path, query_param, query_par
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
 use netskope::config::{AuthHeader, PagingParam, RemoveStyle};
-use netskope::{AuditWindow, ErrorClass, NetskopeClient, NetskopeConfig, NetskopeError, Tokens};
+use netskope::{ErrorClass, Inserted, NetskopeClient, NetskopeConfig, NetskopeError, Tokens};
 
 const TOKEN: &str = "test-token-9f8e7d6c";
 const USERS: &str = "/api/v2/scim/Users";
@@ -177,7 +177,14 @@ async fn forbidden_with_an_empty_body_names_the_endpoint_and_is_not_retried() {
         .await;
     let c = client(&server);
     let err = c
-        .audit_page(AuditWindow { start: 1, end: 2 }, 100, 0)
+        .audit_page(
+            Inserted {
+                from: 1,
+                to: Some(2),
+            },
+            100,
+            0,
+        )
         .await
         .unwrap_err();
     assert_eq!(err.class(), ErrorClass::Config);
@@ -345,8 +352,8 @@ async fn audit_pages_parse_under_result_or_data_with_the_configured_paging_name(
         .and(path(AUDIT))
         .and(query_param("offset", "0"))
         .and(query_param("limit", "5000"))
-        .and(query_param("starttime", "1700000000"))
-        .and(query_param("endtime", "1700000200"))
+        .and(query_param("insertionstarttime", "1700000000"))
+        .and(query_param("insertionendtime", "1700000200"))
         .and(query_param_is_missing("skip"))
         .respond_with(ResponseTemplate::new(200).set_body_json(json!({"ok": 1, "result": [event]})))
         .expect(1)
@@ -360,9 +367,9 @@ async fn audit_pages_parse_under_result_or_data_with_the_configured_paging_name(
         .expect(1)
         .mount(&server)
         .await;
-    let window = AuditWindow {
-        start: 1_700_000_000,
-        end: 1_700_000_200,
+    let window = Inserted {
+        from: 1_700_000_000,
+        to: Some(1_700_000_200),
     };
     let with_offset = client(&server);
     let a = with_offset.audit_page(window, 10_000, 0).await.unwrap();
@@ -431,8 +438,10 @@ async fn resolve_is_case_insensitive_cached_and_refuses_ambiguity() {
     let a = c.resolve_user("Alice@Corp.com").await.unwrap();
     assert_eq!(a.id, "u-a");
     assert_eq!(a.user_name, "alice@corp.com");
-    // Any spelling hits the cache.
-    assert_eq!(c.resolve_user("ALICE@corp.com").await.unwrap(), a);
+    // Any spelling hits the cache, which does not claim to know whether the user is active.
+    let cached = c.resolve_user("ALICE@corp.com").await.unwrap();
+    assert_eq!((&cached.id, &cached.user_name), (&a.id, &a.user_name));
+    assert_eq!(cached.active, None);
     let err = c.resolve_user("bob@corp.com").await.unwrap_err();
     assert!(
         matches!(err, NetskopeError::Ambiguous { count: 2, .. }),

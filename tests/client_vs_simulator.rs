@@ -7,7 +7,7 @@ use std::time::Duration;
 use secrecy::SecretString;
 
 use netskope::config::{PagingParam, RemoveStyle};
-use netskope::{AuditWindow, ErrorClass, NetskopeClient, NetskopeConfig, NetskopeError, Tokens};
+use netskope::{ErrorClass, Inserted, NetskopeClient, NetskopeConfig, NetskopeError, Tokens};
 use netskope_sim::{AuditPaging, AuditWrapper, SimArgs, SimHandle};
 
 const SCIM_TOKEN: &str = "sim-scim-token";
@@ -63,10 +63,7 @@ fn answered(sim: &SimHandle, pick: impl Fn(u16) -> bool) -> u64 {
 
 /// All events in a wide window, paged.
 async fn all_audit_events(c: &NetskopeClient, limit: u32) -> Vec<netskope::AuditEvent> {
-    let window = AuditWindow {
-        start: 0,
-        end: u64::MAX / 2,
-    };
+    let window = Inserted { from: 0, to: None };
     let mut out = Vec::new();
     let mut offset = 0;
     for _ in 0..50 {
@@ -323,7 +320,14 @@ async fn a_scim_only_token_gets_a_scope_error_on_audit() {
     let sim = seeded(1).await;
     let c = client_with(&config(&sim), SCIM_TOKEN, None);
     let err = c
-        .audit_page(AuditWindow { start: 0, end: 1 }, 10, 0)
+        .audit_page(
+            Inserted {
+                from: 0,
+                to: Some(1),
+            },
+            10,
+            0,
+        )
         .await
         .unwrap_err();
     assert!(matches!(err, NetskopeError::Forbidden { .. }), "{err}");

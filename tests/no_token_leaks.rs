@@ -10,7 +10,7 @@ use serde_json::json;
 use wiremock::matchers::{header, method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
-use netskope::{AuditWindow, NetskopeClient, NetskopeConfig, Tokens};
+use netskope::{Inserted, NetskopeClient, NetskopeConfig, Tokens};
 use support::CapturedLogs;
 
 const SCIM_TOKEN: &str = "scim-SECRET-4b1d2c3e";
@@ -102,7 +102,14 @@ async fn no_token_in_logs_errors_or_debug_output() {
         client.deactivate("u400").await.unwrap_err(),
         client.deactivate("u429").await.unwrap_err(),
         client
-            .audit_page(AuditWindow { start: 0, end: 1 }, 10, 0)
+            .audit_page(
+                Inserted {
+                    from: 0,
+                    to: Some(1),
+                },
+                10,
+                0,
+            )
             .await
             .unwrap_err(),
         client.resolve_user("a@x.com").await.unwrap_err(),

@@ -161,6 +161,59 @@ async fn five_hundred_actions_cost_one_audit_poll_per_interval() {
     assert_eq!(verifier.pending(), 0);
 }
 
+/// Each audit event is read once. 3,000 unrelated events precede the actions in the trail:
+/// more than one poll reads (5 pages of 100). Re-reading from the window's start at every poll
+/// would never get past them; the cursor does, and every action is verified by audit, with
+/// the pages read near the trail's volume over the page size, in either order of results.
+#[tokio::test(start_paused = true)]
+async fn the_audit_trail_is_read_once_whatever_its_volume_and_order() {
+    fine_grained_clock();
+    for order in [
+        netskope_sim::AuditOrder::OldestFirst,
+        netskope_sim::AuditOrder::NewestFirst,
+    ] {
+        let args = SimArgs {
+            users: 20,
+            audit_lag_secs: 5,
+            rate_limit_per_min: 0,
+            audit_order: order,
+            ..SimArgs::default()
+        };
+        let (scim, events) = (args.scim_token.clone(), args.events_token.clone());
+        let sim = netskope_sim::start(args).await.unwrap();
+        let client = client_for(&sim.base_url(), &scim, Some(&events));
+        sim.record_unrelated_audit("another-admin", 3_000);
+        let mut cfg = config(VerifyMode::AuditThenReadback);
+        cfg.page_limit = 100;
+        cfg.max_pages = 5;
+        let verifier = Verifier::spawn(client.clone(), cfg.clone(), cfg.mode);
+        let started = Instant::now();
+        let mut receivers = Vec::new();
+        for n in 1..=20 {
+            let pending = deactivate(&client, &user(n)).await;
+            receivers.push(verifier.submit(pending).await);
+        }
+        let results = answers(receivers).await;
+        let elapsed = started.elapsed();
+        assert!(
+            results.iter().all(|v| v.verified && v.method == "audit"),
+            "{order:?}: {:?}",
+            results
+                .iter()
+                .find(|v| !(v.verified && v.method == "audit"))
+        );
+        let pages = sim.stats().count("GET /api/v2/events/data/audit");
+        let polls = elapsed.as_secs().div_ceil(POLL.as_secs());
+        println!(
+            "{order:?}: 20 actions behind 3,000 unrelated audit events verified in {elapsed:?} with {pages} audit pages ({polls} polls)"
+        );
+        assert!(
+            pages <= 3_020 / 100 + 1 + polls,
+            "{order:?}: {pages} pages for 3,020 events in {polls} polls"
+        );
+    }
+}
+
 /// Serves the audit endpoint from a script of pages keyed by offset; events are
 /// `Rest API V2 Call`s for `PATCH /api/v2/scim/Users/<user>`.
 fn audit_event(id: &str, user_id: &str, now: u64) -> Value {

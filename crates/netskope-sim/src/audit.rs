@@ -42,6 +42,16 @@ pub enum AuditWrapper {
     Data,
 }
 
+/// The order of the events in an answer (over all its pages).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum AuditOrder {
+    /// By `timestamp`, oldest first.
+    #[default]
+    OldestFirst,
+    /// By `timestamp`, newest first.
+    NewestFirst,
+}
+
 /// Largest page the endpoint returns, as documented by Netskope.
 pub(crate) const MAX_LIMIT: usize = 5_000;
 /// Page size when the client sends no `limit`.
@@ -136,8 +146,8 @@ impl AuditLog {
     }
 
     /// The page of events visible at `now_secs` that `query` asks for, ordered by
-    /// (`timestamp`, insertion order).
-    pub(crate) fn query(&self, now_secs: u64, query: &AuditQuery) -> Vec<Value> {
+    /// (`timestamp`, insertion order), or the reverse.
+    pub(crate) fn query(&self, now_secs: u64, query: &AuditQuery, order: AuditOrder) -> Vec<Value> {
         let lag = self.lag_secs;
         let mut visible: Vec<&AuditEvent> = self
             .events
@@ -153,6 +163,9 @@ impl AuditLog {
             .collect();
         // Events are appended in time order already; the stable sort only guards the invariant.
         visible.sort_by_key(|e| e.timestamp);
+        if order == AuditOrder::NewestFirst {
+            visible.reverse();
+        }
         visible
             .into_iter()
             .skip(query.offset)
@@ -201,7 +214,9 @@ pub(crate) async fn audit_events(State(sim): State<Arc<Sim>>, RawQuery(q): RawQu
         Ok(query) => query,
         Err(message) => return small_json(StatusCode::BAD_REQUEST, &message),
     };
-    let events = sim.audit().query(sim.wall.now_secs(), &query);
+    let events = sim
+        .audit()
+        .query(sim.wall.now_secs(), &query, sim.audit_order);
     let key = match sim.audit_wrapper {
         AuditWrapper::Result => "result",
         AuditWrapper::Data => "data",
@@ -233,18 +248,30 @@ mod tests {
         );
         assert_eq!(log.len(), 1);
         assert!(
-            log.query(clock.now_secs(), &AuditQuery::default())
-                .is_empty()
+            log.query(
+                clock.now_secs(),
+                &AuditQuery::default(),
+                AuditOrder::OldestFirst
+            )
+            .is_empty()
         );
 
         tokio::time::advance(Duration::from_secs(119)).await;
         assert!(
-            log.query(clock.now_secs(), &AuditQuery::default())
-                .is_empty()
+            log.query(
+                clock.now_secs(),
+                &AuditQuery::default(),
+                AuditOrder::OldestFirst
+            )
+            .is_empty()
         );
 
         tokio::time::advance(Duration::from_secs(1)).await;
-        let events = log.query(clock.now_secs(), &AuditQuery::default());
+        let events = log.query(
+            clock.now_secs(),
+            &AuditQuery::default(),
+            AuditOrder::OldestFirst,
+        );
         assert_eq!(events.len(), 1);
         let event = &events[0];
         assert_eq!(event["timestamp"], json!(T0));
@@ -311,18 +338,32 @@ mod tests {
             limit: 2,
             ..AuditQuery::default()
         };
-        let page: Vec<_> = log.query(T0 + 100, &q).iter().map(path).collect();
+        let page: Vec<_> = log
+            .query(T0 + 100, &q, AuditOrder::OldestFirst)
+            .iter()
+            .map(path)
+            .collect();
         assert_eq!(page, [Some("/p/3".to_string()), Some("/p/4".to_string())]);
+        let newest: Vec<_> = log
+            .query(T0 + 100, &q, AuditOrder::NewestFirst)
+            .iter()
+            .map(path)
+            .collect();
+        assert_eq!(newest, [Some("/p/5".to_string()), Some("/p/4".to_string())]);
 
         let q = AuditQuery {
             start: Some(T0 + 8),
             ..AuditQuery::default()
         };
-        assert_eq!(log.query(T0 + 100, &q).len(), 2);
+        assert_eq!(log.query(T0 + 100, &q, AuditOrder::OldestFirst).len(), 2);
         // Not yet "now": events from the future are not visible.
-        assert_eq!(log.query(T0 + 4, &AuditQuery::default()).len(), 5);
+        assert_eq!(
+            log.query(T0 + 4, &AuditQuery::default(), AuditOrder::OldestFirst)
+                .len(),
+            5
+        );
         let ids: std::collections::HashSet<_> = log
-            .query(T0 + 100, &AuditQuery::default())
+            .query(T0 + 100, &AuditQuery::default(), AuditOrder::OldestFirst)
             .iter()
             .map(|e| e["_id"].clone())
             .collect();

@@ -56,7 +56,7 @@ use error::ScimError;
 use state::Directory;
 use stats::Timings;
 
-pub use audit::{AuditPaging, AuditWrapper};
+pub use audit::{AuditOrder, AuditPaging, AuditWrapper};
 pub use auth::{COMBINED_TOKEN_NAME, EVENTS_TOKEN_NAME, SCIM_TOKEN_NAME};
 pub use stats::{CLIENT_CLOSED, RequestTiming, SimStats};
 
@@ -123,6 +123,9 @@ pub struct SimArgs {
     /// Key of the audit events array: `result` (API v2) or `data` (as in the guide).
     #[arg(long = "audit-wrapper", value_enum, default_value = "result")]
     pub audit_wrapper: AuditWrapper,
+    /// The order of audit events in a page: Netskope does not document it.
+    #[arg(long = "audit-order", value_enum, default_value = "oldest-first")]
+    pub audit_order: AuditOrder,
     /// Status of a successful PATCH: 204 (Netskope spec, empty body) or 200 (with the resource).
     #[arg(long = "patch-status", default_value_t = 204)]
     pub patch_status: u16,
@@ -148,6 +151,7 @@ impl Default for SimArgs {
             seed: None,
             audit_paging: AuditPaging::Offset,
             audit_wrapper: AuditWrapper::Result,
+            audit_order: AuditOrder::OldestFirst,
             patch_status: 204,
             rate_limit_headers: false,
         }
@@ -175,6 +179,7 @@ pub(crate) struct Sim {
     pub(crate) patch_status: StatusCode,
     pub(crate) audit_paging: AuditPaging,
     pub(crate) audit_wrapper: AuditWrapper,
+    pub(crate) audit_order: AuditOrder,
 }
 
 impl Sim {
@@ -206,6 +211,7 @@ impl Sim {
             patch_status,
             audit_paging: args.audit_paging,
             audit_wrapper: args.audit_wrapper,
+            audit_order: args.audit_order,
         }
     }
 
@@ -504,6 +510,63 @@ impl SimHandle {
     pub fn set_user_active(&self, user_name: &str, active: bool) -> bool {
         let now = self.sim.wall.now();
         self.sim.directory().set_user_active(user_name, active, now)
+    }
+
+    /// Changes a user as another API client would (an IdP's provisioning, an administrator's
+    /// script): `PATCH /Users/{id}` setting `active`, audited under `actor`'s name. Returns
+    /// false if there is no such user.
+    pub fn set_user_active_as(&self, actor: &str, user_name: &str, active: bool) -> bool {
+        let now = self.sim.wall.now();
+        let mut directory = self.sim.directory();
+        let Some(id) = directory.user_by_name(user_name).map(|u| u.id.clone()) else {
+            return false;
+        };
+        directory.set_user_active(user_name, active, now);
+        drop(directory);
+        let path = format!("/api/v2/scim/Users/{id}");
+        self.sim
+            .audit()
+            .record(self.sim.wall.now_secs(), actor, 200, "PATCH", &path);
+        true
+    }
+
+    /// Takes a user out of a group as another API client would: `PATCH /Groups/{id}`
+    /// removing the member, audited under `actor`'s name. Returns false if either is unknown.
+    pub fn remove_member_as(&self, actor: &str, group: &str, user_name: &str) -> bool {
+        let now = self.sim.wall.now();
+        let mut directory = self.sim.directory();
+        let (Some(group_id), Some(user_id)) = (
+            directory.group_by_name(group).map(|g| g.id.clone()),
+            directory.user_by_name(user_name).map(|u| u.id.clone()),
+        ) else {
+            return false;
+        };
+        let body = serde_json::json!({
+            "schemas": [patch::PATCH_OP_SCHEMA],
+            "Operations": [{"op": "remove", "path": format!("members[value eq \"{user_id}\"]")}],
+        });
+        let Ok(ops) = patch::parse_patch(&body) else {
+            return false;
+        };
+        if directory.patch_group(&group_id, &ops, now).is_err() {
+            return false;
+        }
+        drop(directory);
+        let path = format!("/api/v2/scim/Groups/{group_id}");
+        self.sim
+            .audit()
+            .record(self.sim.wall.now_secs(), actor, 200, "PATCH", &path);
+        true
+    }
+
+    /// Records `n` audit events of unrelated API calls by `actor`, as a busy tenant has.
+    pub fn record_unrelated_audit(&self, actor: &str, n: usize) {
+        let now = self.sim.wall.now_secs();
+        let mut audit = self.sim.audit();
+        for i in 0..n {
+            let path = format!("/api/v2/policy/urllist/{i}");
+            audit.record(now, actor, 200, "PATCH", &path);
+        }
     }
 
     /// Rotates a token, as an admin does when one expires: `old` is refused (401) from now on

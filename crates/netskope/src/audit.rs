@@ -4,6 +4,14 @@
 //! (v2 spec) or `skip` (older guides), and the events come under `result` (v2) or `data`
 //! (guides). The parameter is configured; both wrappers are accepted. One malformed event does
 //! not spoil a page: it is skipped with a warning.
+//!
+//! Reading is by insertion time (`insertionstarttime`), through an [`AuditCursor`]: Netskope
+//! indexes events minutes after they happen and not necessarily in `timestamp` order, so a
+//! cursor on `timestamp` would either miss late events or have to re-read minutes of the trail
+//! at every poll. By insertion time, each event is read once, whatever the lag. The order of
+//! results within a range is not documented: the cursor handles oldest-first and newest-first.
+
+use std::collections::HashMap;
 
 use serde::{Deserialize, Deserializer};
 use serde_json::Value;
@@ -77,6 +85,13 @@ pub struct AuditEvent {
     pub id: String,
     #[serde(deserialize_with = "epoch_seconds")]
     pub timestamp: u64,
+    /// When Netskope indexed the event (`_insertion_epoch_timestamp`), epoch seconds.
+    #[serde(
+        rename = "_insertion_epoch_timestamp",
+        default,
+        deserialize_with = "some_epoch_seconds"
+    )]
+    pub inserted: Option<u64>,
     #[serde(rename = "type", default)]
     pub kind: Option<String>,
     /// The admin or API token name that acted.
@@ -106,6 +121,10 @@ fn string_or_number<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error>
             "expected a non-empty string or a number",
         )),
     }
+}
+
+fn some_epoch_seconds<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    epoch_seconds(d).map(Some)
 }
 
 fn epoch_seconds<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
@@ -158,23 +177,24 @@ fn parse_page(op: Op, status: u16, body: &[u8]) -> Result<Vec<AuditEvent>, Netsk
 }
 
 impl NetskopeClient {
-    /// Reads one event of the last minute: proves the audit endpoint answers and the token
-    /// has its scope.
+    /// Reads one event inserted in the last minute: proves the audit endpoint answers and
+    /// the token has its scope.
     pub async fn probe_audit(&self) -> Result<(), NetskopeError> {
         let now = offboarder_base::clock::WallClock::new().now_secs();
-        let window = AuditWindow {
-            start: now.saturating_sub(60),
-            end: now,
+        let range = Inserted {
+            from: now.saturating_sub(60),
+            to: Some(now),
         };
-        self.audit_page(window, 1, 0).await.map(|_| ())
+        self.audit_page(range, 1, 0).await.map(|_| ())
     }
 
-    /// One page of audit events in `window`, starting at `offset`. `limit` is clamped to
-    /// 1..=5000. A page shorter than `limit` is the last one; callers also bound the number of
-    /// pages, because a tenant that ignores the paging parameter returns the same page forever.
+    /// One page of audit events inserted in `range`, starting at `offset`. `limit` is clamped
+    /// to 1..=5000. A page shorter than `limit` is the last one; callers also bound the number
+    /// of pages, because a tenant that ignores the paging parameter returns the same page
+    /// forever.
     pub async fn audit_page(
         &self,
-        window: AuditWindow,
+        range: Inserted,
         limit: u32,
         offset: u64,
     ) -> Result<Vec<AuditEvent>, NetskopeError> {
@@ -187,12 +207,14 @@ impl NetskopeClient {
             });
         };
         let paging = self.paging_param.as_str();
-        let query = [
-            ("starttime", window.start.to_string()),
-            ("endtime", window.end.to_string()),
+        let mut query = vec![
+            ("insertionstarttime", range.from.to_string()),
             ("limit", limit.to_string()),
             (paging, offset.to_string()),
         ];
+        if let Some(to) = range.to {
+            query.push(("insertionendtime", to.to_string()));
+        }
         let reply = self
             .transport
             .send(&self.events_token, op, |http| {
@@ -204,11 +226,318 @@ impl NetskopeClient {
         }
         parse_page(op, reply.status, &reply.body)
     }
+
+    /// Reads the events inserted since `cursor`, page by page (at most `max_pages` of
+    /// `limit`), and moves the cursor past them. Each event is returned once, across calls.
+    /// A call that is cut short (`max_pages`, a failed page after the first, a tenant that
+    /// ignores the paging parameter) returns what it read and goes on from there next time.
+    /// `Err` only when the first page fails: nothing was read, and the cursor stays.
+    pub async fn read_audit(
+        &self,
+        cursor: &mut AuditCursor,
+        limit: u32,
+        max_pages: u32,
+    ) -> Result<AuditRead, NetskopeError> {
+        let range = cursor.range();
+        let limit = limit.clamp(1, MAX_PAGE_LIMIT);
+        let mut events: Vec<AuditEvent> = Vec::new();
+        let mut previous_first: Option<String> = None;
+        let mut offset = cursor.offset();
+        let mut pages = 0;
+        let mut complete = false;
+        while pages < max_pages.max(1) {
+            let page = match self.audit_page(range, limit, offset).await {
+                Ok(page) => page,
+                Err(e) if pages == 0 => return Err(e),
+                Err(e) => {
+                    tracing::warn!(error = %e, "audit read cut short; it goes on from here at the next poll");
+                    break;
+                }
+            };
+            pages += 1;
+            let first = page.first().map(|e| e.id.clone());
+            if pages > 1 && first.is_some() && first == previous_first {
+                tracing::warn!(
+                    "the audit endpoint returned the same page twice: it ignores the paging parameter (check netskope.audit_paging_param)"
+                );
+                break;
+            }
+            previous_first = first;
+            let short = (page.len() as u32) < limit;
+            offset += page.len() as u64;
+            events.extend(page);
+            if short {
+                complete = true;
+                break;
+            }
+        }
+        if !complete && pages == max_pages.max(1) {
+            tracing::debug!(
+                pages,
+                "more audit events than one poll reads (verify.max_pages); the rest at the next poll"
+            );
+        }
+        let events = cursor.advance(events, complete);
+        Ok(AuditRead {
+            events,
+            pages,
+            complete,
+        })
+    }
+}
+
+/// A range of insertion times, epoch seconds, both ends included; `to: None` is open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Inserted {
+    pub from: u64,
+    pub to: Option<u64>,
+}
+
+/// What one [`NetskopeClient::read_audit`] found.
+#[derive(Debug)]
+pub struct AuditRead {
+    /// Events not returned before, in the server's order.
+    pub events: Vec<AuditEvent>,
+    pub pages: u32,
+    /// The range was read to its end (the last page was short).
+    pub complete: bool,
+}
+
+/// Where reading the audit trail goes on from: everything inserted before `from` has been
+/// read, except, after a read cut short on a newest-first endpoint, what lies between `from`
+/// and `to`, which is read next. Events read at or after `from` are remembered by `_id`, so
+/// that the seam (the second the last read ended in, read again) and any overlap yield each
+/// event once. After a read cut short inside one second (a burst of more events in one second
+/// than a poll reads), the next read starts at `offset`, past those already read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditCursor {
+    from: u64,
+    to: Option<u64>,
+    offset: u64,
+    /// `_id` → insertion second of the events read at or after `from`.
+    seen: HashMap<String, u64>,
+}
+
+impl AuditCursor {
+    /// A cursor that reads from events inserted at `from` on.
+    pub fn starting_at(from: u64) -> Self {
+        Self {
+            from,
+            to: None,
+            offset: 0,
+            seen: HashMap::new(),
+        }
+    }
+
+    /// Where in the range the next read starts.
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    /// Insertion seconds before this have all been read.
+    pub fn from(&self) -> u64 {
+        self.from
+    }
+
+    /// The range the next read asks for.
+    pub fn range(&self) -> Inserted {
+        Inserted {
+            from: self.from,
+            to: self.to,
+        }
+    }
+
+    /// Moves the start to `at`: later, when nothing older is wanted any more (no need to read
+    /// it), or earlier, when something new may lie there. Moved earlier, events between `at`
+    /// and the old start that were returned before may be returned again (only the seam's ids
+    /// are kept): a caller that rewinds must tolerate repeats.
+    pub fn move_to(&mut self, at: u64) {
+        self.offset = 0;
+        if at > self.from {
+            self.from = at;
+            if self.to.is_some_and(|to| to < at) {
+                self.to = None;
+            }
+            self.seen.retain(|_, inserted| *inserted >= at);
+        } else {
+            self.from = at;
+        }
+    }
+
+    /// Takes the events of one read (in the server's order), returns those not returned
+    /// before, and moves on: past the last second read when the range was read to its end or
+    /// the server answers oldest first; for a read cut short on a newest-first server, the next
+    /// read is bounded by the oldest second read, so that the older part is not skipped.
+    pub fn advance(&mut self, events: Vec<AuditEvent>, complete: bool) -> Vec<AuditEvent> {
+        let stamps: Vec<u64> = events.iter().map(AuditEvent::inserted_at).collect();
+        let fresh: Vec<AuditEvent> = events
+            .into_iter()
+            .filter(|e| self.seen.insert(e.id.clone(), e.inserted_at()).is_none())
+            .collect();
+        let (Some(first), Some(last)) = (stamps.first(), stamps.last()) else {
+            if complete && let Some(to) = self.to.take() {
+                self.move_to(to);
+            }
+            return fresh;
+        };
+        let newest = stamps.iter().copied().max().unwrap_or(*last);
+        let oldest = stamps.iter().copied().min().unwrap_or(*first);
+        let read = stamps.len() as u64;
+        let at = |second: u64| stamps.iter().filter(|s| **s == second).count() as u64;
+        if complete {
+            self.to = None;
+            self.move_to(newest.max(self.from));
+        } else if first < last || (first == last && self.to.is_none()) {
+            // Oldest first (or one second only, outside a newest-first catch-up): the range
+            // now starts with the events of its newest second read.
+            if newest > self.from {
+                self.move_to(newest);
+                self.offset = at(newest);
+            } else {
+                self.offset += read;
+            }
+        } else {
+            // Newest first: the older part is read next, and starts with the events of the
+            // oldest second read.
+            let to = oldest.max(self.from);
+            if self.to == Some(to) {
+                self.offset += read;
+            } else {
+                self.to = Some(to);
+                self.offset = at(to);
+            }
+        }
+        fresh
+    }
+}
+
+impl AuditEvent {
+    /// When Netskope indexed the event; its `timestamp` when the server did not say.
+    pub fn inserted_at(&self) -> u64 {
+        self.inserted.unwrap_or(self.timestamp)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn event(id: &str, inserted: u64) -> AuditEvent {
+        AuditEvent {
+            id: id.into(),
+            timestamp: inserted.saturating_sub(2),
+            inserted: Some(inserted),
+            kind: None,
+            user: None,
+            audit_log_event: None,
+            supporting_data: None,
+        }
+    }
+
+    fn ids(events: &[AuditEvent]) -> Vec<&str> {
+        events.iter().map(|e| e.id.as_str()).collect()
+    }
+
+    #[test]
+    fn a_cursor_returns_each_event_once_across_the_seam() {
+        let mut c = AuditCursor::starting_at(100);
+        let read = c.advance(vec![event("a", 100), event("b", 101)], true);
+        assert_eq!(ids(&read), ["a", "b"]);
+        assert_eq!(
+            c.range(),
+            Inserted {
+                from: 101,
+                to: None
+            }
+        );
+        // The seam second is read again, with one event indexed meanwhile.
+        let read = c.advance(
+            vec![event("b", 101), event("c", 101), event("d", 105)],
+            true,
+        );
+        assert_eq!(ids(&read), ["c", "d"]);
+        assert_eq!(c.from(), 105);
+        assert!(c.advance(vec![event("d", 105)], true).is_empty());
+    }
+
+    #[test]
+    fn a_read_cut_short_goes_on_where_it_stopped_in_either_order() {
+        // Oldest first: go on from the newest second read.
+        let mut c = AuditCursor::starting_at(0);
+        let read = c.advance(vec![event("a", 10), event("b", 20)], false);
+        assert_eq!(ids(&read), ["a", "b"]);
+        assert_eq!(c.range(), Inserted { from: 20, to: None });
+        // Newest first: the older part is read next, bounded by the oldest second read.
+        let mut c = AuditCursor::starting_at(0);
+        let read = c.advance(vec![event("z", 90), event("y", 80)], false);
+        assert_eq!(ids(&read), ["z", "y"]);
+        assert_eq!(
+            c.range(),
+            Inserted {
+                from: 0,
+                to: Some(80)
+            }
+        );
+        let read = c.advance(vec![event("y", 80), event("x", 50), event("w", 10)], true);
+        assert_eq!(ids(&read), ["x", "w"], "y was returned already");
+        assert_eq!(c.range(), Inserted { from: 80, to: None });
+        // The newest part comes again from the server; it was returned already.
+        let read = c.advance(vec![event("v", 95), event("z", 90), event("y", 80)], true);
+        assert_eq!(ids(&read), ["v"]);
+        assert_eq!(c.from(), 95);
+    }
+
+    #[test]
+    fn a_burst_in_one_second_larger_than_a_read_is_read_on_by_offset() {
+        let mut c = AuditCursor::starting_at(50);
+        c.advance(vec![event("a", 50), event("b", 50)], false);
+        assert_eq!((c.from(), c.offset()), (50, 2));
+        c.advance(vec![event("c", 50), event("d", 51)], false);
+        assert_eq!(
+            (c.from(), c.offset()),
+            (51, 1),
+            "d is the first of second 51"
+        );
+        c.advance(vec![event("e", 60)], true);
+        assert_eq!(
+            (c.from(), c.offset()),
+            (60, 0),
+            "a complete read re-reads its seam"
+        );
+        // Newest first, cut short twice inside the same oldest second.
+        let mut c = AuditCursor::starting_at(0);
+        c.advance(vec![event("z", 90), event("y", 80)], false);
+        assert_eq!((c.range().to, c.offset()), (Some(80), 1));
+        c.advance(vec![event("x", 80), event("w", 80)], false);
+        assert_eq!((c.range().to, c.offset()), (Some(80), 3));
+    }
+
+    #[test]
+    fn moving_the_cursor_skips_or_rereads_without_repeating() {
+        let mut c = AuditCursor::starting_at(0);
+        c.advance(vec![event("a", 10), event("b", 12)], true);
+        c.move_to(5);
+        let read = c.advance(vec![event("q", 6), event("a", 10), event("b", 12)], true);
+        assert_eq!(
+            ids(&read),
+            ["q", "a"],
+            "what lay before is read again, the seam's not"
+        );
+        c.move_to(1_000);
+        assert_eq!(
+            c.range(),
+            Inserted {
+                from: 1_000,
+                to: None
+            }
+        );
+        assert!(c.seen.is_empty(), "memory follows the cursor");
+        // An empty read of a bounded range finishes that range.
+        let mut c = AuditCursor::starting_at(0);
+        c.advance(vec![event("z", 90), event("y", 80)], false);
+        assert!(c.advance(Vec::new(), true).is_empty());
+        assert_eq!(c.range(), Inserted { from: 80, to: None });
+    }
 
     #[test]
     fn result_and_data_wrappers() {

@@ -31,7 +31,7 @@ use config::{PagingParam, RemoveStyle};
 use limiter::TokenLimiter;
 use transport::{Token, TokenFile, Transport};
 
-pub use audit::{AuditEvent, AuditWindow, Sent};
+pub use audit::{AuditCursor, AuditEvent, AuditRead, AuditWindow, Inserted, Sent};
 pub use config::{ConfigError, Endpoints, NetskopeConfig, Tokens};
 pub use error::{ErrorClass, NetskopeError, Op, TokenRole};
 pub use scim::{ScimUser, UserRef};
