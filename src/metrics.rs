@@ -76,6 +76,7 @@ fn zero_counters() {
             Status::Halted,
             Status::Scheduled,
             Status::Cancelled,
+            Status::Reverted,
         ] {
             metrics::counter!(OUTCOMES, "action" => action.as_str(), "status" => status.as_str())
                 .absolute(0);

@@ -67,6 +67,11 @@ pub enum Status {
     Scheduled,
     /// A scheduled termination withdrawn (rescinded) before it acted: nothing was sent.
     Cancelled,
+    /// Another actor undid a verified change of offboarder's within `verify.drift_watch` (an
+    /// IdP re-enabling a deactivated user, an administrator taking a user out of quarantine);
+    /// `verification` names the actor, the time and the audit event. An alarm: the user has
+    /// access again. Comes after the event's final outcome.
+    Reverted,
 }
 
 impl Status {
@@ -82,6 +87,7 @@ impl Status {
             Status::Halted => "halted",
             Status::Scheduled => "scheduled",
             Status::Cancelled => "cancelled",
+            Status::Reverted => "reverted",
         }
     }
 }

@@ -41,6 +41,10 @@ pub struct PolicyConfig {
     /// later than this finds no deactivation of offboarder's to undo, and reactivates nothing.
     #[serde(with = "humantime_serde")]
     pub rescind_window: std::time::Duration,
+    /// When another actor undoes a verified deactivation or quarantine (a `reverted` outcome
+    /// from `verify.drift_watch`), act once more, through the guard. Off by default: the
+    /// `reverted` outcome alone alerts, and a person decides.
+    pub reassert: bool,
 }
 
 impl Default for PolicyConfig {
@@ -54,6 +58,7 @@ impl Default for PolicyConfig {
             dry_run: false,
             allow_reactivation: false,
             rescind_window: std::time::Duration::from_secs(90 * 24 * 3600),
+            reassert: false,
         }
     }
 }

@@ -313,3 +313,78 @@ async fn a_rescind_cancels_before_the_date_and_reactivates_only_what_offboarder_
     worker.stop();
     task.await.expect("joined");
 }
+
+/// The drift watch end to end: an IdP re-enables a user the worker deactivated; the worker
+/// publishes `reverted` naming the IdP and, with `policy.reassert`, deactivates the user once
+/// more (a new event, through the guard); when the IdP re-enables them again, `reverted` says
+/// it is not repeated a second time, and the user stays as the IdP left them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deactivation_undone_by_another_actor_is_reverted_and_reasserted_once() {
+    let sandbox = Sandbox::start(
+        SimArgs {
+            users: 2,
+            rate_limit_per_min: 0,
+            ..SimArgs::default()
+        },
+        1,
+    )
+    .await
+    .expect("sandbox");
+    let mut config = sandbox.config("drift");
+    config.policy.reassert = true;
+    config.pipeline.shutdown_grace = Duration::from_secs(1);
+    let client = sandbox.client(&config).expect("client");
+    let pipeline = Pipeline::new(&config, client).await.expect("pipeline");
+    let handle = pipeline.handle();
+    let task = tokio::spawn(async move {
+        pipeline.run().await.expect("clean stop");
+    });
+    let active = |n| sandbox.sim.user(&user(n)).expect("user").active;
+    sandbox
+        .publish(&[termination(&sandbox, "t-1", 1, time::Duration::hours(-1))])
+        .await
+        .expect("publish");
+    until(&sandbox, &[("t-1", "verified")]).await;
+    assert!(
+        sandbox
+            .sim
+            .set_user_active_as("okta-provisioning", &user(1), true)
+    );
+    let all = until(
+        &sandbox,
+        &[("t-1", "reverted"), ("t-1.reassert", "verified")],
+    )
+    .await;
+    let reverted = find(&all, "t-1", "reverted").unwrap();
+    let why = reverted["reason"].as_str().unwrap_or_default();
+    assert!(
+        why.contains("re-enabled by \"okta-provisioning\""),
+        "{reverted}"
+    );
+    assert!(why.contains("acting once more"), "{reverted}");
+    assert_eq!(reverted["verification"]["method"], "audit", "{reverted}");
+    let repeat = find(&all, "t-1.reassert", "applied").unwrap();
+    assert_eq!(repeat["requested_by"], "offboarder:reassert", "{repeat}");
+    assert!(!active(1), "deactivated once more");
+
+    assert!(
+        sandbox
+            .sim
+            .set_user_active_as("okta-provisioning", &user(1), true)
+    );
+    let all = until(&sandbox, &[("t-1.reassert", "reverted")]).await;
+    let again = find(&all, "t-1.reassert", "reverted").unwrap();
+    assert!(
+        again["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("not repeated again")),
+        "{again}"
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        active(1),
+        "one repeat only: the IdP's change stands, and is reported"
+    );
+    handle.stop();
+    task.await.expect("joined");
+}

@@ -97,6 +97,7 @@ async fn deactivate(client: &NetskopeClient, user_name: &str) -> Pending {
             server_window: sent.server_window,
         },
         acted_at: WallClock::new().now_secs(),
+        watch: None,
     }
 }
 
@@ -239,6 +240,7 @@ fn pending_for(user_id: &str, now: u64) -> Pending {
             server_window: None,
         },
         acted_at: now,
+        watch: None,
     }
 }
 
@@ -504,6 +506,7 @@ async fn group_changes_are_read_back_from_the_members() {
             server_window: None,
         },
         acted_at: WallClock::new().now_secs(),
+        watch: None,
     };
     let results = answers(vec![
         verifier
@@ -708,4 +711,87 @@ async fn a_quarantine_read_back_as_undone_is_forgotten_so_the_next_signal_acts()
         sandbox.sim.group_members(group).unwrap().contains(&user_id),
         "the user is quarantined again"
     );
+}
+
+fn watched(user_name: &str) -> Box<offboarder::verify::drift::Watched> {
+    use offboarder::outcome::{Action, Outcome, SourceRef, Status, Timestamps};
+    Box::new(offboarder::verify::drift::Watched {
+        outcome: Outcome {
+            outcome_id: "o1".into(),
+            source_event_id: format!("t-{user_name}"),
+            source: SourceRef {
+                topic: "hr".into(),
+                partition: 0,
+                offset: 0,
+            },
+            requested_by: None,
+            user_name: user_name.into(),
+            scim_user_id: None,
+            action: Action::Deactivate,
+            status: Status::Applied,
+            group: None,
+            reason: None,
+            error: None,
+            request: None,
+            verification: None,
+            attempts: 1,
+            timestamps: Timestamps {
+                received: time::OffsetDateTime::UNIX_EPOCH,
+                acted: None,
+                verified: None,
+                effective: None,
+            },
+            trace_id: "0".repeat(32),
+        },
+        may_reassert: true,
+    })
+}
+
+/// The drift watch, in the audit events the poller reads anyway: another actor re-enabling a
+/// user offboarder deactivated is reported with the actor and the audit event; another actor's
+/// change that leaves the user inactive is not; nor is a re-enable after `drift_watch` ended,
+/// nor one of a user whose action was not watched.
+#[tokio::test(start_paused = true)]
+async fn another_actor_re_enabling_a_deactivated_user_is_reported_within_the_watch() {
+    fine_grained_clock();
+    let (sim, client) = simulator(4, 5).await;
+    let mut cfg = config(VerifyMode::AuditThenReadback);
+    cfg.drift_watch = Duration::from_secs(600);
+    let verifier = Verifier::spawn(client.clone(), cfg.clone(), cfg.mode);
+    let mut drifts = verifier.take_drifts().expect("the reports");
+    assert!(verifier.take_drifts().is_none(), "taken once");
+    let mut receivers = Vec::new();
+    for n in 1..=4 {
+        let mut pending = deactivate(&client, &user(n)).await;
+        if n != 4 {
+            pending.watch = Some(watched(&user(n)));
+        }
+        receivers.push(verifier.submit(pending).await);
+    }
+    let results = answers(receivers).await;
+    assert!(results.iter().all(|v| v.verified && v.method == "audit"));
+
+    // user1: re-enabled by the IdP. user2: the IdP changes it but it stays inactive.
+    // user4: re-enabled, but its deactivation was not watched.
+    assert!(sim.set_user_active_as("okta-provisioning", &user(1), true));
+    assert!(sim.set_user_active_as("okta-provisioning", &user(2), false));
+    assert!(sim.set_user_active_as("okta-provisioning", &user(4), true));
+    let drift = tokio::time::timeout(Duration::from_secs(120), drifts.recv())
+        .await
+        .expect("a report within a few polls")
+        .expect("a report");
+    assert_eq!(drift.watched.outcome.user_name, user(1));
+    assert_eq!(drift.actor, "okta-provisioning");
+    assert!(drift.evidence.contains("active=true"), "{}", drift.evidence);
+    tokio::time::sleep(3 * POLL).await;
+    assert!(
+        drifts.try_recv().is_err(),
+        "user2 stayed inactive; user4 was not watched"
+    );
+
+    // Past the watch, a re-enable of user3 is no longer reported.
+    tokio::time::sleep(Duration::from_secs(600)).await;
+    assert!(sim.set_user_active_as("okta-provisioning", &user(3), true));
+    tokio::time::sleep(3 * POLL).await;
+    assert!(drifts.try_recv().is_err(), "the watch had ended");
 }

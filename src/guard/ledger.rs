@@ -160,21 +160,35 @@ impl Writer {
     /// marks it as fired; acknowledged.
     pub async fn publish_scheduled(&self, entry: &Termination) -> Result<(), GuardError> {
         let value = serde_json::to_vec(&entry.event()).map_err(|e| self.error(&e.to_string()))?;
+        let header = (schedule::SCHEDULED_HEADER, entry.event_id.as_str());
+        self.publish_input(&entry.topic, &entry.user_name, &value, header)
+            .await
+    }
+
+    /// Publishes an input event of offboarder's own (a due termination, a repeat of an undone
+    /// change) to `topic`, keyed by `user`, with one header that says why; acknowledged.
+    pub async fn publish_input(
+        &self,
+        topic: &str,
+        user: &str,
+        value: &[u8],
+        (name, why): (&str, &str),
+    ) -> Result<(), GuardError> {
         let headers = OwnedHeaders::new().insert(Header {
-            key: schedule::SCHEDULED_HEADER,
-            value: Some(entry.event_id.as_str()),
+            key: name,
+            value: Some(why),
         });
-        let to = FutureRecord::to(&entry.topic)
-            .key(&entry.user_name)
-            .payload(&value)
+        let to = FutureRecord::to(topic)
+            .key(user)
+            .payload(value)
             .headers(headers);
         self.producer
             .send(to, Timeout::After(WRITE_TIMEOUT))
             .await
             .map(|_| ())
             .map_err(|(e, _)| GuardError::Ledger {
-                topic: entry.topic.clone(),
-                reason: format!("cannot publish a due termination: {e}"),
+                topic: topic.to_string(),
+                reason: format!("cannot publish an input event: {e}"),
             })
     }
 

@@ -238,6 +238,24 @@ impl Guard {
         }
     }
 
+    /// Publishes an input event of offboarder's own to `topic` (see
+    /// [`ledger::Writer::publish_input`]); it needs the state topic's producer.
+    pub async fn publish_input(
+        &self,
+        topic: &str,
+        user: &str,
+        value: &[u8],
+        header: (&str, &str),
+    ) -> Result<(), GuardError> {
+        match &self.ledger {
+            Some(writer) => writer.publish_input(topic, user, value, header).await,
+            None => Err(GuardError::Ledger {
+                topic: topic.to_string(),
+                reason: "publishing an input event needs the state topic".into(),
+            }),
+        }
+    }
+
     /// How long a quarantine is remembered (`pipeline.quarantine_memory`).
     pub fn set_quarantine_memory(&self, ttl: Duration) {
         self.memory.set_ttl(ttl);

@@ -10,6 +10,7 @@
 //! | `consumer` | the consumer's context and rebalance callbacks, the join watchdog, the resume-gap check, fatal consumer errors, the start-up topic check |
 //! | `admission` | each record read: registered, decoded, validated, handed to its user's lane or to the dead-letter path; pausing and resuming reading under load and for the guard |
 //! | `process` | one valid event: policy, guard, executor, verification, outcome, offset finished |
+//! | `reverted` | the drift watch's reports published as `reverted` outcomes; with `policy.reassert`, the undone change repeated once as an input event |
 //! | `lifecycle` | a termination's place in the HR lifecycle before the guard (scheduled, due, rescinded) and its record after the action |
 //! | `drain` | shutdown: stop reading, let in-flight events finish within the grace period, report what is left open |
 //! | `shared` | what the parts share: the state read by the loop, the callbacks and the lanes; the handle; the run's error and summary |
@@ -43,6 +44,7 @@ mod lifecycle;
 pub mod offsets;
 mod process;
 pub mod publish;
+mod reverted;
 mod shared;
 pub mod transactions;
 
@@ -263,6 +265,12 @@ impl Pipeline {
             intake.kafka.commit_interval,
         ));
         let scheduler = tokio::spawn(fire_due_terminations(intake.core.clone()));
+        let drift_reports = intake
+            .core
+            .verifier
+            .as_ref()
+            .and_then(|v| v.take_drifts())
+            .map(|drifts| tokio::spawn(reverted::publish_reverted(intake.core.clone(), drifts)));
         let demand = intake.core.budget.clone().map(|budget| {
             let core = intake.core.clone();
             tokio::spawn(budget.follow_demand(move || core.waiting_to_act()))
@@ -310,6 +318,9 @@ impl Pipeline {
         watchdog.abort();
         committer.abort();
         scheduler.abort();
+        if let Some(task) = drift_reports {
+            task.abort();
+        }
         if let Some(demand) = demand {
             demand.abort();
             // The key goes with the worker: a compacted topic would keep one per start. Briefly:

@@ -20,7 +20,7 @@ use super::consumer::KafkaConsumer;
 use super::executor::Executor;
 use super::lifecycle::Plan;
 use super::offsets::Ticket;
-use super::publish::{Delivery, NOTHING, OnSent, Publisher};
+use super::publish::{Delivery, NOTHING, OnSent, Publisher, header_text};
 use super::shared::{PartitionWork, PipelineError, PipelineHandle, Shared};
 use super::transactions::Entered;
 use crate::event::Event;
@@ -28,6 +28,7 @@ use crate::guard::Admission;
 use crate::outcome::{self, Action, Outcome, SourceRef, Status, Timestamps, VerificationEvidence};
 use crate::policy::{Decision, Policy};
 use crate::telemetry::EventTrace;
+use crate::verify::drift::Watched;
 use crate::verify::{Pending, Verification, Verifier};
 
 /// Runs an event's `work` until the kill switch trips (`None` then).
@@ -310,7 +311,25 @@ impl Core {
                 let acted_at = report
                     .acted_at
                     .map_or(0, |t| t.unix_timestamp().max(0) as u64);
-                Some((verifier.clone(), Pending { expected, acted_at }))
+                // A deactivation or a quarantine is watched, once verified, for someone else
+                // undoing it; a repeat made because one was undone is not repeated again.
+                let watch = matches!(decision, Decision::Deactivate | Decision::Quarantine { .. })
+                    .then(|| {
+                        let may_reassert =
+                            header_text(&job.message, super::reverted::REASSERT_HEADER).is_none();
+                        Box::new(Watched {
+                            outcome: outcome.clone(),
+                            may_reassert,
+                        })
+                    });
+                Some((
+                    verifier.clone(),
+                    Pending {
+                        expected,
+                        acted_at,
+                        watch,
+                    },
+                ))
             }
             _ => None,
         };

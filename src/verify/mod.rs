@@ -1,12 +1,13 @@
 //! Verification: did Netskope record the change? One shared audit poller, read-back as the
-//! second witness.
+//! second witness; then a watch for someone else undoing the change ([`drift`]).
 //!
 //! A 204 says Netskope accepted a request, not that it took effect. Netskope audits every REST
 //! API v2 call (`Rest API V2 Call`, with `[status, method, path, trid]` in `data_values`), after
 //! an indexing delay of minutes. So every applied action waits here, and ONE poller serves all
-//! of them: each poll reads the audit events of one time window (from the oldest pending action
-//! to now) page by page, and matches them against everything pending. Verification therefore
-//! costs about one request per poll interval, however many actions wait.
+//! of them: each poll reads the audit events inserted since the last poll, page by page
+//! ([`netskope::AuditCursor`]), and matches them against everything pending. Each audit event is
+//! read once: verification costs one pass over the audit volume, however many actions wait and
+//! however long.
 //!
 //! An audit event verifies one of our requests only if it is *ours*: the same method and path,
 //! timestamped inside the window in which the server handled our request (from its answer's
@@ -26,7 +27,7 @@
 //!
 //! Paging is defensive, because audit pages shift while events are indexed and a tenant may
 //! ignore the paging parameter: events are de-duplicated by `_id`, a page identical to the one
-//! before ends the poll, and so does `max_pages`.
+//! before ends the poll, and so does `max_pages` (the next poll goes on from there).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -35,6 +36,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use tokio::sync::{mpsc, oneshot};
+
+pub mod drift;
 
 use netskope::{AuditCursor, AuditEvent, AuditWindow, ErrorClass, NetskopeClient, NetskopeError};
 use offboarder_base::clock::WallClock;
@@ -104,6 +107,11 @@ pub struct VerifyConfig {
     /// it) count, so an administrator's or an IdP's change cannot verify ours. Unset: learned
     /// from the first audit event that matches one of our requests inside its window.
     pub audit_user: Option<String>,
+    /// After a deactivation or a quarantine is verified, the audit trail is watched this long
+    /// for another actor undoing it (a `reverted` outcome). `0s` turns the watch off. Needs a
+    /// mode that reads the audit trail.
+    #[serde(with = "humantime_serde")]
+    pub drift_watch: Duration,
 }
 
 impl Default for VerifyConfig {
@@ -118,6 +126,7 @@ impl Default for VerifyConfig {
             clock_skew: Duration::from_secs(120),
             audit_events: vec!["Rest API V2 Call".into()],
             audit_user: None,
+            drift_watch: Duration::from_secs(24 * 3600),
         }
     }
 }
@@ -262,6 +271,9 @@ pub struct Pending {
     pub expected: Expected,
     /// When the request was answered, epoch seconds.
     pub acted_at: u64,
+    /// Watch the change for `verify.drift_watch` once verified, reporting with this; `None`:
+    /// not watched.
+    pub watch: Option<Box<drift::Watched>>,
 }
 
 /// How an action was verified, or what was seen instead.
@@ -285,6 +297,8 @@ pub struct Verification {
 pub struct Verifier {
     tx: mpsc::Sender<(Pending, oneshot::Sender<Verification>)>,
     pending: Arc<AtomicUsize>,
+    /// The reports of the drift watch, until the pipeline takes them.
+    drifts: Arc<std::sync::Mutex<Option<mpsc::Receiver<drift::Drift>>>>,
 }
 
 impl Verifier {
@@ -292,9 +306,12 @@ impl Verifier {
     /// events token lacks the audit scope).
     pub fn spawn(client: Arc<NetskopeClient>, config: VerifyConfig, mode: VerifyMode) -> Self {
         let (tx, rx) = mpsc::channel(1024);
+        let (drifts, drift_reports) = mpsc::channel(1024);
         let pending = Arc::new(AtomicUsize::new(0));
         let config_actor = config.audit_user.clone();
         let poller = Poller {
+            watches: Vec::new(),
+            drifts,
             client,
             mode,
             config,
@@ -306,7 +323,17 @@ impl Verifier {
             actor: config_actor,
         };
         tokio::spawn(poller.run(rx));
-        Self { tx, pending }
+        Self {
+            tx,
+            pending,
+            drifts: Arc::new(std::sync::Mutex::new(Some(drift_reports))),
+        }
+    }
+
+    /// The drift watch's reports ([`drift::Drift`]); `Some` once, for the one who publishes
+    /// them. Untaken, reports beyond the channel's room are dropped with a warning.
+    pub fn take_drifts(&self) -> Option<mpsc::Receiver<drift::Drift>> {
+        self.drifts.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
 
     /// Queues an action; the answer comes once its witness is found or its time is up.
@@ -380,6 +407,10 @@ struct Poller {
     /// in the audit trail). Once known, another actor's change of the same path, an IdP's or
     /// an administrator's, never verifies ours.
     actor: Option<String>,
+    /// Verified changes watched for another actor undoing them.
+    watches: Vec<drift::Watch>,
+    /// Where the drift watch reports.
+    drifts: mpsc::Sender<drift::Drift>,
 }
 
 impl Poller {
@@ -391,6 +422,7 @@ impl Poller {
             tokio::select! {
                 submitted = rx.recv() => match submitted {
                     Some((action, reply)) => {
+                        self.unwatch_superseded(&action.expected.check);
                         for w in &mut self.waiting {
                             if w.superseded_by.is_none()
                                 && action.expected.check.supersedes(&w.action.expected.check)
@@ -423,13 +455,16 @@ impl Poller {
     }
 
     async fn poll(&mut self) {
-        if self.waiting.is_empty() {
+        if self.waiting.is_empty() && !self.watching() {
             return;
         }
         let now = self.clock.now_secs();
-        if self.mode.uses_audit() && self.waiting.iter().any(|w| w.matched.is_none()) {
+        if self.mode.uses_audit()
+            && (self.waiting.iter().any(|w| w.matched.is_none()) || self.watching())
+        {
             self.read_audit().await;
         }
+        self.check_watches(now).await;
         let timeout = self.config.timeout.as_secs();
         // Read back what is due, reading each group's members once per poll.
         let mut members: HashMap<String, Result<HashSet<String>, NetskopeError>> = HashMap::new();
@@ -482,7 +517,14 @@ impl Poller {
         }
         // Highest index first, so that swap_remove moves only entries already handled.
         for (index, v) in done.into_iter().rev() {
-            let w = self.waiting.swap_remove(index);
+            let mut w = self.waiting.swap_remove(index);
+            if v.verified
+                && let Some(watched) = w.action.watch.take()
+            {
+                let after = v.audit_timestamp.unwrap_or_else(|| self.window_of(&w).end);
+                let expected = &w.action.expected;
+                self.watch(&expected.request.path, &expected.check, after, *watched);
+            }
             let left = self
                 .pending
                 .fetch_sub(1, Ordering::SeqCst)
@@ -520,13 +562,16 @@ impl Poller {
     async fn read_audit(&mut self) {
         // An event that can verify a waiting action was inserted no earlier than the start of
         // that action's window (Netskope indexes an event after it happens).
-        let Some(start) = self
+        // Without one, watches need only what comes next.
+        let start = self
             .waiting
             .iter()
             .filter(|w| w.matched.is_none())
             .map(|w| self.window_of(w).start)
             .min()
-        else {
+            .or(self.cursor.as_ref().map(AuditCursor::from))
+            .or(self.watched_since());
+        let Some(start) = start else {
             return;
         };
         self.seen.retain(|_, ts| *ts >= start);
@@ -560,6 +605,7 @@ impl Poller {
             if self.seen.contains_key(&e.id) {
                 continue;
             }
+            self.notice(&e);
             let Some((method, path)) = self.api_call(&e) else {
                 continue;
             };
@@ -602,13 +648,18 @@ impl Poller {
 
     /// `(method, path)` of an audit event that records a successful REST API call by us.
     fn api_call<'e>(&self, e: &'e AuditEvent) -> Option<(&'e str, &'e str)> {
-        let name = e.audit_log_event.as_deref()?;
-        if !self.config.audit_events.iter().any(|n| n == name) {
-            return None;
-        }
         if let Some(user) = &self.actor
             && e.user.as_deref() != Some(user.as_str())
         {
+            return None;
+        }
+        self.rest_call(e)
+    }
+
+    /// `(method, path)` of an audit event that records a successful REST API call, by anyone.
+    fn rest_call<'e>(&self, e: &'e AuditEvent) -> Option<(&'e str, &'e str)> {
+        let name = e.audit_log_event.as_deref()?;
+        if !self.config.audit_events.iter().any(|n| n == name) {
             return None;
         }
         let values = &e.supporting_data.as_ref()?.data_values;
