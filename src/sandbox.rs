@@ -314,6 +314,29 @@ connect_timeout = "5s"
         Ok(())
     }
 
+    /// Publishes one record with one header, acknowledged.
+    pub async fn publish_with_header(
+        &self,
+        (topic, key, payload): &(String, String, Vec<u8>),
+        (name, value): (&str, &str),
+    ) -> Result<(), rdkafka::error::KafkaError> {
+        let headers = rdkafka::message::OwnedHeaders::new().insert(rdkafka::message::Header {
+            key: name,
+            value: Some(value),
+        });
+        self.producer
+            .send(
+                FutureRecord::to(topic)
+                    .key(key)
+                    .payload(payload)
+                    .headers(headers),
+                Duration::from_secs(5),
+            )
+            .await
+            .map(|_| ())
+            .map_err(|(e, _)| e)
+    }
+
     /// Publishes records one at a time, each acknowledged before the next is sent, so that each
     /// travels in a producer batch of its own (slower: one round trip per record).
     pub async fn publish_one_by_one(

@@ -160,6 +160,14 @@ async fn a_scheduled_termination_acts_when_due_across_a_restart_and_the_latest_e
         published.elapsed()
     );
     let acted = find(&all, "t-1", "applied").unwrap();
+    let at = |v: &Value| OffsetDateTime::parse(v.as_str().unwrap_or_default(), &Rfc3339).ok();
+    if let (Some(effective), Some(done)) = (
+        at(&acted["timestamps"]["effective"]),
+        at(&acted["timestamps"]["acted"]),
+    ) {
+        // Printed, not asserted: a figure of this machine's speed (the tick is 1 s).
+        println!("t-1 acted {} after its effective_at", done - effective);
+    }
     assert!(
         acted["reason"]
             .as_str()
@@ -167,6 +175,26 @@ async fn a_scheduled_termination_acts_when_due_across_a_restart_and_the_latest_e
         "{acted}"
     );
     assert!(!sandbox.sim.user(&user(1)).unwrap().active);
+    // The due t-1 published a second time (as two owners of its partition around a rebalance
+    // would): it acts once.
+    let fired_again = termination(&sandbox, "t-1", 1, time::Duration::seconds(-5));
+    sandbox
+        .publish_with_header(&fired_again, ("offboarder-scheduled", "t-1"))
+        .await
+        .expect("publish");
+    let all = until(&sandbox, &[("t-1", "skipped")]).await;
+    assert!(
+        find(&all, "t-1", "skipped").unwrap()["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("published twice")),
+        "{all:?}"
+    );
+    assert_eq!(
+        all.iter()
+            .filter(|o| o["source_event_id"] == "t-1" && o["status"] == "applied")
+            .count(),
+        1
+    );
     // t-3 was replaced by t-3b (a day later): past t-3's date, user3 is still active.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let read = sandbox
@@ -387,4 +415,150 @@ async fn a_deactivation_undone_by_another_actor_is_reverted_and_reasserted_once(
     );
     handle.stop();
     task.await.expect("joined");
+}
+
+/// 1,000 terminations spread over 30 days, played on the schedule's calendar in ten steps of
+/// three days (the calendar runs ahead of wall time; Kafka and the simulator run in real
+/// time). At each step every termination due by then acts, and none due later; the worker is
+/// restarted after day 12 and a second one joins after day 21 (a rebalance). At the end each of
+/// the 1,000 acted exactly once and every user is inactive. The guard is raised to 10,000:
+/// the test plays 30 days in about a minute of the guard's real-time window.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thirty_days_of_scheduled_terminations_act_on_their_day_across_a_restart_and_a_rebalance() {
+    const N: usize = 1_000;
+    const DAY: i64 = 24 * 3600;
+    let sandbox = Sandbox::start(
+        SimArgs {
+            users: N,
+            rate_limit_per_min: 0,
+            ..SimArgs::default()
+        },
+        3,
+    )
+    .await
+    .expect("sandbox");
+    let start_worker = |ahead: Duration| {
+        let mut config = sandbox.config("schedule-30d");
+        config.guard.max_deactivations = 10_000;
+        config.netskope.requests_per_minute = 60_000;
+        config.pipeline.shutdown_grace = Duration::from_secs(5);
+        let client = sandbox.client(&config).expect("client");
+        async move {
+            let pipeline = Pipeline::new(&config, client).await.expect("pipeline");
+            let calendar = pipeline.calendar();
+            calendar.set_ahead(ahead);
+            let handle = pipeline.handle();
+            let task = tokio::spawn(async move {
+                pipeline.run().await.expect("clean stop");
+            });
+            (handle, task, calendar)
+        }
+    };
+    let t0 = OffsetDateTime::now_utc();
+    let started = std::time::Instant::now();
+    // One due every 43 minutes or so, the first an hour from now.
+    let due: Vec<OffsetDateTime> = (0..N)
+        .map(|i| {
+            t0 + time::Duration::hours(1) + time::Duration::seconds(30 * DAY * i as i64 / N as i64)
+        })
+        .collect();
+    let records: Vec<_> = (0..N)
+        .map(|i| {
+            let e = json!({"event_id": format!("d-{i}"), "occurred_at": "2026-11-25T09:00:00Z",
+                           "effective_at": due[i].format(&Rfc3339).unwrap(),
+                           "user": {"user_name": user(i + 1)}, "source": "workday"});
+            (
+                sandbox.topics.terminations.clone(),
+                user(i + 1),
+                e.to_string().into_bytes(),
+            )
+        })
+        .collect();
+    let mut workers = vec![start_worker(Duration::ZERO).await];
+    sandbox.publish(&records).await.expect("publish");
+    // Reads the outcomes until `n` distinct events have one with `status`; counted as the
+    // records come (parsing everything read at each record would cost seconds).
+    let read_until = |status: &'static str, n: usize| {
+        let sandbox = &sandbox;
+        async move {
+            let seen = std::sync::Mutex::new(std::collections::HashSet::new());
+            let read = sandbox
+                .read(&sandbox.topics.outcomes, Duration::from_secs(120), |r| {
+                    let mut seen = seen.lock().unwrap();
+                    if let Some(o) = r
+                        .last()
+                        .and_then(|m| serde_json::from_str::<Value>(&sandbox::text(m)).ok())
+                        && o["status"] == status
+                    {
+                        seen.insert(o["source_event_id"].as_str().unwrap_or("").to_string());
+                    }
+                    seen.len() >= n
+                })
+                .await
+                .expect("outcomes");
+            outcomes(&read)
+        }
+    };
+    read_until("scheduled", N).await;
+    println!("{N} scheduled, {:?} after the start", started.elapsed());
+    for step in 1..=10i64 {
+        let ahead = Duration::from_secs((3 * DAY * step) as u64);
+        if step == 5 {
+            // A restart: the worker stops, and another one starts on the same schedule.
+            let (handle, task, _) = workers.pop().expect("a worker");
+            handle.stop();
+            task.await.expect("joined");
+            workers.push(start_worker(ahead).await);
+        }
+        if step == 8 {
+            // A second worker joins: the partitions (and who fires what) are rebalanced.
+            workers.push(start_worker(ahead).await);
+        }
+        for (_, _, calendar) in &workers {
+            calendar.set_ahead(ahead);
+        }
+        let now = t0 + time::Duration::seconds(3 * DAY * step);
+        let due_now = due.iter().filter(|d| **d <= now).count();
+        let all = read_until("verified", due_now).await;
+        let acted: Vec<&Value> = all.iter().filter(|o| o["status"] == "applied").collect();
+        for o in &acted {
+            let i: usize = o["source_event_id"].as_str().unwrap()[2..].parse().unwrap();
+            assert!(
+                due[i] <= now + time::Duration::minutes(1),
+                "step {step}: d-{i} acted before its day ({})",
+                due[i]
+            );
+        }
+        println!(
+            "day {}: {} of {N} acted, {:?} after the start",
+            3 * step,
+            acted.len(),
+            started.elapsed()
+        );
+    }
+    // The last ones are due in the hour after day 30.
+    for (_, _, calendar) in &workers {
+        calendar.set_ahead(Duration::from_secs((31 * DAY) as u64));
+    }
+    let all = read_until("verified", N).await;
+    let mut applied = std::collections::HashMap::<String, usize>::new();
+    for o in all.iter().filter(|o| o["status"] == "applied") {
+        *applied
+            .entry(o["source_event_id"].as_str().unwrap().to_string())
+            .or_default() += 1;
+    }
+    assert_eq!(applied.len(), N, "every termination acted");
+    let twice: Vec<_> = applied.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "acted twice: {twice:?}");
+    for i in 1..=N {
+        assert!(
+            !sandbox.sim.user(&user(i)).unwrap().active,
+            "{} active",
+            user(i)
+        );
+    }
+    for (handle, task, _) in workers {
+        handle.stop();
+        task.await.expect("joined");
+    }
 }

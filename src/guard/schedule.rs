@@ -21,15 +21,46 @@
 //! is needed to publish the event again, not the event: a compact entry per user.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+
+use offboarder_base::clock::WallClock;
 
 /// The state topic's key prefix of a user's termination.
 pub const KEY_PREFIX: &str = "schedule/";
 /// The header that marks a termination published again because it came due; its value is the
 /// event's `event_id`.
 pub const SCHEDULED_HEADER: &str = "offboarder-scheduled";
+
+/// The clock the schedule runs on: wall time (following tokio's clock), plus an offset that
+/// only tests move, to run weeks of a schedule in seconds against a real broker. A worker never
+/// moves it; clones share the offset.
+#[derive(Debug, Clone, Default)]
+pub struct Calendar {
+    clock: WallClock,
+    ahead_ms: Arc<AtomicI64>,
+}
+
+impl Calendar {
+    pub fn now(&self) -> time::OffsetDateTime {
+        self.clock.now_datetime()
+            + time::Duration::milliseconds(self.ahead_ms.load(Ordering::SeqCst))
+    }
+
+    /// Milliseconds since the epoch.
+    pub fn now_ms(&self) -> i64 {
+        epoch_ms(self.now())
+    }
+
+    /// Sets how far ahead of wall time this calendar runs.
+    pub fn set_ahead(&self, ahead: Duration) {
+        let ms = i64::try_from(ahead.as_millis()).unwrap_or(i64::MAX);
+        self.ahead_ms.store(ms, Ordering::SeqCst);
+    }
+}
 
 /// Where a user's latest termination stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -104,6 +135,11 @@ pub struct Termination {
     /// When the entry last changed, ms since the epoch.
     #[serde(default)]
     pub changed_ms: i64,
+    /// The input record whose action made the entry acted. A due termination published twice
+    /// (two owners around a rebalance) acts once: the second record finds the entry acted by
+    /// another record. The same record delivered again (after a crash) acts again, idempotently.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acted_by: Option<super::memory::Position>,
     /// `done: true` of the first version of this entry, which had no `state`: it acted.
     #[serde(default, rename = "done", skip_serializing)]
     legacy_done: bool,
@@ -143,6 +179,7 @@ impl Termination {
             state,
             deed: None,
             changed_ms: epoch_ms(now),
+            acted_by: None,
             legacy_done: false,
         }
     }
@@ -277,6 +314,7 @@ mod tests {
             state: State::Pending,
             deed: None,
             changed_ms: 0,
+            acted_by: None,
             legacy_done: false,
         }
     }

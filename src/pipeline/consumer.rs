@@ -6,7 +6,9 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::Producer as _;
 use rdkafka::{ClientContext, TopicPartitionList};
@@ -80,16 +82,22 @@ impl ConsumerContext for Context {
                     "revoked partitions drained: their unfinished events are left to the new owner"
                 );
             }
-            // With `exactly_once`, what finished on these partitions commits now, while this
-            // worker still owns them; the new owner starts after it.
-            if let Some(transactions) = &self.shared.transactions
-                && let Err(e) = transactions.commit(consumer.group_metadata())
-            {
-                *self
-                    .shared
-                    .transaction_failure
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner()) = Some(e);
+            // What finished on these partitions commits now, while this worker still owns
+            // them, so that the new owner starts after it: in the open transaction with
+            // `exactly_once`; otherwise the stored offsets, which the background auto-commit
+            // would send only seconds later (librdkafka does not commit them on an incremental
+            // revoke, and the new owner would act on those events again).
+            if let Some(transactions) = &self.shared.transactions {
+                if let Err(e) = transactions.commit(consumer.group_metadata()) {
+                    *self
+                        .shared
+                        .transaction_failure
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner()) = Some(e);
+                }
+            } else if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
+                // Nothing stored since the last commit is the common case, and not a fault.
+                tracing::debug!(error = %e, "no offsets committed at the revoke");
             }
             let mut tracker = self.shared.tracker();
             let mut awaiting = self.shared.awaiting_first();

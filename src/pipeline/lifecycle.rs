@@ -87,17 +87,20 @@ impl Core {
         }
         let key = schedule::key(&t.user.user_name);
         let current = guard.schedule().get(&key);
-        let now = self.clock.now_datetime();
+        let now = self.calendar.now();
         if *decision == Decision::Reactivate {
             return self.plan_rescind(job, current, &guard).await;
         }
         let effective = t.effective_at;
         // The event id of a termination published again because it came due.
         if let Some(fired) = header_text(&job.message, schedule::SCHEDULED_HEADER) {
+            let position = job.ticket.position();
             return match current {
                 Some(entry)
                     if entry.event_id == fired
-                        && matches!(entry.state, State::Pending | State::Acted) =>
+                        && (entry.state == State::Pending
+                            || (entry.state == State::Acted
+                                && entry.acted_by.as_ref().is_none_or(|p| *p == position))) =>
                 {
                     let note = format!(
                         "scheduled for {}; acted when it came due",
@@ -117,6 +120,11 @@ impl Core {
                     let reason = match other {
                         Some(e) if e.event_id == fired && e.state == State::Cancelled => {
                             "rescinded before it came due: nothing was sent".to_string()
+                        }
+                        Some(e) if e.event_id == fired && e.state == State::Acted => {
+                            "already acted when it came due: published twice (two owners of \
+                             its partition around a rebalance), it acts once"
+                                .to_string()
                         }
                         _ => "no longer scheduled: a later HR event for this user replaced it"
                             .to_string(),
@@ -193,7 +201,7 @@ impl Core {
         current: Option<schedule::Termination>,
         guard: &Arc<Guard>,
     ) -> Option<(Job, Plan)> {
-        let now = self.clock.now_datetime();
+        let now = self.calendar.now();
         let termination_action = match self.policy.config().on_termination {
             TerminationAction::Deactivate => Action::Deactivate,
             TerminationAction::Delete => Action::Delete,
@@ -337,7 +345,7 @@ impl Core {
         entry: schedule::Termination,
         report: &Report,
     ) {
-        let now = self.clock.now_datetime();
+        let now = self.calendar.now();
         let at = report.acted_at.unwrap_or(now);
         let entry = match (decision, report.status) {
             (Decision::Reactivate, Status::Applied) => {
@@ -366,6 +374,7 @@ impl Core {
                     was_active = None;
                 }
                 let mut entry = entry.with_state(State::Acted, epoch_ms(now));
+                entry.acted_by = Some(job.ticket.position());
                 entry.deed = Some(Deed {
                     user_id,
                     deleted: *decision == Decision::Delete,
@@ -375,7 +384,9 @@ impl Core {
                 entry
             }
             (Decision::Deactivate | Decision::Delete, Status::DryRun) => {
-                entry.with_state(State::Acted, epoch_ms(now))
+                let mut entry = entry.with_state(State::Acted, epoch_ms(now));
+                entry.acted_by = Some(job.ticket.position());
+                entry
             }
             _ => return,
         };

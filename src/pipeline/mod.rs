@@ -195,6 +195,7 @@ impl Pipeline {
             verifier,
             tasks: tasks.clone(),
             clock: WallClock::new(),
+            calendar: crate::guard::schedule::Calendar::default(),
             policy,
             concurrency: Semaphore::new(config.pipeline.max_concurrent_users.max(1)),
             handle,
@@ -242,6 +243,12 @@ impl Pipeline {
 
     pub fn handle(&self) -> PipelineHandle {
         self.intake.core.handle.clone()
+    }
+
+    /// The clock scheduled terminations run on. Wall time; a test may run it ahead
+    /// ([`crate::guard::schedule::Calendar::set_ahead`]) to play weeks of a schedule in seconds.
+    pub fn calendar(&self) -> crate::guard::schedule::Calendar {
+        self.intake.core.calendar.clone()
     }
 
     /// Consumes until stopped (by the handle, a fatal error, or a signal the caller wires to
@@ -345,7 +352,6 @@ const EXPIRE_EVERY_TICKS: u64 = 60;
 /// that fails is tried again at the next tick. Now and then, deletes the finished records of
 /// those partitions that are older than `policy.rescind_window`.
 async fn fire_due_terminations(core: Arc<Core>) {
-    let clock = WallClock::new();
     let keep_ms =
         i64::try_from(core.policy.config().rescind_window.as_millis()).unwrap_or(i64::MAX);
     let mut ticks = 0u64;
@@ -363,7 +369,7 @@ async fn fire_due_terminations(core: Arc<Core>) {
                 .collect(),
             Err(_) => continue,
         };
-        let now_ms = (clock.now().as_millis()).min(i64::MAX as u128) as i64;
+        let now_ms = core.calendar.now_ms();
         let guard = &core.shared.guard;
         let due = guard
             .schedule()

@@ -112,6 +112,8 @@ pub(super) struct Core {
     /// Verification waits and dead-letter sends, waited for at shutdown.
     pub(super) tasks: TaskTracker,
     pub(super) clock: WallClock,
+    /// The schedule's clock: wall time, unless a test runs it ahead.
+    pub(super) calendar: crate::guard::schedule::Calendar,
     pub(super) policy: Policy,
     /// Bounds the events acting on Netskope at once (`max_concurrent_users`). Taken after the
     /// guard's admission, so that halted events hold no permit and quarantines go on.
