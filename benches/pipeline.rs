@@ -761,6 +761,85 @@ async fn memory(rows: &mut Vec<Row>) {
     });
 }
 
+/// Waits until the worker answers `/readyz` with success; the time it took.
+async fn until_ready(worker: &Worker, limit: Duration) -> Option<Duration> {
+    let started = Instant::now();
+    while started.elapsed() < limit {
+        let ready = reqwest::get(format!("{}/readyz", worker.admin)).await;
+        if ready.is_ok_and(|r| r.status().is_success()) {
+            return Some(started.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    None
+}
+
+/// 100,000 terminations dated in the coming month: each is written to the fleet's schedule
+/// (the state topic) and finishes `scheduled`. Measured: the worker's memory with them pending,
+/// and a restart: the time until ready (the state topic replayed) and the memory after it.
+async fn schedule(rows: &mut Vec<Row>, n: usize) {
+    let sandbox = sandbox(SimArgs::default()).await;
+    let env = [("OFFBOARDER_VERIFY__MODE", "off".to_string())];
+    let worker = Worker::start(&sandbox, "bench-schedule", &env).await;
+    until_ready(&worker, Duration::from_secs(60)).await;
+    let (_, idle) = worker.memory_mib().unwrap_or((0.0, 0.0));
+    let now = OffsetDateTime::now_utc();
+    let records: Records = (1..=n)
+        .map(|i| {
+            let user = format!("user{i}@example.com");
+            let at =
+                now + time::Duration::hours(1) + time::Duration::seconds((i % 720) as i64 * 3600);
+            let e = json!({"event_id": format!("hr-{i}"), "occurred_at": "2026-11-25T09:00:00Z",
+                           "effective_at": at.format(&Rfc3339).unwrap_or_default(),
+                           "user": {"user_name": user}, "source": "workday",
+                           "reason": "resignation"});
+            (
+                sandbox.topics.terminations.clone(),
+                user,
+                e.to_string().into_bytes(),
+            )
+        })
+        .collect();
+    let started = Instant::now();
+    for chunk in records.chunks(10_000) {
+        sandbox.publish(chunk).await.expect("publish");
+    }
+    let deadline = Instant::now() + Duration::from_secs(1800);
+    let mut scheduled = 0.0;
+    while Instant::now() < deadline && scheduled < n as f64 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let text = worker.metrics().await;
+        scheduled = prometheus_sum(
+            &text,
+            "offboarder_outcomes_total",
+            &["status=\"scheduled\""],
+        );
+    }
+    let took = started.elapsed();
+    let (_, pending) = worker.memory_mib().unwrap_or((0.0, 0.0));
+    worker.stop().await;
+    let restarted = Worker::start(&sandbox, "bench-schedule", &env).await;
+    let ready = until_ready(&restarted, Duration::from_secs(600)).await;
+    let (_, after) = restarted.memory_mib().unwrap_or((0.0, 0.0));
+    restarted.stop().await;
+    let ready = ready.map_or("not ready in 600 s".to_string(), |d| {
+        format!("{:.1} s", d.as_secs_f64())
+    });
+    rows.push(Row {
+        scenario: "100,000 scheduled terminations pending",
+        figure: "worker RSS with them pending; after a restart: time to ready (state topic replayed), RSS",
+        value: format!("{pending:.0} MiB; {ready}, {after:.0} MiB"),
+        target: "reported",
+        met: None,
+        note: format!(
+            "{scheduled:.0} of {n} scheduled in {:.1} s ({:.0}/s); idle worker before them: {idle:.0} MiB, so about {:.0} bytes per pending termination",
+            took.as_secs_f64(),
+            scheduled / took.as_secs_f64().max(0.001),
+            (pending - idle).max(0.0) * 1024.0 * 1024.0 / n as f64,
+        ),
+    });
+}
+
 fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
@@ -820,6 +899,10 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(1_000_000);
+    let scheduled = std::env::var("BENCH_SCHEDULED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -833,6 +916,7 @@ fn main() {
             ("flood", 2),
             ("latency", 3),
             ("memory", 4),
+            ("schedule", 5),
         ];
         for (name, id) in scenarios {
             if !wanted(name) {
@@ -845,7 +929,8 @@ fn main() {
                 1 => risk_signals(&mut rows).await,
                 2 => below_threshold_flood(&mut rows, flood).await,
                 3 => latency(&mut rows).await,
-                _ => memory(&mut rows).await,
+                4 => memory(&mut rows).await,
+                _ => schedule(&mut rows, scheduled).await,
             }
             eprintln!("bench: {name} done in {:.1} s", t.elapsed().as_secs_f64());
         }
