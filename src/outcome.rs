@@ -304,7 +304,46 @@ mod tests {
             audit_timestamp: None,
             evidence: "user u1 is not a member of group g1".into(),
         });
-        for o in [applied, failed, skipped, dry, verified, unverified] {
+        let mut scheduled = base(Status::Scheduled, Action::Deactivate);
+        scheduled.timestamps.effective = Some(OffsetDateTime::UNIX_EPOCH);
+        let mut cancelled = base(Status::Cancelled, Action::Deactivate);
+        cancelled.reason = Some("rescinded before its effective_at".into());
+        let mut reactivated = base(Status::Applied, Action::Reactivate);
+        reactivated.request = Some(RequestDescription {
+            method: "PATCH",
+            path: "/Users/2819c223".into(),
+            body: Some(
+                serde_json::json!({"Operations": [{"op": "replace", "path": "active", "value": true}]}),
+            ),
+        });
+        let mut superseded = base(Status::Superseded, Action::Quarantine);
+        superseded.verification = Some(VerificationEvidence {
+            method: "none",
+            audit_event_id: None,
+            audit_timestamp: None,
+            evidence: "not read back: a later release followed".into(),
+        });
+        let mut reverted = base(Status::Reverted, Action::Deactivate);
+        reverted.reason = Some("re-enabled by \"okta-provisioning\"".into());
+        reverted.verification = Some(VerificationEvidence {
+            method: "audit",
+            audit_event_id: Some("6b0711f90000000000000002".into()),
+            audit_timestamp: Some(OffsetDateTime::UNIX_EPOCH),
+            evidence: "user u1 reads active=true".into(),
+        });
+        for o in [
+            applied,
+            failed,
+            skipped,
+            dry,
+            verified,
+            unverified,
+            scheduled,
+            cancelled,
+            reactivated,
+            superseded,
+            reverted,
+        ] {
             let json: Value = serde_json::from_slice(&o.to_json()).expect("json");
             let errors: Vec<String> = v.iter_errors(&json).map(|e| e.to_string()).collect();
             assert!(errors.is_empty(), "{json}: {errors:?}");

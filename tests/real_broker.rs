@@ -597,3 +597,66 @@ async fn exactly_once_is_opened_at_start_or_refused_with_the_reason() {
         }
     }
 }
+
+/// The schedule on a real broker, across a restart: a worker schedules two terminations and
+/// stops; another worker, started later, acts on the one that came due (not before its date)
+/// and cancels the other when HR rescinds it. The schedule lives in the compacted state topic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schedule_survives_a_restart_and_a_rescind_cancels_on_a_real_broker() {
+    let Some(bootstrap) = support::peer("KAFKA_BOOTSTRAP") else {
+        return;
+    };
+    let sandbox = sandbox(&bootstrap, 2).await;
+    let dated = |id: &str, n: usize, fields: Value| {
+        (
+            sandbox.topics.terminations.clone(),
+            user(n),
+            support::event(id, &user(n), fields),
+        )
+    };
+    let at = |seconds: i64| {
+        (time::OffsetDateTime::now_utc() + time::Duration::seconds(seconds))
+            .format(&time::format_description::well_known::Rfc3339)
+            .expect("a date")
+    };
+    let status_of = |read: &[OwnedMessage], id: &str, status: &str| {
+        read.iter()
+            .map(outcome)
+            .any(|o| o["source_event_id"] == id && o["status"] == status)
+    };
+    sandbox
+        .publish_one_by_one(&[
+            dated("t-1", 1, json!({"effective_at": at(8)})),
+            dated("t-2", 2, json!({"effective_at": at(86_400)})),
+        ])
+        .await
+        .expect("publish");
+    let published = std::time::Instant::now();
+    let config = config(&sandbox, "real-schedule");
+    let (_, read) = run_until(&sandbox, &config, |r| {
+        status_of(r, "t-1", "scheduled") && status_of(r, "t-2", "scheduled")
+    })
+    .await;
+    assert!(status_of(&read, "t-1", "scheduled"));
+    assert!(sandbox.sim.user(&user(1)).expect("user").active);
+
+    sandbox
+        .publish_one_by_one(&[dated("r-2", 2, json!({"rescinded": true}))])
+        .await
+        .expect("publish");
+    let (_, read) = run_until(&sandbox, &config, |r| {
+        status_of(r, "t-1", "verified") && status_of(r, "r-2", "cancelled")
+    })
+    .await;
+    assert!(
+        status_of(&read, "t-1", "verified"),
+        "t-1 acted after the restart"
+    );
+    assert!(
+        published.elapsed() >= Duration::from_secs(7),
+        "not before its date"
+    );
+    assert!(status_of(&read, "r-2", "cancelled"));
+    assert!(!sandbox.sim.user(&user(1)).expect("user").active);
+    assert!(sandbox.sim.user(&user(2)).expect("user").active);
+}

@@ -795,3 +795,63 @@ async fn another_actor_re_enabling_a_deactivated_user_is_reported_within_the_wat
     tokio::time::sleep(3 * POLL).await;
     assert!(drifts.try_recv().is_err(), "the watch had ended");
 }
+
+/// The drift watch on a quarantine: an administrator taking the quarantined user out of the
+/// group is reported; the same administrator taking someone else out of it (the user stays in)
+/// is not.
+#[tokio::test(start_paused = true)]
+async fn another_actor_taking_a_quarantined_user_out_of_the_group_is_reported() {
+    fine_grained_clock();
+    let (sim, client) = simulator(3, 5).await;
+    let mut cfg = config(VerifyMode::AuditThenReadback);
+    cfg.drift_watch = Duration::from_secs(600);
+    let verifier = Verifier::spawn(client.clone(), cfg.clone(), cfg.mode);
+    let mut drifts = verifier.take_drifts().expect("the reports");
+    let group_id = client.ensure_group("Quarantine_HighRisk").await.unwrap();
+    let u1 = client.resolve_user(&user(1)).await.unwrap();
+    let sent = client
+        .add_members(&group_id, std::slice::from_ref(&u1.id))
+        .await
+        .unwrap();
+    let mut watch = watched(&user(1));
+    watch.outcome.action = offboarder::outcome::Action::Quarantine;
+    let pending = Pending {
+        expected: Expected {
+            request: RequestKey {
+                method: "PATCH",
+                path: format!("/api/v2/scim/Groups/{group_id}"),
+                seq: verify::next_request_seq(),
+            },
+            check: Check::InGroup {
+                group_id: group_id.clone(),
+                user_id: u1.id.clone(),
+            },
+            server_window: sent.server_window,
+        },
+        acted_at: WallClock::new().now_secs(),
+        watch: Some(watch),
+    };
+    let result = answers(vec![verifier.submit(pending).await]).await;
+    assert!(
+        result[0].verified && result[0].method == "audit",
+        "{result:?}"
+    );
+
+    // The administrator takes someone else out of the group: user1 stays in.
+    let u2 = client.resolve_user(&user(2)).await.unwrap();
+    client.add_members(&group_id, &[u2.id]).await.unwrap();
+    assert!(sim.remove_member_as("it-admin", "Quarantine_HighRisk", &user(2)));
+    tokio::time::sleep(3 * POLL).await;
+    assert!(drifts.try_recv().is_err(), "user1 is still quarantined");
+    assert!(sim.remove_member_as("it-admin", "Quarantine_HighRisk", &user(1)));
+    let drift = tokio::time::timeout(Duration::from_secs(120), drifts.recv())
+        .await
+        .expect("a report within a few polls")
+        .expect("a report");
+    assert_eq!(drift.actor, "it-admin");
+    assert!(
+        drift.evidence.contains("no longer a member"),
+        "{}",
+        drift.evidence
+    );
+}

@@ -307,15 +307,21 @@ impl KafkaConfig {
 
     /// The guard's reader of the state topic: assigned its one partition from the start, in
     /// no consumer group and committing nothing. A short fetch wait, because a destructive
-    /// action waits to read its own claim back.
+    /// action waits to read its own claim back: 50 ms, or the main consumer's
+    /// `fetch.wait.max.ms` when that is shorter.
     pub fn state_reader_config(&self) -> Result<ClientConfig, KafkaConfigError> {
         let mut c = self.base()?;
+        let wait = self
+            .consumer_properties
+            .get("fetch.wait.max.ms")
+            .and_then(|w| w.trim().parse::<u32>().ok())
+            .map_or(50, |w| w.min(50));
         c.set("group.id", format!("{}.guard", self.group_id))
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("enable.partition.eof", "false")
             .set("auto.offset.reset", "earliest")
-            .set("fetch.wait.max.ms", "50");
+            .set("fetch.wait.max.ms", wait.to_string());
         probe_system_cas(&mut c);
         Ok(c)
     }

@@ -2,9 +2,11 @@
 //! the action: scheduled for later, due now, acting at once, or rescinded.
 //!
 //! The fleet keeps each user's latest termination in the state topic
-//! ([`crate::guard::schedule`]). Every decision here reads that topic to its end first: an
-//! entry written by another worker a moment ago (a schedule, a cancellation) must be seen, or
-//! a rescind could miss the termination it withdraws and let it fire. While the state topic
+//! ([`crate::guard::schedule`]). A decision that rests on what is *not* in this worker's view
+//! reads that topic to its end first: an entry written a moment ago by the worker that held the
+//! partition before (a schedule, a cancellation) must be seen, or a rescind could miss the
+//! termination it withdraws and let it fire. The hot path does not: an immediate or a
+//! scheduled termination writes the user's entry whatever was there. While the state topic
 //! cannot be read or written, the event waits with its offset held, as a destructive action
 //! waits while the guard cannot decide.
 //!
@@ -78,30 +80,40 @@ impl Core {
             return Some((job, Plan::default()));
         }
         let guard = self.shared.guard.clone();
-        // Another worker's entry for this user, acknowledged a moment ago, must be seen.
-        if !self
-            .with_state_topic(&job, || guard.read_to_end(), "read")
-            .await
-        {
-            return None;
-        }
         let key = schedule::key(&t.user.user_name);
-        let current = guard.schedule().get(&key);
+        let mut current = guard.schedule().get(&key);
         let now = self.calendar.now();
         if *decision == Decision::Reactivate {
+            // What to cancel or undo may have been written a moment ago by the worker that
+            // held this partition before: it must be seen.
+            if !self.read_state_to_end(&job).await {
+                return None;
+            }
+            let current = guard.schedule().get(&key);
             return self.plan_rescind(job, current, &guard).await;
         }
         let effective = t.effective_at;
         // The event id of a termination published again because it came due.
         if let Some(fired) = header_text(&job.message, schedule::SCHEDULED_HEADER) {
             let position = job.ticket.position();
+            let acts = |entry: &Option<schedule::Termination>| {
+                entry.as_ref().is_some_and(|e| {
+                    e.event_id == fired
+                        && (e.state == State::Pending
+                            || (e.state == State::Acted
+                                && e.acted_by.as_ref().is_none_or(|p| *p == position)))
+                })
+            };
+            // A skip must not come from a view that lags the state topic (a missed
+            // termination); acting needs no such read.
+            if !acts(&current) {
+                if !self.read_state_to_end(&job).await {
+                    return None;
+                }
+                current = guard.schedule().get(&key);
+            }
             return match current {
-                Some(entry)
-                    if entry.event_id == fired
-                        && (entry.state == State::Pending
-                            || (entry.state == State::Acted
-                                && entry.acted_by.as_ref().is_none_or(|p| *p == position))) =>
-                {
+                Some(entry) if acts(&Some(entry.clone())) => {
                     let note = format!(
                         "scheduled for {}; acted when it came due",
                         entry.effective_at
@@ -393,6 +405,17 @@ impl Core {
         if let Err(e) = self.shared.guard.write_schedule(entry).await {
             tracing::warn!(error = %e, user = job.event.user_name(), "the user's termination record was not updated; a rescind of it may not find what offboarder did");
         }
+    }
+
+    /// Reads the state topic to its current end, retrying while it cannot; `false` when the
+    /// worker stops or the event's partition is revoked first. Only where a decision rests on
+    /// what is *not* in this worker's view (a rescind, a fired termination whose entry does not
+    /// match): immediate and scheduled terminations write the user's entry whatever was there,
+    /// and the state topic's order makes the latest write win.
+    async fn read_state_to_end(&self, job: &Job) -> bool {
+        let guard = self.shared.guard.clone();
+        self.with_state_topic(job, || guard.read_to_end(), "read")
+            .await
     }
 
     /// Runs `op` on the state topic until it succeeds; `false` when the worker stops or the

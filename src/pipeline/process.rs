@@ -211,7 +211,9 @@ impl Core {
         tracing::Span::current().record("action", decision.action().as_str());
         // Before the guard: a termination scheduled for later does not act now, and a rescind
         // acts only on what offboarder did.
-        let Some((job, plan)) = self.plan_lifecycle(job, &decision).await else {
+        // Boxed: the lifecycle's state is large, and inline it would be part of every
+        // event's future for the event's whole life (thousands wait for a permit).
+        let Some((job, plan)) = Box::pin(self.plan_lifecycle(job, &decision)).await else {
             return;
         };
         if matches!(decision, Decision::Deactivate | Decision::Delete) && !self.executor.dry_run() {
@@ -319,8 +321,13 @@ impl Core {
                     .then(|| {
                         let may_reassert =
                             header_text(&job.message, super::reverted::REASSERT_HEADER).is_none();
+                        // What a `reverted` outcome repeats of this one; not the request.
                         Box::new(Watched {
-                            outcome: outcome.clone(),
+                            outcome: Outcome {
+                                request: None,
+                                reason: None,
+                                ..outcome.clone()
+                            },
                             may_reassert,
                         })
                     });
