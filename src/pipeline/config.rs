@@ -354,6 +354,18 @@ impl KafkaConfig {
         Ok(c)
     }
 
+    /// The producer of the state topic (guard claims, schedule entries, quarantine marks) and
+    /// of offboarder's own input events: [`Self::producer_config`] without the linger, unless
+    /// `producer_properties` sets one. An event waits for each of these writes, so a batching
+    /// delay is pure latency; what queues while a request is in flight still goes in one batch.
+    pub fn state_producer_config(&self) -> Result<ClientConfig, KafkaConfigError> {
+        let mut c = self.producer_config()?;
+        if !self.producer_properties.contains_key("linger.ms") {
+            c.set("linger.ms", "0");
+        }
+        Ok(c)
+    }
+
     /// The producer of outcomes and dead letters: [`Self::producer_config`], transactional
     /// with `exactly_once`. Only the pipeline's publisher uses it: two producers with one
     /// `transactional.id` fence each other.

@@ -131,7 +131,9 @@ impl Pipeline {
         let guard = guard::ledger::open(
             &config.guard,
             guard::ledger::Kafka {
-                producer: kafka.producer_config().map_err(|e| cfg(e.to_string()))?,
+                producer: kafka
+                    .state_producer_config()
+                    .map_err(|e| cfg(e.to_string()))?,
                 reader: kafka
                     .state_reader_config()
                     .map_err(|e| cfg(e.to_string()))?,
