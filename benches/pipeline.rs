@@ -832,10 +832,10 @@ async fn schedule(rows: &mut Vec<Row>, n: usize) {
         target: "reported",
         met: None,
         note: format!(
-            "{scheduled:.0} of {n} scheduled in {:.1} s ({:.0}/s); idle worker before them: {idle:.0} MiB, so about {:.0} bytes per pending termination",
+            "{scheduled:.0} of {n} scheduled in {:.1} s ({:.0}/s); an idle worker: {idle:.0} MiB, so the restarted worker holds about {:.0} bytes per pending termination",
             took.as_secs_f64(),
             scheduled / took.as_secs_f64().max(0.001),
-            (pending - idle).max(0.0) * 1024.0 * 1024.0 / n as f64,
+            (after - idle).max(0.0) * 1024.0 * 1024.0 / n as f64,
         ),
     });
 }
