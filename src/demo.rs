@@ -14,6 +14,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use netskope_sim::SimArgs;
+use offboarder_base::clock::rfc3339;
 
 use crate::pipeline::Pipeline;
 use crate::sandbox::{self, Sandbox};
@@ -48,10 +49,6 @@ fn samples() -> Vec<Sample> {
     let term = |id: &str, user: &str| {
         json!({"event_id": id, "occurred_at": now, "user": {"user_name": user},
                "source": "workday", "reason": "termination"})
-    };
-    let rfc3339 = |t: time::OffsetDateTime| {
-        t.format(&time::format_description::well_known::Rfc3339)
-            .unwrap_or_default()
     };
     let started = time::OffsetDateTime::now_utc();
     let dated = |id: &str, user: &str, at: time::OffsetDateTime| {

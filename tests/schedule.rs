@@ -54,18 +54,19 @@ async fn start(
     offboarder::pipeline::PipelineHandle,
     tokio::task::JoinHandle<()>,
 ) {
-    start_with(sandbox, false).await
+    start_with(sandbox, |_| {}).await
 }
 
+/// A worker on the sandbox, with `configure` applied to its config.
 async fn start_with(
     sandbox: &Sandbox,
-    allow_reactivation: bool,
+    configure: impl FnOnce(&mut offboarder::config::Config),
 ) -> (
     offboarder::pipeline::PipelineHandle,
     tokio::task::JoinHandle<()>,
 ) {
     let mut config = sandbox.config("schedule");
-    config.policy.allow_reactivation = allow_reactivation;
+    configure(&mut config);
     config.pipeline.shutdown_grace = Duration::from_secs(1);
     let client = sandbox.client(&config).expect("client");
     let pipeline = Pipeline::new(&config, client).await.expect("pipeline");
@@ -238,7 +239,7 @@ async fn a_rescind_cancels_before_the_date_and_reactivates_only_what_offboarder_
     // user4 was disabled by someone else; user5 too, before offboarder's own deactivation.
     sandbox.sim.set_user_active(&user(4), false);
     sandbox.sim.set_user_active(&user(5), false);
-    let (worker, task) = start_with(&sandbox, true).await;
+    let (worker, task) = start_with(&sandbox, |c| c.policy.allow_reactivation = true).await;
     sandbox
         .publish(&[
             termination(&sandbox, "t-1", 1, time::Duration::days(3)),
@@ -321,7 +322,7 @@ async fn a_rescind_cancels_before_the_date_and_reactivates_only_what_offboarder_
 
     // The same, with reactivation off (the default): a rescind still cancels what waits, and
     // says why it leaves a deactivation in place.
-    let (worker, task) = start_with(&sandbox, false).await;
+    let (worker, task) = start(&sandbox).await;
     sandbox
         .publish(&[rescind(&sandbox, "r-6", 6), rescind(&sandbox, "r-7", 7)])
         .await
@@ -358,15 +359,7 @@ async fn a_deactivation_undone_by_another_actor_is_reverted_and_reasserted_once(
     )
     .await
     .expect("sandbox");
-    let mut config = sandbox.config("drift");
-    config.policy.reassert = true;
-    config.pipeline.shutdown_grace = Duration::from_secs(1);
-    let client = sandbox.client(&config).expect("client");
-    let pipeline = Pipeline::new(&config, client).await.expect("pipeline");
-    let handle = pipeline.handle();
-    let task = tokio::spawn(async move {
-        pipeline.run().await.expect("clean stop");
-    });
+    let (handle, task) = start_with(&sandbox, |c| c.policy.reassert = true).await;
     let active = |n| sandbox.sim.user(&user(n)).expect("user").active;
     sandbox
         .publish(&[termination(&sandbox, "t-1", 1, time::Duration::hours(-1))])

@@ -156,15 +156,6 @@ impl Writer {
         self.send(key, Some(&value)).await
     }
 
-    /// Publishes a due termination to its input topic, keyed by the user, with the header that
-    /// marks it as fired; acknowledged.
-    pub async fn publish_scheduled(&self, entry: &Termination) -> Result<(), GuardError> {
-        let value = serde_json::to_vec(&entry.event()).map_err(|e| self.error(&e.to_string()))?;
-        let header = (schedule::SCHEDULED_HEADER, entry.event_id.as_str());
-        self.publish_input(&entry.topic, &entry.user_name, &value, header)
-            .await
-    }
-
     /// Publishes an input event of offboarder's own (a due termination, a repeat of an undone
     /// change) to `topic`, keyed by `user`, with one header that says why; acknowledged.
     pub async fn publish_input(

@@ -229,13 +229,13 @@ impl Guard {
     /// Publishes a due termination again to its input topic, marked with
     /// [`schedule::SCHEDULED_HEADER`], acknowledged.
     pub async fn fire(&self, entry: &schedule::Termination) -> Result<(), GuardError> {
-        match &self.ledger {
-            Some(writer) => writer.publish_scheduled(entry).await,
-            None => Err(GuardError::Ledger {
-                topic: String::new(),
-                reason: "scheduled terminations need the state topic".into(),
-            }),
-        }
+        let value = serde_json::to_vec(&entry.event()).map_err(|e| GuardError::Ledger {
+            topic: entry.topic.clone(),
+            reason: e.to_string(),
+        })?;
+        let header = (schedule::SCHEDULED_HEADER, entry.event_id.as_str());
+        self.publish_input(&entry.topic, &entry.user_name, &value, header)
+            .await
     }
 
     /// Publishes an input event of offboarder's own to `topic` (see

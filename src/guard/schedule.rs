@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use offboarder_base::clock::WallClock;
+use offboarder_base::clock::{WallClock, rfc3339};
 
 /// The state topic's key prefix of a user's termination.
 pub const KEY_PREFIX: &str = "schedule/";
@@ -143,11 +143,6 @@ pub struct Termination {
     /// `done: true` of the first version of this entry, which had no `state`: it acted.
     #[serde(default, rename = "done", skip_serializing)]
     legacy_done: bool,
-}
-
-fn rfc3339(t: time::OffsetDateTime) -> String {
-    t.format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
 }
 
 /// Milliseconds since the epoch.

@@ -18,6 +18,8 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use offboarder_base::clock::rfc3339;
+
 use super::executor::Report;
 use super::process::{Core, Job};
 use super::publish::header_text;
@@ -34,11 +36,6 @@ const SCHEDULE_SLACK: time::Duration = time::Duration::seconds(1);
 const BACKDATED: time::Duration = time::Duration::minutes(1);
 /// Between tries to read or write the state topic while it cannot be.
 const STATE_RETRY: std::time::Duration = std::time::Duration::from_secs(2);
-
-fn rfc3339(t: time::OffsetDateTime) -> String {
-    t.format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
-}
 
 /// What the lifecycle settled for an event that goes on to act.
 #[derive(Default)]
@@ -96,24 +93,22 @@ impl Core {
         // The event id of a termination published again because it came due.
         if let Some(fired) = header_text(&job.message, schedule::SCHEDULED_HEADER) {
             let position = job.ticket.position();
-            let acts = |entry: &Option<schedule::Termination>| {
-                entry.as_ref().is_some_and(|e| {
-                    e.event_id == fired
-                        && (e.state == State::Pending
-                            || (e.state == State::Acted
-                                && e.acted_by.as_ref().is_none_or(|p| *p == position)))
-                })
+            let acts = |e: &schedule::Termination| {
+                e.event_id == fired
+                    && (e.state == State::Pending
+                        || (e.state == State::Acted
+                            && e.acted_by.as_ref().is_none_or(|p| *p == position)))
             };
             // A skip must not come from a view that lags the state topic (a missed
             // termination); acting needs no such read.
-            if !acts(&current) {
+            if !current.as_ref().is_some_and(acts) {
                 if !self.read_state_to_end(&job).await {
                     return None;
                 }
                 current = guard.schedule().get(&key);
             }
             return match current {
-                Some(entry) if acts(&Some(entry.clone())) => {
+                Some(entry) if acts(&entry) => {
                     let note = format!(
                         "scheduled for {}; acted when it came due",
                         entry.effective_at

@@ -317,20 +317,21 @@ impl Core {
                     .map_or(0, |t| t.unix_timestamp().max(0) as u64);
                 // A deactivation or a quarantine is watched, once verified, for someone else
                 // undoing it; a repeat made because one was undone is not repeated again.
-                let watch = matches!(decision, Decision::Deactivate | Decision::Quarantine { .. })
-                    .then(|| {
-                        let may_reassert =
-                            header_text(&job.message, super::reverted::REASSERT_HEADER).is_none();
-                        // What a `reverted` outcome repeats of this one; not the request.
-                        Box::new(Watched {
-                            outcome: Outcome {
-                                request: None,
-                                reason: None,
-                                ..outcome.clone()
-                            },
-                            may_reassert,
-                        })
-                    });
+                let watch = (verifier.watches()
+                    && matches!(decision, Decision::Deactivate | Decision::Quarantine { .. }))
+                .then(|| {
+                    let may_reassert =
+                        header_text(&job.message, super::reverted::REASSERT_HEADER).is_none();
+                    // What a `reverted` outcome repeats of this one; not the request.
+                    Box::new(Watched {
+                        outcome: Outcome {
+                            request: None,
+                            reason: None,
+                            ..outcome.clone()
+                        },
+                        may_reassert,
+                    })
+                });
                 Some((
                     verifier.clone(),
                     Pending {

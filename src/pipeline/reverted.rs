@@ -15,6 +15,8 @@ use std::sync::Arc;
 use serde_json::json;
 use tokio::sync::mpsc;
 
+use offboarder_base::clock::rfc3339;
+
 use super::process::Core;
 use crate::guard::memory::Position;
 use crate::outcome::{self, Action, Outcome, Status, VerificationEvidence};
@@ -23,11 +25,6 @@ use crate::verify::drift::Drift;
 /// The header of an input event that repeats an undone change; its value is the audit event
 /// that showed the undoing.
 pub const REASSERT_HEADER: &str = "offboarder-reasserted";
-
-fn rfc3339(t: time::OffsetDateTime) -> String {
-    t.format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
-}
 
 /// Publishes a `reverted` outcome for each report, until the run stops or the verifier goes.
 pub(super) async fn publish_reverted(core: Arc<Core>, mut drifts: mpsc::Receiver<Drift>) {

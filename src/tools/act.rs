@@ -49,9 +49,7 @@ pub fn event(
     now: time::OffsetDateTime,
 ) -> (EventKind, Value) {
     let event_id = format!("operator-{}", uuid::Uuid::new_v4());
-    let occurred_at = now
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default();
+    let occurred_at = offboarder_base::clock::rfc3339(now);
     let mut e = json!({
         "event_id": event_id,
         "occurred_at": occurred_at,

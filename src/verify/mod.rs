@@ -299,6 +299,8 @@ pub struct Verifier {
     pending: Arc<AtomicUsize>,
     /// The reports of the drift watch, until the pipeline takes them.
     drifts: Arc<std::sync::Mutex<Option<mpsc::Receiver<drift::Drift>>>>,
+    /// Whether verified changes are watched (`drift_watch` set, the audit trail read).
+    watches: bool,
 }
 
 impl Verifier {
@@ -309,6 +311,7 @@ impl Verifier {
         let (drifts, drift_reports) = mpsc::channel(1024);
         let pending = Arc::new(AtomicUsize::new(0));
         let config_actor = config.audit_user.clone();
+        let watches = !config.drift_watch.is_zero() && mode.uses_audit();
         let poller = Poller {
             watches: Vec::new(),
             drifts,
@@ -327,7 +330,14 @@ impl Verifier {
             tx,
             pending,
             drifts: Arc::new(std::sync::Mutex::new(Some(drift_reports))),
+            watches,
         }
+    }
+
+    /// Whether a verified change is watched for drift: a [`Pending::watch`] is wasted
+    /// otherwise.
+    pub fn watches(&self) -> bool {
+        self.watches
     }
 
     /// The drift watch's reports ([`drift::Drift`]); `Some` once, for the one who publishes

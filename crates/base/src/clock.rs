@@ -57,6 +57,12 @@ impl WallClock {
     }
 }
 
+/// `t` as RFC 3339 text, the form of every date offboarder writes (events, outcomes, state).
+pub fn rfc3339(t: time::OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
 impl Default for WallClock {
     fn default() -> Self {
         Self::new()
