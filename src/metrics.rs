@@ -103,6 +103,9 @@ fn zero_counters() {
     for result in ["committed", "aborted"] {
         metrics::counter!(TRANSACTIONS, "result" => result).absolute(0);
     }
+    for result in ["complete", "not_worth_it", "failed"] {
+        metrics::counter!(DIRECTORY_LISTINGS, "result" => result).absolute(0);
+    }
 }
 
 fn describe() {
@@ -128,6 +131,14 @@ fn describe() {
     describe_gauge!(
         REQUEST_BUDGET,
         "This worker's share of each token's requests_per_minute, by token."
+    );
+    describe_gauge!(
+        DIRECTORY_USERS,
+        "Users in the directory mirror (user name to SCIM id) after its last listing."
+    );
+    describe_counter!(
+        DIRECTORY_LISTINGS,
+        "Listings of the directory, by result (complete, not_worth_it, failed)."
     );
     describe_counter!(
         TOKEN_RELOADS,

@@ -667,6 +667,59 @@ async fn a_stale_cached_user_id_is_resolved_afresh_once() {
     assert_eq!(report.request.map(|r| r.path), Some("/Users/B".to_string()));
 }
 
+// The same from the directory mirror: a listing's id gone by the PATCH is resolved once with
+// a filter (past the mirror, which would answer the same stale id), then the PATCH goes again.
+#[tokio::test(start_paused = true)]
+async fn a_stale_mirrored_user_id_is_resolved_afresh_with_a_filter() {
+    let server = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path(USERS))
+        .and(query_param("startIndex", "1"))
+        .and(query_param("attributes", "id,userName,active"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(list(json!([
+            {"id": "A", "userName": "a@x.com", "active": true},
+            {"id": "C", "userName": "c@x.com", "active": true},
+        ]))))
+        .expect(1)
+        .mount(&server)
+        .await;
+    mount_user(&server, "a@x.com", "B", 1).await;
+    Mock::given(method("PATCH"))
+        .and(path(format!("{USERS}/A")))
+        .respond_with(ResponseTemplate::new(404))
+        .expect(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("PATCH"))
+        .and(path(format!("{USERS}/B")))
+        .and(body_json(deactivate_body()))
+        .respond_with(ResponseTemplate::new(204))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let ex = executor(&server, false, PipelineConfig::default());
+    let deactivate = Decision::Deactivate;
+    // Three events announced at once, in a tenant of unknown size: worth the first page.
+    let demands: Vec<_> = (0..3).map(|_| ex.expect_resolve(&deactivate)).collect();
+    let mut demands = demands.into_iter();
+    let report = ex
+        .execute_with_demand(
+            "a@x.com",
+            &deactivate,
+            &Position::default(),
+            demands.next().flatten(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(report.status, Status::Applied, "{report:?}");
+    assert_eq!(report.scim_user_id.as_deref(), Some("B"));
+    assert_eq!(report.attempts, 1);
+    assert!(
+        ex.expect_resolve(&Decision::Reactivate).is_none(),
+        "a known id needs no resolve"
+    );
+}
+
 #[tokio::test(start_paused = true)]
 async fn an_id_that_resolves_the_same_and_stays_gone_is_not_found() {
     let server = MockServer::start().await;

@@ -18,7 +18,7 @@ use time::OffsetDateTime;
 use tokio::time::Instant;
 
 use netskope::scim::{GROUP_SCHEMA, active_patch, add_members_patch};
-use netskope::{AuditWindow, ErrorClass, NetskopeClient, NetskopeError, Op, Sent, UserRef};
+use netskope::{AuditWindow, Demand, ErrorClass, NetskopeClient, NetskopeError, Op, Sent, UserRef};
 use offboarder_base::clock::WallClock;
 
 use super::batcher::{Batchers, Change, GroupBatcher};
@@ -162,7 +162,32 @@ impl Executor {
         decision: &Decision,
         at: &Position,
     ) -> Result<Report, NetskopeError> {
-        self.run(user_name, None, decision, at).await
+        self.run(user_name, None, decision, at, None).await
+    }
+
+    /// [`Executor::execute`] for an event whose resolve was announced early with `demand`
+    /// (see [`Executor::expect_resolve`]); the count drops once the user is resolved.
+    pub async fn execute_with_demand(
+        &self,
+        user_name: &str,
+        decision: &Decision,
+        at: &Position,
+        demand: Option<Demand>,
+    ) -> Result<Report, NetskopeError> {
+        self.run(user_name, None, decision, at, demand).await
+    }
+
+    /// Counts, while the returned value lives, one user resolve that `decision` will need:
+    /// the client lists the directory instead of resolving names one by one when enough of
+    /// them wait. `None` for a decision that names no user to resolve.
+    pub fn expect_resolve(&self, decision: &Decision) -> Option<Demand> {
+        match decision {
+            Decision::Skip { .. } | Decision::Reactivate => None,
+            Decision::Deactivate
+            | Decision::Delete
+            | Decision::Quarantine { .. }
+            | Decision::Release { .. } => Some(self.client.expect_resolve()),
+        }
     }
 
     /// Reactivates the user with SCIM id `user_id` (named `user_name`): the id offboarder
@@ -174,7 +199,7 @@ impl Executor {
         user_id: &str,
         at: &Position,
     ) -> Result<Report, NetskopeError> {
-        self.run(user_name, Some(user_id), &Decision::Reactivate, at)
+        self.run(user_name, Some(user_id), &Decision::Reactivate, at, None)
             .await
     }
 
@@ -184,6 +209,7 @@ impl Executor {
         known_id: Option<&str>,
         decision: &Decision,
         at: &Position,
+        mut demand: Option<Demand>,
     ) -> Result<Report, NetskopeError> {
         if let Decision::Skip { reason, .. } = decision {
             return Ok(Report::skipped(reason.clone()));
@@ -198,7 +224,10 @@ impl Executor {
         let mut attempts = 0;
         loop {
             attempts += 1;
-            let error = match self.try_once(user_name, known_id, decision, at).await {
+            let error = match self
+                .try_once(user_name, known_id, decision, at, &mut demand)
+                .await
+            {
                 Ok(done) => {
                     let (scim_user_id, user_was_active) =
                         done.user.map_or((None, None), |u| (Some(u.id), u.active));
@@ -262,6 +291,7 @@ impl Executor {
         known_id: Option<&str>,
         decision: &Decision,
         at: &Position,
+        demand: &mut Option<Demand>,
     ) -> Result<Done, NetskopeError> {
         let user = match known_id {
             Some(id) => UserRef {
@@ -269,18 +299,23 @@ impl Executor {
                 user_name: user_name.to_string(),
                 active: None,
             },
-            None => self.client.resolve_user(user_name).await?,
+            None => {
+                let resolved = self.client.resolve_user(user_name).await;
+                // Resolved (or failed): no longer a resolve that a listing would save.
+                drop(demand.take());
+                resolved?
+            }
         };
         let result = self.act(&user, decision, at).await;
-        // An id that vanished may be a stale cache entry (a user deleted and re-created):
-        // resolve afresh once before calling the user unknown. Not a known id: that user is
-        // the one meant, and a new account of the same name is someone else.
+        // An id that vanished may be stale (a user deleted and re-created since the cache or
+        // the directory mirror learned it): resolve afresh, with a filter, once before calling
+        // the user unknown. Not a known id: that user is the one meant, and a new account of
+        // the same name is someone else.
         match result {
             Err(NetskopeError::NotFound { .. })
                 if !matches!(decision, Decision::Delete) && known_id.is_none() =>
             {
-                self.client.forget_user(user_name);
-                let fresh = self.client.resolve_user(user_name).await?;
+                let fresh = self.client.resolve_user_afresh(user_name).await?;
                 if fresh.id == user.id {
                     return result;
                 }

@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
+use netskope::Demand;
 use offboarder_base::clock::WallClock;
 use offboarder_base::metric_names as m_names;
 
@@ -216,6 +217,13 @@ impl Core {
         let Some((job, plan)) = Box::pin(self.plan_lifecycle(job, &decision)).await else {
             return;
         };
+        // Counted from now, not when the user is resolved: a burst is known as it is read,
+        // and that is what tells the client a directory listing would be cheaper.
+        let mut demand = plan
+            .reactivate
+            .is_none()
+            .then(|| self.executor.expect_resolve(&decision))
+            .flatten();
         if matches!(decision, Decision::Deactivate | Decision::Delete) && !self.executor.dry_run() {
             let event = job.guard_key();
             match self.shared.guard.try_admit(&event).await {
@@ -224,11 +232,16 @@ impl Core {
                     if tripped {
                         Box::pin(self.report_halt(&job, &decision)).await;
                     }
+                    // A halted event may wait for hours: it is no resolve about to happen.
+                    drop(demand.take());
                     self.shared.guard.admitted(&event).await;
+                    demand = self.executor.expect_resolve(&decision);
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "the blast-radius guard cannot decide; the destructive action waits");
+                    drop(demand.take());
                     self.shared.guard.admitted(&event).await;
+                    demand = self.executor.expect_resolve(&decision);
                 }
             }
         }
@@ -242,16 +255,26 @@ impl Core {
         let _acting = job.partition.acting();
         // Boxed, and so allocated, only now: thousands of events waiting for a permit each
         // cost their job, not the kilobytes of state that acting on Netskope needs.
-        Box::pin(self.clone().act(job, decision, plan)).await;
+        Box::pin(self.clone().act(job, decision, plan, demand)).await;
     }
 
     /// Carries out an admitted event's decision and publishes its outcome.
-    pub(super) async fn act(self: Arc<Self>, job: Job, decision: Decision, plan: Plan) {
+    pub(super) async fn act(
+        self: Arc<Self>,
+        job: Job,
+        decision: Decision,
+        plan: Plan,
+        demand: Option<Demand>,
+    ) {
         let user_name = job.event.user_name().to_string();
         let at = job.ticket.position();
         let run = match &plan.reactivate {
             Some(user_id) => self.executor.reactivate(&user_name, user_id, &at).await,
-            None => self.executor.execute(&user_name, &decision, &at).await,
+            None => {
+                self.executor
+                    .execute_with_demand(&user_name, &decision, &at, demand)
+                    .await
+            }
         };
         let mut report = match run {
             Ok(report) => report,

@@ -45,3 +45,7 @@ pub const TOKEN_RELOADS: &str = "offboarder_token_reloads_total";
 pub const TRANSACTIONS: &str = "offboarder_transactions_total";
 /// This worker's share of each token's request budget, requests per minute, by `token`.
 pub const REQUEST_BUDGET: &str = "offboarder_request_budget_per_minute";
+/// Users in the directory mirror (user name → id) after its last listing.
+pub const DIRECTORY_USERS: &str = "offboarder_directory_mirror_users";
+/// Directory listings, by `result` (`complete`, `not_worth_it`, `failed`).
+pub const DIRECTORY_LISTINGS: &str = "offboarder_directory_listings_total";

@@ -116,6 +116,14 @@ pub struct NetskopeConfig {
     /// How long a resolved id is trusted. Short, because users can be deleted and re-created.
     #[serde(with = "humantime_serde")]
     pub user_cache_ttl: Duration,
+    /// Lets the client list the whole directory (user name → id) when that costs fewer
+    /// requests than resolving the names that wait one by one (see the `directory` module).
+    pub directory_mirror: bool,
+    /// Users per page of a directory listing (`count`). Netskope's guide uses 100.
+    pub directory_page_size: usize,
+    /// A tenant with more users than this is never listed: names are resolved one by one.
+    /// Bounds the mirror's memory (under 100 bytes per user).
+    pub directory_max_users: usize,
     /// Most members in one group PATCH. Netskope's own integration sends up to 5,000.
     pub members_batch_size: usize,
     pub member_remove_style: RemoveStyle,
@@ -139,6 +147,9 @@ impl Default for NetskopeConfig {
             allow_insecure_http: false,
             user_cache_size: 10_000,
             user_cache_ttl: Duration::from_secs(300),
+            directory_mirror: true,
+            directory_page_size: 100,
+            directory_max_users: 250_000,
             members_batch_size: 500,
             member_remove_style: RemoveStyle::default(),
             audit_paging_param: PagingParam::default(),
@@ -240,6 +251,9 @@ impl NetskopeConfig {
         }
         if self.user_cache_size == 0 {
             return invalid("user_cache_size", "must be at least 1");
+        }
+        if !(1..=1000).contains(&self.directory_page_size) {
+            return invalid("directory_page_size", "must be between 1 and 1000");
         }
         if !(1..=5000).contains(&self.members_batch_size) {
             return invalid("members_batch_size", "must be between 1 and 5000");

@@ -10,10 +10,12 @@
 //! | [`audit`] | pages of audit events (`result` or `data`, `offset` or `skip`) |
 //! | [`filter`] | SCIM filter values escaped as JSON string literals |
 //! | [`cache`] | bounded caches with expiry for user and group ids |
+//! | [`directory`] | the directory mirror (user name → id) and when listing it pays |
 
 pub mod audit;
 pub mod cache;
 pub mod config;
+pub mod directory;
 pub mod error;
 pub mod filter;
 pub mod limiter;
@@ -28,11 +30,13 @@ use url::Url;
 
 use cache::TtlCache;
 use config::{PagingParam, RemoveStyle};
+use directory::Directory;
 use limiter::TokenLimiter;
 use transport::{Token, TokenFile, Transport};
 
 pub use audit::{AuditCursor, AuditEvent, AuditRead, AuditWindow, Inserted, Sent};
 pub use config::{ConfigError, Endpoints, NetskopeConfig, Tokens};
+pub use directory::Demand;
 pub use error::{ErrorClass, NetskopeError, Op, TokenRole};
 pub use scim::{ScimUser, UserRef};
 
@@ -52,6 +56,7 @@ pub struct NetskopeClient {
     /// The same `Arc` as `scim_token` when one token serves both, so both share one budget.
     events_token: Arc<Token>,
     users: TtlCache<String, UserRef>,
+    directory: Arc<Directory>,
     groups: TtlCache<String, String>,
     members_batch_size: usize,
     remove_style: RemoveStyle,
@@ -145,6 +150,12 @@ impl<'a> ClientBuilder<'a> {
             scim_token,
             events_token,
             users: TtlCache::new(cfg.user_cache_size, cfg.user_cache_ttl),
+            directory: Arc::new(Directory::new(directory::Settings {
+                enabled: cfg.directory_mirror,
+                page_size: cfg.directory_page_size,
+                max_users: cfg.directory_max_users,
+                fresh_for: cfg.user_cache_ttl,
+            })),
             groups: TtlCache::new(GROUP_CACHE_SIZE, GROUP_CACHE_TTL),
             members_batch_size: cfg.members_batch_size,
             remove_style: cfg.member_remove_style,

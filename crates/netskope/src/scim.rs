@@ -12,6 +12,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::audit::Sent;
+use super::directory::{Demand, Lookup, Plan};
 use super::error::{NetskopeError, Op};
 use super::filter;
 use super::transport::Reply;
@@ -48,9 +49,12 @@ pub struct ScimUser {
 }
 
 #[derive(Deserialize)]
-struct ListResponse<T> {
+pub(crate) struct ListResponse<T> {
+    /// Absent on some servers; its absence does not make a page the last.
+    #[serde(rename = "totalResults", default)]
+    pub(crate) total_results: Option<usize>,
     #[serde(rename = "Resources", default = "Vec::new")]
-    resources: Vec<T>,
+    pub(crate) resources: Vec<T>,
 }
 
 #[derive(Deserialize)]
@@ -137,27 +141,63 @@ pub fn add_members_patch(user_ids: &[String]) -> Value {
 }
 
 impl NetskopeClient {
-    /// Lists one user: proves the SCIM endpoint answers and accepts the token.
+    /// Lists one user: proves the SCIM endpoint answers and accepts the token. Its
+    /// `totalResults` tells the directory mirror the tenant's size.
     pub async fn probe_scim(&self) -> Result<(), NetskopeError> {
+        self.list_users_page(1, 1).await.map(|_| ())
+    }
+
+    /// One page of `GET /Users`, with only the attributes a resolve needs.
+    pub(crate) async fn list_users_page(
+        &self,
+        start_index: usize,
+        count: usize,
+    ) -> Result<ListResponse<ScimUser>, NetskopeError> {
         let op = Op::ListUsers;
         let url = self.scim_url(&["Users"]);
+        let (start_index, count) = (start_index.to_string(), count.to_string());
         let reply = self
             .transport
             .send(&self.scim_token, op, |http| {
-                http.get(url.clone())
-                    .query(&[("startIndex", "1"), ("count", "1")])
+                http.get(url.clone()).query(&[
+                    ("startIndex", start_index.as_str()),
+                    ("count", count.as_str()),
+                    ("attributes", "id,userName,active"),
+                ])
             })
             .await?;
         if !reply.is_success() {
             return Err(reply.rejected(op, &self.scim_token));
         }
-        parse::<ListResponse<ScimUser>>(op, &reply).map(|_| ())
+        let page: ListResponse<ScimUser> = parse(op, &reply)?;
+        if let Some(total) = page.total_results {
+            self.directory.saw_total(total);
+        }
+        Ok(page)
+    }
+
+    /// Counts one resolve the caller is about to need, for as long as the returned
+    /// [`Demand`] lives: the directory is listed when more resolves wait than a listing has
+    /// pages. Callers announce as early as they know (an event read), not when they resolve.
+    pub fn expect_resolve(&self) -> Demand {
+        self.directory.expect_resolve()
+    }
+
+    /// Directory listings completed since the client was built.
+    pub fn directory_listings(&self) -> u64 {
+        self.directory.listings()
+    }
+
+    /// Users in the directory mirror, when one was listed.
+    pub fn mirrored_users(&self) -> Option<usize> {
+        self.directory.mirrored()
     }
 
     /// Resolves a user name (usually an email) to its SCIM id, case-insensitively.
     ///
     /// Zero matches is [`NetskopeError::NotFound`]; more than one is
-    /// [`NetskopeError::Ambiguous`]. Results are cached (bounded, with a TTL).
+    /// [`NetskopeError::Ambiguous`]. Answered from the id cache (bounded, with a TTL), then
+    /// from the directory mirror when it is fresh or worth listing now, else with a filter.
     pub async fn resolve_user(&self, user_name: &str) -> Result<UserRef, NetskopeError> {
         let op = Op::ResolveUser;
         check_name(op, user_name)?;
@@ -168,6 +208,38 @@ impl NetskopeClient {
                 ..hit
             });
         }
+        loop {
+            match self.directory.plan(user_name) {
+                Plan::Answer(Lookup::Found(user)) => return Ok(user),
+                Plan::Answer(Lookup::Ambiguous(count)) => {
+                    return Err(NetskopeError::Ambiguous {
+                        op,
+                        name: user_name.to_string(),
+                        count,
+                    });
+                }
+                Plan::Answer(Lookup::Missing) | Plan::Filter => break,
+                Plan::Wait(mut changed) => {
+                    // An error means the directory is gone with its client: plan again.
+                    let _ = changed.changed().await;
+                }
+                Plan::List(listing) => self.list_directory(listing).await,
+            }
+        }
+        self.resolve_with_filter(user_name).await
+    }
+
+    /// Resolves a user name with a filter, past the cache and the mirror: for an id that a
+    /// request found gone. The answer replaces the cached one.
+    pub async fn resolve_user_afresh(&self, user_name: &str) -> Result<UserRef, NetskopeError> {
+        check_name(Op::ResolveUser, user_name)?;
+        self.forget_user(user_name);
+        self.resolve_with_filter(user_name).await
+    }
+
+    async fn resolve_with_filter(&self, user_name: &str) -> Result<UserRef, NetskopeError> {
+        let op = Op::ResolveUser;
+        let key = user_name.to_lowercase();
         let found = self
             .find_one::<ScimUser>(op, "Users", "userName", user_name, &[], |u| &u.user_name)
             .await?

@@ -1,0 +1,629 @@
+//! A mirror of the tenant's directory (user name → id), and the choice of when to build it.
+//!
+//! A deactivation needs two requests when the user is resolved with its own filtered
+//! `GET /Users`: the resolve and the PATCH. Listing the directory page by page
+//! (`startIndex`/`count`, `attributes=id,userName,active`) costs one request per
+//! `directory_page_size` users, whatever the number of names it then answers. The client lists
+//! only when that is the cheaper way: when more resolves are expected
+//! ([`Demand`], announced by the pipeline as events arrive) than the listing has pages, or when
+//! a listing younger than `user_cache_ttl` can answer for free. A trickle of events therefore
+//! never lists, and a burst lists once.
+//!
+//! A mirror is never less safe than a filtered resolve:
+//! * a name it lacks is resolved with a filter (the user may be new);
+//! * a name two users share in different case is ambiguous, as the filter would find both;
+//! * only a listing that reached its end is used, since a partial one could hold one spelling
+//!   of a name and not the other;
+//! * its ids are as old as the id cache already allowed (`user_cache_ttl`), and a PATCH that
+//!   finds an id gone resolves that name afresh, with a filter, before failing.
+//!
+//! Memory per user is bounded: 16 bytes of index plus the name and id themselves in one
+//! shared string (names over 512 characters and ids over 256 bytes are left to the filter),
+//! and `directory_max_users` caps the number of users.
+
+use std::hash::{BuildHasher, RandomState};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use offboarder_base::metric_names as names;
+
+use super::NetskopeClient;
+use super::scim::{ScimUser, UserRef};
+
+/// Longest user name kept in the mirror (the longest a resolve accepts).
+const MAX_NAME_CHARS: usize = 512;
+/// Longest id kept in the mirror; SCIM ids are usually UUIDs (36 bytes).
+const MAX_ID_BYTES: usize = 256;
+
+/// The directory settings of `[netskope]`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Settings {
+    pub enabled: bool,
+    pub page_size: usize,
+    pub max_users: usize,
+    /// How long a listing answers for names: the id cache's TTL, so that a mirrored id is
+    /// never older than a cached one could be.
+    pub fresh_for: Duration,
+}
+
+/// One resolve the pipeline expects to make (an event that will name a user). Counted while
+/// it lives: the count is what a listing would save.
+#[derive(Debug)]
+pub struct Demand(Arc<AtomicUsize>);
+
+impl Drop for Demand {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// What a name's lookup in a mirror found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Lookup {
+    Found(UserRef),
+    /// This many users carry the name, in different case.
+    Ambiguous(usize),
+    Missing,
+}
+
+/// One user of a [`Mirror`]: where its name and id sit in the shared string.
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    /// A hash of the lowercased name (the mirror's own keys, so crafted names cannot collide
+    /// on purpose); equal hashes are told apart by the names themselves.
+    hash: u32,
+    start: u32,
+    name_len: u16,
+    id_len: u16,
+    /// 0 unknown, 1 inactive, 2 active, as the listing saw it.
+    active: u8,
+}
+
+/// A complete listing of the directory, compact and read-only.
+#[derive(Debug)]
+pub(crate) struct Mirror {
+    keys: RandomState,
+    text: String,
+    /// Sorted by `hash`.
+    entries: Vec<Entry>,
+}
+
+impl Mirror {
+    fn hash(keys: &RandomState, lowercased: &str) -> u32 {
+        // The low half of a 64-bit SipHash; collisions only cost a comparison.
+        keys.hash_one(lowercased) as u32
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Bytes held, for the gauge and the benchmark.
+    pub(crate) fn heap_bytes(&self) -> usize {
+        self.text.capacity() + self.entries.capacity() * std::mem::size_of::<Entry>()
+    }
+
+    fn name_of(&self, e: &Entry) -> &str {
+        let start = e.start as usize;
+        &self.text[start..start + usize::from(e.name_len)]
+    }
+
+    fn id_of(&self, e: &Entry) -> &str {
+        let start = e.start as usize + usize::from(e.name_len);
+        &self.text[start..start + usize::from(e.id_len)]
+    }
+
+    /// The user named `name`, compared without case, as the filtered resolve compares.
+    pub(crate) fn lookup(&self, name: &str) -> Lookup {
+        let lowered = name.to_lowercase();
+        let hash = Self::hash(&self.keys, &lowered);
+        let first = self.entries.partition_point(|e| e.hash < hash);
+        let mut found: Option<&Entry> = None;
+        let mut ids: Vec<&str> = Vec::new();
+        for e in self.entries[first..].iter().take_while(|e| e.hash == hash) {
+            let stored = self.name_of(e);
+            if stored != name && stored.to_lowercase() != lowered {
+                continue;
+            }
+            // A user seen twice (the directory shifted between two pages) is one user.
+            let id = self.id_of(e);
+            if !ids.contains(&id) {
+                ids.push(id);
+                found = Some(e);
+            }
+        }
+        match (ids.len(), found) {
+            (1, Some(e)) => Lookup::Found(UserRef {
+                id: self.id_of(e).to_string(),
+                user_name: self.name_of(e).to_string(),
+                active: match e.active {
+                    1 => Some(false),
+                    2 => Some(true),
+                    _ => None,
+                },
+            }),
+            (0, _) | (_, None) => Lookup::Missing,
+            (n, _) => Lookup::Ambiguous(n),
+        }
+    }
+}
+
+/// Collects a listing's pages into a [`Mirror`].
+#[derive(Debug)]
+pub(crate) struct MirrorBuilder {
+    mirror: Mirror,
+    /// Users left to the filtered resolve: a name or id too long to keep.
+    pub(crate) skipped: usize,
+}
+
+impl MirrorBuilder {
+    pub(crate) fn new() -> Self {
+        Self {
+            mirror: Mirror {
+                keys: RandomState::new(),
+                text: String::new(),
+                entries: Vec::new(),
+            },
+            skipped: 0,
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.mirror.entries.len()
+    }
+
+    pub(crate) fn push(&mut self, user: &ScimUser) {
+        let m = &mut self.mirror;
+        let (Ok(name_len), Ok(id_len), Ok(start)) = (
+            u16::try_from(user.user_name.len()),
+            u16::try_from(user.id.len()),
+            u32::try_from(m.text.len()),
+        ) else {
+            self.skipped += 1;
+            return;
+        };
+        if user.user_name.chars().count() > MAX_NAME_CHARS
+            || user.id.len() > MAX_ID_BYTES
+            || user.id.is_empty()
+            || start
+                .checked_add(u32::from(name_len) + u32::from(id_len))
+                .is_none()
+        {
+            self.skipped += 1;
+            return;
+        }
+        m.text.push_str(&user.user_name);
+        m.text.push_str(&user.id);
+        m.entries.push(Entry {
+            hash: Mirror::hash(&m.keys, &user.user_name.to_lowercase()),
+            start,
+            name_len,
+            id_len,
+            active: match user.active {
+                None => 0,
+                Some(false) => 1,
+                Some(true) => 2,
+            },
+        });
+    }
+
+    pub(crate) fn finish(self) -> Mirror {
+        let mut m = self.mirror;
+        m.entries.sort_unstable_by_key(|e| e.hash);
+        m.entries.shrink_to_fit();
+        m.text.shrink_to_fit();
+        m
+    }
+}
+
+/// What a resolve does next.
+pub(crate) enum Plan {
+    /// The mirror answered.
+    Answer(Lookup),
+    /// A listing runs: wait for its end, then plan again.
+    Wait(watch::Receiver<u64>),
+    /// List the directory now (this resolve drives the listing).
+    List(Listing),
+    /// Resolve this name with a filter.
+    Filter,
+}
+
+/// The right, and the duty, to list the directory: dropping it (done, failed or cancelled)
+/// lets the resolves that wait for it go on.
+pub(crate) struct Listing {
+    directory: Arc<Directory>,
+}
+
+impl Listing {
+    /// Whether `pages` more requests are worth it for the resolves now expected.
+    pub(crate) fn worth(&self, pages: usize) -> bool {
+        self.directory.demand() > pages
+    }
+
+    pub(crate) fn settings(&self) -> Settings {
+        self.directory.settings
+    }
+
+    pub(crate) fn learned_total(&self, total: usize) {
+        self.directory.lock().users = Some(total);
+    }
+
+    pub(crate) fn done(self, mirror: Mirror) {
+        let mut s = self.directory.lock();
+        metrics::gauge!(names::DIRECTORY_USERS).set(mirror.len() as f64);
+        s.mirror = Some((Arc::new(mirror), Instant::now()));
+        s.listings += 1;
+    }
+
+    pub(crate) fn failed(self) {
+        self.directory.lock().failed_at = Some(Instant::now());
+    }
+}
+
+impl Drop for Listing {
+    fn drop(&mut self) {
+        self.directory.lock().listing = false;
+        self.directory.changed.send_modify(|n| *n += 1);
+    }
+}
+
+/// The mirror, the demand for resolves, and whether a listing runs.
+#[derive(Debug)]
+pub(crate) struct Directory {
+    settings: Settings,
+    demand: Arc<AtomicUsize>,
+    state: Mutex<State>,
+    changed: watch::Sender<u64>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    mirror: Option<(Arc<Mirror>, Instant)>,
+    listing: bool,
+    /// The tenant's number of users, from the last `totalResults` seen.
+    users: Option<usize>,
+    /// When a listing last failed: none is tried again for `fresh_for`.
+    failed_at: Option<Instant>,
+    /// Listings completed, for tests and the log.
+    listings: u64,
+}
+
+impl Directory {
+    pub(crate) fn new(settings: Settings) -> Self {
+        Self {
+            settings,
+            demand: Arc::new(AtomicUsize::new(0)),
+            state: Mutex::new(State::default()),
+            changed: watch::Sender::new(0),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // Plain values; a poisoned lock still holds a usable state.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn expect_resolve(&self) -> Demand {
+        self.demand.fetch_add(1, Ordering::Relaxed);
+        Demand(self.demand.clone())
+    }
+
+    pub(crate) fn demand(&self) -> usize {
+        self.demand.load(Ordering::Relaxed)
+    }
+
+    /// Records a `totalResults` of an unfiltered list (the readiness probe's, say).
+    pub(crate) fn saw_total(&self, total: usize) {
+        self.lock().users = Some(total);
+    }
+
+    pub(crate) fn listings(&self) -> u64 {
+        self.lock().listings
+    }
+
+    /// The users in the current mirror, fresh or not.
+    pub(crate) fn mirrored(&self) -> Option<usize> {
+        self.lock().mirror.as_ref().map(|(m, _)| m.len())
+    }
+
+    /// Pages a full listing takes, when the tenant's size is known.
+    fn pages(&self, users: usize) -> usize {
+        users.div_ceil(self.settings.page_size).max(1)
+    }
+
+    /// Decides how to resolve `name` (already checked, not in the id cache).
+    pub(crate) fn plan(self: &Arc<Self>, name: &str) -> Plan {
+        if !self.settings.enabled {
+            return Plan::Filter;
+        }
+        let mut s = self.lock();
+        let now = Instant::now();
+        if let Some((mirror, at)) = &s.mirror
+            && now < *at + self.settings.fresh_for
+        {
+            return match mirror.lookup(name) {
+                Lookup::Missing => Plan::Filter,
+                found => Plan::Answer(found),
+            };
+        }
+        if s.listing {
+            return Plan::Wait(self.changed.subscribe());
+        }
+        if s.failed_at
+            .is_some_and(|t| now < t + self.settings.fresh_for)
+        {
+            return Plan::Filter;
+        }
+        let demand = self.demand();
+        let worth = match s.users {
+            Some(users) => users <= self.settings.max_users && demand > self.pages(users),
+            // Unknown size: the listing's first page tells it, for one request.
+            None => demand > 1,
+        };
+        if !worth {
+            return Plan::Filter;
+        }
+        s.listing = true;
+        // A stale mirror is dropped now: it answers nothing any more, and the new one is
+        // about to take as much memory.
+        s.mirror = None;
+        Plan::List(Listing {
+            directory: self.clone(),
+        })
+    }
+}
+
+impl NetskopeClient {
+    /// Lists the directory page by page for `listing`, and hands the mirror over only when
+    /// the listing reached its end. Stops early, mirroring nothing, when the first page shows
+    /// the listing is no longer worth its pages or the tenant is over `directory_max_users`.
+    pub(crate) async fn list_directory(&self, listing: Listing) {
+        let settings = listing.settings();
+        let started = Instant::now();
+        let mut builder = MirrorBuilder::new();
+        let mut start = 1usize;
+        let mut pages = 0usize;
+        let mut previous_first: Option<String> = None;
+        let stop = |result: &'static str| {
+            metrics::counter!(names::DIRECTORY_LISTINGS, "result" => result).increment(1);
+        };
+        loop {
+            let page = match self.list_users_page(start, settings.page_size).await {
+                Ok(page) => page,
+                Err(e) => {
+                    tracing::warn!(error = %e, pages, "directory listing failed; names are resolved one by one until user_cache_ttl has passed");
+                    stop("failed");
+                    return listing.failed();
+                }
+            };
+            pages += 1;
+            let served = page.resources.len();
+            if let Some(total) = page.total_results {
+                listing.learned_total(total);
+                let left = total.saturating_sub(served).div_ceil(served.max(1));
+                if total > settings.max_users || (pages == 1 && !listing.worth(left)) {
+                    tracing::debug!(
+                        total,
+                        pages,
+                        "directory listing stopped: not worth its pages"
+                    );
+                    return stop("not_worth_it");
+                }
+            }
+            let Some(first) = page.resources.first() else {
+                break;
+            };
+            if previous_first.as_deref() == Some(first.id.as_str()) {
+                tracing::warn!(
+                    start,
+                    "directory listing stopped: the server answered the same page for another startIndex; names are resolved one by one"
+                );
+                stop("failed");
+                return listing.failed();
+            }
+            previous_first = Some(first.id.clone());
+            for user in &page.resources {
+                builder.push(user);
+            }
+            if builder.len() + builder.skipped > settings.max_users {
+                tracing::warn!(
+                    max = settings.max_users,
+                    "directory listing stopped: more users than netskope.directory_max_users; names are resolved one by one"
+                );
+                stop("failed");
+                return listing.failed();
+            }
+            start += served;
+            if page.total_results.is_some_and(|total| start > total) {
+                break;
+            }
+        }
+        let mirror = builder.finish();
+        tracing::info!(
+            users = mirror.len(),
+            bytes = mirror.heap_bytes(),
+            pages,
+            took_ms = started.elapsed().as_millis() as u64,
+            "directory listed: names resolve from it for user_cache_ttl"
+        );
+        stop("complete");
+        listing.done(mirror);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn user(name: &str, id: &str, active: Option<bool>) -> ScimUser {
+        ScimUser {
+            id: id.into(),
+            user_name: name.into(),
+            active,
+        }
+    }
+
+    fn mirror(users: &[ScimUser]) -> Mirror {
+        let mut b = MirrorBuilder::new();
+        for u in users {
+            b.push(u);
+        }
+        b.finish()
+    }
+
+    #[test]
+    fn names_match_without_case_and_keep_the_servers_spelling() {
+        let m = mirror(&[
+            user("Alice@Corp.com", "a1", Some(true)),
+            user("bob@corp.com", "b1", Some(false)),
+        ]);
+        let Lookup::Found(alice) = m.lookup("alice@corp.com") else {
+            panic!("alice is mirrored");
+        };
+        assert_eq!(alice.id, "a1");
+        assert_eq!(alice.user_name, "Alice@Corp.com");
+        assert_eq!(alice.active, Some(true));
+        assert!(matches!(m.lookup("BOB@corp.com"), Lookup::Found(u) if u.active == Some(false)));
+        assert_eq!(m.lookup("carol@corp.com"), Lookup::Missing);
+    }
+
+    #[test]
+    fn two_users_whose_names_differ_in_case_are_ambiguous_but_one_seen_twice_is_not() {
+        let m = mirror(&[
+            user("dana@corp.com", "d1", None),
+            user("Dana@corp.com", "d2", None),
+            user("erin@corp.com", "e1", None),
+            user("erin@corp.com", "e1", None),
+        ]);
+        assert_eq!(m.lookup("DANA@corp.com"), Lookup::Ambiguous(2));
+        assert!(matches!(m.lookup("erin@corp.com"), Lookup::Found(u) if u.id == "e1"));
+    }
+
+    #[test]
+    fn names_and_ids_too_long_to_keep_are_left_to_the_filter() {
+        let long_name = "x".repeat(MAX_NAME_CHARS + 1);
+        let long_id = "i".repeat(MAX_ID_BYTES + 1);
+        let mut b = MirrorBuilder::new();
+        b.push(&user(&long_name, "n1", None));
+        b.push(&user("f@corp.com", &long_id, None));
+        b.push(&user("g@corp.com", "", None));
+        b.push(&user("h@corp.com", "h1", None));
+        assert_eq!(b.skipped, 3);
+        let m = b.finish();
+        assert_eq!(m.len(), 1);
+        assert_eq!(m.lookup(&long_name), Lookup::Missing);
+        assert_eq!(m.lookup("f@corp.com"), Lookup::Missing);
+    }
+
+    #[test]
+    fn a_hundred_thousand_users_take_under_ninety_bytes_each() {
+        let mut b = MirrorBuilder::new();
+        for i in 0..100_000 {
+            b.push(&user(
+                &format!("user{i}@example.com"),
+                &format!("00000000-0000-4000-8000-{i:012}"),
+                Some(true),
+            ));
+        }
+        let m = b.finish();
+        let per_user = m.heap_bytes() / m.len();
+        assert!(per_user < 90, "{per_user} bytes per user");
+        assert!(
+            matches!(m.lookup("USER99999@example.com"), Lookup::Found(u) if u.id.ends_with("099999"))
+        );
+    }
+
+    fn directory(enabled: bool) -> Arc<Directory> {
+        Arc::new(Directory::new(Settings {
+            enabled,
+            page_size: 100,
+            max_users: 1_000,
+            fresh_for: Duration::from_secs(300),
+        }))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn lists_only_when_more_resolves_wait_than_the_listing_has_pages() {
+        let d = directory(true);
+        d.saw_total(500); // five pages
+        let five: Vec<Demand> = (0..5).map(|_| d.expect_resolve()).collect();
+        assert!(
+            matches!(d.plan("a"), Plan::Filter),
+            "5 resolves cost no more than 5 pages"
+        );
+        let sixth = d.expect_resolve();
+        let Plan::List(listing) = d.plan("a") else {
+            panic!("6 resolves are worth a 5-page listing");
+        };
+        assert!(
+            matches!(d.plan("b"), Plan::Wait(_)),
+            "one listing at a time"
+        );
+        listing.done(mirror(&[user("a", "1", None)]));
+        assert!(matches!(d.plan("a"), Plan::Answer(Lookup::Found(_))));
+        assert!(
+            matches!(d.plan("new"), Plan::Filter),
+            "a name it lacks goes to the filter"
+        );
+        drop((five, sixth));
+        assert_eq!(d.demand(), 0);
+        tokio::time::advance(Duration::from_secs(300)).await;
+        assert!(
+            matches!(d.plan("a"), Plan::Filter),
+            "a stale mirror answers nothing"
+        );
+        assert_eq!(
+            d.mirrored(),
+            Some(1),
+            "…and is kept until a new listing starts"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_tenant_over_the_cap_or_a_failed_listing_means_filters() {
+        let d = directory(true);
+        d.saw_total(5_000);
+        let _many: Vec<Demand> = (0..100).map(|_| d.expect_resolve()).collect();
+        assert!(
+            matches!(d.plan("a"), Plan::Filter),
+            "over directory_max_users"
+        );
+        d.saw_total(500);
+        let Plan::List(listing) = d.plan("a") else {
+            panic!("lists");
+        };
+        listing.failed();
+        assert!(
+            matches!(d.plan("a"), Plan::Filter),
+            "no second try right away"
+        );
+        tokio::time::advance(Duration::from_secs(300)).await;
+        assert!(matches!(d.plan("a"), Plan::List(_)));
+        assert!(
+            matches!(directory(false).plan("a"), Plan::Filter),
+            "switched off"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_dropped_listing_wakes_its_waiters() {
+        let d = directory(true);
+        let _two = (d.expect_resolve(), d.expect_resolve());
+        let Plan::List(listing) = d.plan("a") else {
+            panic!("an unknown size with two resolves waiting lists");
+        };
+        let Plan::Wait(mut rx) = d.plan("b") else {
+            panic!("waits");
+        };
+        drop(listing);
+        rx.changed().await.expect("woken");
+        assert!(
+            matches!(d.plan("b"), Plan::List(_)),
+            "the next resolve may list"
+        );
+    }
+}
