@@ -26,6 +26,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use futures::StreamExt;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -377,81 +378,124 @@ impl Directory {
     }
 }
 
+/// Pages of one listing requested at once, once the first page has told how many there are:
+/// the budget paces them anyway, and a slow server then costs one round trip per eight pages.
+const PAGES_AT_ONCE: usize = 8;
+
 impl NetskopeClient {
-    /// Lists the directory page by page for `listing`, and hands the mirror over only when
-    /// the listing reached its end. Stops early, mirroring nothing, when the first page shows
-    /// the listing is no longer worth its pages or the tenant is over `directory_max_users`.
+    /// Lists the directory for `listing`, and hands the mirror over only when the listing
+    /// reached its end. The first page tells the tenant's size; the listing stops there,
+    /// mirroring nothing, when it is no longer worth its pages or the tenant is over
+    /// `directory_max_users`. The other pages are then asked for several at a time; a server
+    /// that gives no `totalResults` is listed one page after another until an empty page.
     pub(crate) async fn list_directory(&self, listing: Listing) {
-        let settings = listing.settings();
         let started = Instant::now();
-        let mut builder = MirrorBuilder::new();
-        let mut start = 1usize;
-        let mut pages = 0usize;
-        let mut previous_first: Option<String> = None;
-        let stop = |result: &'static str| {
-            metrics::counter!(names::DIRECTORY_LISTINGS, "result" => result).increment(1);
+        let result = self.collect_directory(&listing).await;
+        let outcome = match result {
+            Ok(Some((mirror, pages))) => {
+                tracing::info!(
+                    users = mirror.len(),
+                    bytes = mirror.heap_bytes(),
+                    pages,
+                    took_ms = started.elapsed().as_millis() as u64,
+                    "directory listed: names resolve from it for user_cache_ttl"
+                );
+                listing.done(mirror);
+                "complete"
+            }
+            Ok(None) => "not_worth_it",
+            Err(reason) => {
+                tracing::warn!(%reason, "directory listing failed; names are resolved one by one until user_cache_ttl has passed");
+                listing.failed();
+                "failed"
+            }
         };
-        loop {
-            let page = match self.list_users_page(start, settings.page_size).await {
-                Ok(page) => page,
-                Err(e) => {
-                    tracing::warn!(error = %e, pages, "directory listing failed; names are resolved one by one until user_cache_ttl has passed");
-                    stop("failed");
-                    return listing.failed();
-                }
-            };
-            pages += 1;
-            let served = page.resources.len();
-            if let Some(total) = page.total_results {
-                listing.learned_total(total);
-                let left = total.saturating_sub(served).div_ceil(served.max(1));
-                if total > settings.max_users || (pages == 1 && !listing.worth(left)) {
-                    tracing::debug!(
-                        total,
-                        pages,
-                        "directory listing stopped: not worth its pages"
-                    );
-                    return stop("not_worth_it");
-                }
+        metrics::counter!(names::DIRECTORY_LISTINGS, "result" => outcome).increment(1);
+    }
+
+    async fn collect_directory(
+        &self,
+        listing: &Listing,
+    ) -> Result<Option<(Mirror, usize)>, String> {
+        let settings = listing.settings();
+        let mut builder = MirrorBuilder::new();
+        let first = self
+            .list_users_page(1, settings.page_size)
+            .await
+            .map_err(|e| e.to_string())?;
+        let served = first.resources.len();
+        let mut check = PageCheck::new(settings.max_users);
+        check.add(&mut builder, &first.resources)?;
+        let Some(total) = first.total_results else {
+            // Without a total, one page after another until an empty one.
+            let mut start = 1 + served;
+            let mut pages = 1;
+            let mut last = served;
+            while last > 0 {
+                let page = self
+                    .list_users_page(start, settings.page_size)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                pages += 1;
+                last = page.resources.len();
+                check.add(&mut builder, &page.resources)?;
+                start += last;
             }
-            let Some(first) = page.resources.first() else {
-                break;
-            };
-            if previous_first.as_deref() == Some(first.id.as_str()) {
-                tracing::warn!(
-                    start,
-                    "directory listing stopped: the server answered the same page for another startIndex; names are resolved one by one"
-                );
-                stop("failed");
-                return listing.failed();
-            }
-            previous_first = Some(first.id.clone());
-            for user in &page.resources {
-                builder.push(user);
-            }
-            if builder.len() + builder.skipped > settings.max_users {
-                tracing::warn!(
-                    max = settings.max_users,
-                    "directory listing stopped: more users than netskope.directory_max_users; names are resolved one by one"
-                );
-                stop("failed");
-                return listing.failed();
-            }
-            start += served;
-            if page.total_results.is_some_and(|total| start > total) {
-                break;
-            }
+            return Ok(Some((builder.finish(), pages)));
+        };
+        listing.learned_total(total);
+        if served == 0 && total > 0 {
+            return Err(format!("the first page is empty, of {total} users"));
         }
-        let mirror = builder.finish();
-        tracing::info!(
-            users = mirror.len(),
-            bytes = mirror.heap_bytes(),
-            pages,
-            took_ms = started.elapsed().as_millis() as u64,
-            "directory listed: names resolve from it for user_cache_ttl"
-        );
-        stop("complete");
-        listing.done(mirror);
+        let per_page = served.max(1);
+        let starts: Vec<usize> = (1 + served..=total).step_by(per_page).collect();
+        if total > settings.max_users || !listing.worth(starts.len()) {
+            tracing::debug!(total, "directory listing stopped after its first page: not worth it");
+            return Ok(None);
+        }
+        let pages = 1 + starts.len();
+        let mut rest = futures::stream::iter(starts)
+            .map(|start| self.list_users_page(start, per_page))
+            .buffered(PAGES_AT_ONCE);
+        while let Some(page) = rest.next().await {
+            let page = page.map_err(|e| e.to_string())?;
+            check.add(&mut builder, &page.resources)?;
+        }
+        Ok(Some((builder.finish(), pages)))
+    }
+}
+
+/// What a listing's pages must look like for its mirror to be used.
+struct PageCheck {
+    max_users: usize,
+    previous_first: Option<String>,
+}
+
+impl PageCheck {
+    fn new(max_users: usize) -> Self {
+        Self {
+            max_users,
+            previous_first: None,
+        }
+    }
+
+    fn add(&mut self, builder: &mut MirrorBuilder, page: &[ScimUser]) -> Result<(), String> {
+        if let Some(first) = page.first() {
+            if self.previous_first.as_deref() == Some(first.id.as_str()) {
+                return Err("the server answered the same page for another startIndex".into());
+            }
+            self.previous_first = Some(first.id.clone());
+        }
+        for user in page {
+            builder.push(user);
+        }
+        if builder.len() + builder.skipped > self.max_users {
+            return Err(format!(
+                "more than netskope.directory_max_users ({}) users",
+                self.max_users
+            ));
+        }
+        Ok(())
     }
 }
 

@@ -28,6 +28,8 @@ use tokio::process::{Child, Command};
 use netskope_sim::SimArgs;
 use offboarder::sandbox::{self, Sandbox, prometheus_sum};
 
+mod budget;
+
 /// Requests per minute per token, in the simulator and in the worker's limiter.
 const BUDGET: u32 = 3000;
 const BIN: &str = env!("CARGO_BIN_EXE_offboarder");
@@ -917,6 +919,9 @@ fn main() {
             ("latency", 3),
             ("memory", 4),
             ("schedule", 5),
+            ("budget-burst", 6),
+            ("budget-risk", 7),
+            ("budget-trickle", 8),
         ];
         for (name, id) in scenarios {
             if !wanted(name) {
@@ -930,7 +935,10 @@ fn main() {
                 2 => below_threshold_flood(&mut rows, flood).await,
                 3 => latency(&mut rows).await,
                 4 => memory(&mut rows).await,
-                _ => schedule(&mut rows, scheduled).await,
+                5 => schedule(&mut rows, scheduled).await,
+                6 => budget::terminations(&mut rows).await,
+                7 => budget::risk(&mut rows).await,
+                _ => budget::trickle(&mut rows).await,
             }
             eprintln!("bench: {name} done in {:.1} s", t.elapsed().as_secs_f64());
         }
