@@ -68,11 +68,11 @@ impl Log {
     }
 
     fn user_gets(&self) -> (usize, usize) {
-        let gets = |t: &RequestTiming| t.method == "GET" && t.target.starts_with("/api/v2/scim/Users?");
+        let gets =
+            |t: &RequestTiming| t.method == "GET" && t.target.starts_with("/api/v2/scim/Users?");
         let filtered = self.count(|t| gets(t) && t.target.contains("filter="));
-        let listing = self.count(|t| {
-            gets(t) && !t.target.contains("filter=") && !t.target.contains("count=1&")
-        });
+        let listing = self
+            .count(|t| gets(t) && !t.target.contains("filter=") && !t.target.contains("count=1&"));
         (filtered, listing)
     }
 
@@ -97,7 +97,12 @@ impl Log {
             return None;
         }
         let inside = |t: &&RequestTiming| t.arrived > start && t.arrived <= end;
-        let actions = self.timings.iter().filter(inside).filter(|t| pick(t)).count();
+        let actions = self
+            .timings
+            .iter()
+            .filter(inside)
+            .filter(|t| pick(t))
+            .count();
         let requests = self.timings.iter().filter(inside).count();
         Some(Steady {
             actions_per_min: actions as f64 * 60.0 / seconds,
@@ -245,7 +250,11 @@ pub(super) async fn risk(rows: &mut Vec<Row>) {
                 (over + i, 10)
             };
             let key = format!("user{user}@example.com");
-            (sandbox.topics.risk_signals.clone(), key, signal(i, user, score))
+            (
+                sandbox.topics.risk_signals.clone(),
+                key,
+                signal(i, user, score),
+            )
         })
         .collect();
     sandbox.publish(&records).await.expect("publish");

@@ -177,6 +177,16 @@ impl MirrorBuilder {
         self.mirror.entries.len()
     }
 
+    /// Makes room for `users` more, at the size per user seen so far (a tenth more), so that
+    /// a large listing does not double its buffers on the way: their peak stays near the
+    /// mirror's final size.
+    pub(crate) fn reserve(&mut self, users: usize) {
+        let m = &mut self.mirror;
+        let per_user = m.text.len().div_ceil(m.entries.len().max(1));
+        m.entries.reserve(users);
+        m.text.reserve(users * per_user + users * per_user / 10);
+    }
+
     pub(crate) fn push(&mut self, user: &ScimUser) {
         let m = &mut self.mirror;
         let (Ok(name_len), Ok(id_len), Ok(start)) = (
@@ -450,10 +460,14 @@ impl NetskopeClient {
         let per_page = served.max(1);
         let starts: Vec<usize> = (1 + served..=total).step_by(per_page).collect();
         if total > settings.max_users || !listing.worth(starts.len()) {
-            tracing::debug!(total, "directory listing stopped after its first page: not worth it");
+            tracing::debug!(
+                total,
+                "directory listing stopped after its first page: not worth it"
+            );
             return Ok(None);
         }
         let pages = 1 + starts.len();
+        builder.reserve(total.saturating_sub(served).min(settings.max_users));
         let mut rest = futures::stream::iter(starts)
             .map(|start| self.list_users_page(start, per_page))
             .buffered(PAGES_AT_ONCE);
