@@ -14,19 +14,19 @@ use super::{BUDGET, Records, Row, Worker, count_status, signal, termination};
 /// Users in the tenant of these rows.
 const TENANT: usize = 10_000;
 /// The simulator's audit indexing lag: Netskope's is minutes.
-const AUDIT_LAG_SECS: u64 = 60;
+pub(super) const AUDIT_LAG_SECS: u64 = 60;
 /// The limiter lets a token start with ten seconds' worth of requests at once.
 const INITIAL_BURST: usize = (BUDGET / 6) as usize;
 
 /// The worker's defaults that the sandbox's config changes for quick tests, put back.
-fn default_verify() -> Vec<(&'static str, String)> {
+pub(super) fn default_verify() -> Vec<(&'static str, String)> {
     vec![
         ("OFFBOARDER_VERIFY__POLL_INTERVAL", "15s".into()),
         ("OFFBOARDER_VERIFY__TIMEOUT", "10m".into()),
     ]
 }
 
-async fn tenant() -> Sandbox {
+pub(super) async fn tenant() -> Sandbox {
     let sim = SimArgs {
         users: TENANT,
         rate_limit_per_min: BUDGET,
@@ -52,12 +52,12 @@ fn is_group_patch(t: &RequestTiming) -> bool {
 }
 
 /// What the simulator's log shows of one run.
-struct Log {
-    timings: Vec<RequestTiming>,
+pub(super) struct Log {
+    pub(super) timings: Vec<RequestTiming>,
 }
 
 impl Log {
-    fn of(sandbox: &Sandbox) -> Self {
+    pub(super) fn of(sandbox: &Sandbox) -> Self {
         let mut timings = sandbox.sim.timings();
         timings.sort_by_key(|t| t.arrived);
         Self { timings }

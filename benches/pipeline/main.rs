@@ -28,6 +28,7 @@ use tokio::process::{Child, Command};
 use netskope_sim::SimArgs;
 use offboarder::sandbox::{self, Sandbox, prometheus_sum};
 
+mod audit_noise;
 mod budget;
 
 /// Requests per minute per token, in the simulator and in the worker's limiter.
@@ -309,15 +310,27 @@ async fn risk_signals(rows: &mut Vec<Row>) {
     let (overall, rate) = per_minute(&outcomes, "quarantine", stats.total() as f64 / over as f64);
     let ratio = rate / f64::from(BUDGET);
     let patches = stats.count("PATCH /api/v2/scim/Groups/{id}");
+    // With the directory mirror the whole run may fit in the limiter's initial burst: then
+    // there is no steady state to measure.
+    let inside_burst = stats.total() as f64 <= BURST_REQUESTS;
     rows.push(Row {
         scenario: "5,000 risk signals, 20 % over threshold",
         figure: "quarantines/min ÷ budget, steady state",
-        value: format!("{ratio:.2} ({rate:.0}/min)"),
+        value: if inside_burst {
+            "-".into()
+        } else {
+            format!("{ratio:.2} ({rate:.0}/min)")
+        },
         target: "≥ 0.9",
-        met: Some(ratio >= 0.9),
+        met: (!inside_burst).then_some(ratio >= 0.9),
         note: format!(
-            "{overall:.0}/min over the whole run, burst included; {over} quarantines in {patches} group PATCHes; {} requests in all",
-            stats.total()
+            "{overall:.0}/min over the whole run, burst included; {over} quarantines in {patches} group PATCHes; {} requests in all{}",
+            stats.total(),
+            if inside_burst {
+                ", all inside the limiter's initial burst: no steady state"
+            } else {
+                ""
+            }
         ),
     });
 }
@@ -556,6 +569,15 @@ async fn below_threshold_flood(rows: &mut Vec<Row>, n: usize) {
             if bare > 0.0 { floor / bare } else { 0.0 },
             if floor > 0.0 { worker_rate / floor } else { 0.0 }
         ),
+    });
+    let of_floor = if floor > 0.0 { worker_rate / floor } else { 0.0 };
+    rows.push(Row {
+        scenario: "same",
+        figure: "events/s of the worker ÷ events/s of the produce-bound floor (consume, produce one outcome-sized record, acks=all, idempotent)",
+        value: format!("{of_floor:.2} ({worker_rate:.0}/s vs {floor:.0}/s)"),
+        target: "≥ 0.8",
+        met: Some(of_floor >= 0.8),
+        note: "measured in the same run as the row above; what the worker does beyond the floor is in the notes below".into(),
     });
 }
 
@@ -943,6 +965,7 @@ fn main() {
             ("budget-risk", 7),
             ("budget-trickle", 8),
             ("memory-mirror", 9),
+            ("audit-noise", 10),
         ];
         for (name, id) in scenarios {
             if !wanted(name) {
@@ -960,7 +983,8 @@ fn main() {
                 6 => budget::terminations(&mut rows).await,
                 7 => budget::risk(&mut rows).await,
                 8 => budget::trickle(&mut rows).await,
-                _ => memory(&mut rows, Some(100_000)).await,
+                9 => memory(&mut rows, Some(100_000)).await,
+                _ => audit_noise::noisy_audit(&mut rows).await,
             }
             eprintln!("bench: {name} done in {:.1} s", t.elapsed().as_secs_f64());
         }
