@@ -570,7 +570,11 @@ async fn below_threshold_flood(rows: &mut Vec<Row>, n: usize) {
             if floor > 0.0 { worker_rate / floor } else { 0.0 }
         ),
     });
-    let of_floor = if floor > 0.0 { worker_rate / floor } else { 0.0 };
+    let of_floor = if floor > 0.0 {
+        worker_rate / floor
+    } else {
+        0.0
+    };
     rows.push(Row {
         scenario: "same",
         figure: "events/s of the worker ÷ events/s of the produce-bound floor (consume, produce one outcome-sized record, acks=all, idempotent)",

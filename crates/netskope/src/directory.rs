@@ -336,7 +336,7 @@ impl Directory {
         self.lock().listings
     }
 
-    /// The users in the current mirror, fresh or not.
+    /// The users in the current mirror (a stale one is dropped at the next resolve).
     pub(crate) fn mirrored(&self) -> Option<usize> {
         self.lock().mirror.as_ref().map(|(m, _)| m.len())
     }
@@ -353,13 +353,16 @@ impl Directory {
         }
         let mut s = self.lock();
         let now = Instant::now();
-        if let Some((mirror, at)) = &s.mirror
-            && now < *at + self.settings.fresh_for
-        {
-            return match mirror.lookup(name) {
-                Lookup::Missing => Plan::Filter,
-                found => Plan::Answer(found),
-            };
+        if let Some((mirror, at)) = &s.mirror {
+            if now < *at + self.settings.fresh_for {
+                return match mirror.lookup(name) {
+                    Lookup::Missing => Plan::Filter,
+                    found => Plan::Answer(found),
+                };
+            }
+            // Stale: it answers nothing any more, so its memory goes now.
+            s.mirror = None;
+            metrics::gauge!(names::DIRECTORY_USERS).set(0.0);
         }
         if s.listing {
             return Plan::Wait(self.changed.subscribe());
@@ -379,9 +382,6 @@ impl Directory {
             return Plan::Filter;
         }
         s.listing = true;
-        // A stale mirror is dropped now: it answers nothing any more, and the new one is
-        // about to take as much memory.
-        s.mirror = None;
         Plan::List(Listing {
             directory: self.clone(),
         })
@@ -630,15 +630,12 @@ mod tests {
         drop((five, sixth));
         assert_eq!(d.demand(), 0);
         tokio::time::advance(Duration::from_secs(300)).await;
+        assert_eq!(d.mirrored(), Some(1));
         assert!(
             matches!(d.plan("a"), Plan::Filter),
             "a stale mirror answers nothing"
         );
-        assert_eq!(
-            d.mirrored(),
-            Some(1),
-            "…and is kept until a new listing starts"
-        );
+        assert_eq!(d.mirrored(), None, "…and its memory is given back");
     }
 
     #[tokio::test(start_paused = true)]
