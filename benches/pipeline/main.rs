@@ -99,7 +99,19 @@ impl Worker {
         }
         std::fs::write(&path, config).expect("config file");
         let port = free_port();
-        let child = Command::new(BIN)
+        // `BENCH_WORKER_WRAPPER="heaptrack -o /tmp/worker"` (say) runs the worker under a
+        // profiler; the figures of such a run are the profiler's, not the worker's.
+        let wrapper = std::env::var("BENCH_WORKER_WRAPPER").unwrap_or_default();
+        let mut words = wrapper.split_whitespace();
+        let mut command = match words.next() {
+            Some(program) => {
+                let mut c = Command::new(program);
+                c.args(words).arg(BIN);
+                c
+            }
+            None => Command::new(BIN),
+        };
+        let child = command
             .args(["run", "--config"])
             .arg(&path)
             .envs(sandbox.token_env())

@@ -51,7 +51,7 @@ impl Load {
 /// or a dead letter, and decides when reading pauses. It ends with [`Intake::drain`].
 pub(super) struct Intake {
     pub(super) core: Arc<Core>,
-    pub(super) lanes: Lanes<Job>,
+    pub(super) lanes: Lanes<Box<Job>>,
     pub(super) tasks: TaskTracker,
     pub(super) schemas: Schemas,
     pub(super) kafka: KafkaConfig,
@@ -205,9 +205,11 @@ impl Intake {
                 span.record("user", event.user_name());
                 let key = event.user_name().to_lowercase();
                 let partition = self.core.shared.partition_work(m.topic(), m.partition());
+                // Boxed: the lane's task and the event's future each hold a pointer, not the
+                // job itself twice (at 10,000 in flight, about 9 MiB).
                 self.lanes.submit(
                     key,
-                    Job {
+                    Box::new(Job {
                         event,
                         message,
                         ticket,
@@ -215,7 +217,7 @@ impl Intake {
                         received,
                         trace,
                         span,
-                    },
+                    }),
                 );
             }
             Err(rejection) => {

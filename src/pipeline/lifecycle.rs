@@ -64,9 +64,9 @@ impl Core {
     /// (scheduled, cancelled, skipped) or the worker is stopping.
     pub(super) async fn plan_lifecycle(
         self: &Arc<Self>,
-        job: Job,
+        job: Box<Job>,
         decision: &Decision,
-    ) -> Option<(Job, Plan)> {
+    ) -> Option<(Box<Job>, Plan)> {
         let Event::Termination(t) = &job.event else {
             return Some((job, Plan::default()));
         };
@@ -204,10 +204,10 @@ impl Core {
     /// the policy allows it (a [`Plan`] to reactivate); otherwise the event ends here.
     async fn plan_rescind(
         self: &Arc<Self>,
-        job: Job,
+        job: Box<Job>,
         current: Option<schedule::Termination>,
         guard: &Arc<Guard>,
-    ) -> Option<(Job, Plan)> {
+    ) -> Option<(Box<Job>, Plan)> {
         let now = self.calendar.now();
         let termination_action = match self.policy.config().on_termination {
             TerminationAction::Deactivate => Action::Deactivate,

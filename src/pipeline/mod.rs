@@ -211,7 +211,7 @@ impl Pipeline {
             let (core, supervisor) = (core.clone(), core.clone());
             Lanes::new(
                 tasks.clone(),
-                move |job: Job| {
+                move |job: Box<Job>| {
                     let kill = core.handle.kill.clone();
                     let span = job.span.clone();
                     let revoked = job.partition.cancel.clone();
