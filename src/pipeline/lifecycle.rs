@@ -45,8 +45,9 @@ pub(super) struct Plan {
     /// The `effective_at` of a scheduled termination that came due.
     pub(super) effective: Option<time::OffsetDateTime>,
     /// The user's entry, written once the action was sent: acted (with its deed) for a
-    /// termination, reactivated for a rescind.
-    pub(super) entry: Option<schedule::Termination>,
+    /// termination, reactivated for a rescind. Boxed: a plan lives in every waiting
+    /// event's future, and most have no entry.
+    pub(super) entry: Option<Box<schedule::Termination>>,
     /// A rescind that undoes offboarder's deactivation: the SCIM id it deactivated.
     pub(super) reactivate: Option<String>,
 }
@@ -118,7 +119,7 @@ impl Core {
                         Plan {
                             note: Some(note),
                             effective,
-                            entry: Some(entry),
+                            entry: Some(Box::new(entry)),
                             reactivate: None,
                         },
                     ))
@@ -192,7 +193,7 @@ impl Core {
                     Plan {
                         note,
                         effective: None,
-                        entry: Some(entry),
+                        entry: Some(Box::new(entry)),
                         reactivate: None,
                     },
                 ))
@@ -277,7 +278,7 @@ impl Core {
                 Plan {
                     note: Some(note),
                     effective: None,
-                    entry: Some(entry),
+                    entry: Some(Box::new(entry)),
                     reactivate: Some(deed.user_id),
                 },
             ));

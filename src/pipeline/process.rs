@@ -304,7 +304,8 @@ impl Core {
             }
         }
         if let Some(entry) = plan.entry {
-            self.record_lifecycle(&job, &decision, entry, &report).await;
+            self.record_lifecycle(&job, &decision, *entry, &report)
+                .await;
         }
         let mut outcome = job.outcome(&decision, report.status);
         outcome.scim_user_id = report.scim_user_id;
