@@ -13,7 +13,7 @@ use std::time::Duration;
 use time::OffsetDateTime;
 
 use super::budget::{AUDIT_LAG_SECS, Log, default_verify, tenant};
-use super::{Records, Row, Worker, count_status, json_of, termination, timestamp};
+use super::{Row, Worker, count_status, json_of, termination_records, timestamp};
 
 /// Unrelated audit events a second, as the tenant the issue measured had.
 const NOISE_PER_SEC: usize = 300;
@@ -59,19 +59,14 @@ pub(super) async fn noisy_audit(rows: &mut Vec<Row>) {
             samples.push(OffsetDateTime::now_utc(), sandbox.sim.audit_event_count());
         }
     };
-    let batch = |from: usize| -> Records {
-        (from..from + half)
-            .map(|i| {
-                let user = format!("user{i}@example.com");
-                (sandbox.topics.terminations.clone(), user, termination(i))
-            })
-            .collect()
-    };
     let run = async {
         // A busy tenant is busy before the worker comes: the noise is through the lag first.
         tokio::time::sleep(Duration::from_secs(AUDIT_LAG_SECS + 5)).await;
         let first = Worker::start(&sandbox, "bench-audit", &default_verify()).await;
-        sandbox.publish(&batch(1)).await.expect("publish");
+        sandbox
+            .publish(&termination_records(&sandbox, 1..=half))
+            .await
+            .expect("publish");
         sandbox
             .read(&sandbox.topics.outcomes, Duration::from_secs(600), |r| {
                 count_status(r, "verified") >= half
@@ -80,7 +75,10 @@ pub(super) async fn noisy_audit(rows: &mut Vec<Row>) {
             .expect("outcomes");
         first.stop().await;
         let restarted_at = OffsetDateTime::now_utc();
-        sandbox.publish(&batch(1 + half)).await.expect("publish");
+        sandbox
+            .publish(&termination_records(&sandbox, half + 1..=2 * half))
+            .await
+            .expect("publish");
         let second = Worker::start(&sandbox, "bench-audit", &default_verify()).await;
         let outcomes = sandbox
             .read(&sandbox.topics.outcomes, Duration::from_secs(600), |r| {

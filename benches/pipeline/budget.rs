@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use netskope_sim::{RequestTiming, SimArgs};
 use offboarder::sandbox::Sandbox;
 
-use super::{BUDGET, Records, Row, Worker, count_status, signal, termination};
+use super::{BUDGET, Row, Worker, count_status, risk_burst, termination_records};
 
 /// Users in the tenant of these rows.
 const TENANT: usize = 10_000;
@@ -136,12 +136,7 @@ impl Steady {
 pub(super) async fn terminations(rows: &mut Vec<Row>) {
     let n = 1000;
     let sandbox = tenant().await;
-    let records: Records = (1..=n)
-        .map(|i| {
-            let user = format!("user{i}@example.com");
-            (sandbox.topics.terminations.clone(), user, termination(i))
-        })
-        .collect();
+    let records = termination_records(&sandbox, 1..=n);
     sandbox.publish(&records).await.expect("publish");
     let started = Instant::now();
     let worker = Worker::start(&sandbox, "bench-mirror", &default_verify()).await;
@@ -207,9 +202,8 @@ pub(super) async fn trickle(rows: &mut Vec<Row>) {
     let sandbox = tenant().await;
     let worker = Worker::start(&sandbox, "bench-trickle", &default_verify()).await;
     for i in 1..=n {
-        let user = format!("user{i}@example.com");
-        let record = (sandbox.topics.terminations.clone(), user, termination(i));
-        sandbox.publish(&[record]).await.expect("publish");
+        let record = termination_records(&sandbox, i..=i);
+        sandbox.publish(&record).await.expect("publish");
         tokio::time::sleep(Duration::from_secs(10)).await;
     }
     sandbox
@@ -242,21 +236,7 @@ pub(super) async fn risk(rows: &mut Vec<Row>) {
     let n = 5000;
     let over = n / 5;
     let sandbox = tenant().await;
-    let records: Records = (1..=n)
-        .map(|i| {
-            let (user, score) = if i % 5 == 0 {
-                (i / 5, 95)
-            } else {
-                (over + i, 10)
-            };
-            let key = format!("user{user}@example.com");
-            (
-                sandbox.topics.risk_signals.clone(),
-                key,
-                signal(i, user, score),
-            )
-        })
-        .collect();
+    let records = risk_burst(&sandbox, n);
     sandbox.publish(&records).await.expect("publish");
     let worker = Worker::start(&sandbox, "bench-risk-mirror", &default_verify()).await;
     sandbox

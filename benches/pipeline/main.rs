@@ -62,6 +62,37 @@ fn signal(id: usize, user: usize, score: u8) -> Vec<u8> {
     .into_bytes()
 }
 
+/// Terminations of users `range`, keyed by user, for the sandbox's terminations topic.
+fn termination_records(sandbox: &Sandbox, range: std::ops::RangeInclusive<usize>) -> Records {
+    range
+        .map(|i| {
+            let user = format!("user{i}@example.com");
+            (sandbox.topics.terminations.clone(), user, termination(i))
+        })
+        .collect()
+}
+
+/// `n` risk signals: every fifth is over the threshold, for users 1..=n/5; the others, below
+/// it, name users past n/5 that need not exist.
+fn risk_burst(sandbox: &Sandbox, n: usize) -> Records {
+    let over = n / 5;
+    (1..=n)
+        .map(|i| {
+            let (user, score) = if i % 5 == 0 {
+                (i / 5, 95)
+            } else {
+                (over + i, 10)
+            };
+            let key = format!("user{user}@example.com");
+            (
+                sandbox.topics.risk_signals.clone(),
+                key,
+                signal(i, user, score),
+            )
+        })
+        .collect()
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -234,12 +265,7 @@ async fn terminations_burst(rows: &mut Vec<Row>) {
         ..SimArgs::default()
     })
     .await;
-    let records: Records = (1..=n)
-        .map(|i| {
-            let user = format!("user{i}@example.com");
-            (sandbox.topics.terminations.clone(), user, termination(i))
-        })
-        .collect();
+    let records = termination_records(&sandbox, 1..=n);
     sandbox.publish(&records).await.expect("publish");
     let started = Instant::now();
     let worker = Worker::start(&sandbox, "bench-burst", &[]).await;
@@ -293,22 +319,7 @@ async fn risk_signals(rows: &mut Vec<Row>) {
         ..SimArgs::default()
     })
     .await;
-    let records: Records = (1..=n)
-        .map(|i| {
-            // Every fifth signal is over the threshold, for users 1..=1000.
-            let (user, score) = if i % 5 == 0 {
-                (i / 5, 95)
-            } else {
-                (over + i, 10)
-            };
-            let key = format!("user{user}@example.com");
-            (
-                sandbox.topics.risk_signals.clone(),
-                key,
-                signal(i, user, score),
-            )
-        })
-        .collect();
+    let records = risk_burst(&sandbox, n);
     sandbox.publish(&records).await.expect("publish");
     let worker = Worker::start(&sandbox, "bench-risk", &[]).await;
     let outcomes = sandbox
@@ -761,12 +772,7 @@ async fn memory(rows: &mut Vec<Row>, mirror_users: Option<usize>) {
         ..SimArgs::default()
     })
     .await;
-    let records: Records = (1..=n)
-        .map(|i| {
-            let user = format!("user{i}@example.com");
-            (sandbox.topics.terminations.clone(), user, termination(i))
-        })
-        .collect();
+    let records = termination_records(&sandbox, 1..=n);
     sandbox.publish(&records).await.expect("publish");
     let mut env = vec![
         ("OFFBOARDER_PIPELINE__MAX_IN_FLIGHT", n.to_string()),

@@ -219,33 +219,30 @@ impl Core {
         };
         // Counted from now, not when the user is resolved: a burst is known as it is read,
         // and that is what tells the client a directory listing would be cheaper.
-        let mut demand = plan
-            .reactivate
-            .is_none()
-            .then(|| self.executor.expect_resolve(&decision))
-            .flatten();
+        let mut demand = self.executor.expect_resolve(&decision);
         if matches!(decision, Decision::Deactivate | Decision::Delete) && !self.executor.dry_run() {
             let event = job.guard_key();
             // The guard's futures are boxed: inline, their state would be part of every
             // event's future for its whole life, and thousands of events wait in it at once
             // (10,000 in flight: about 2 KiB each).
-            match Box::pin(self.shared.guard.try_admit(&event)).await {
-                Ok(Admission::Admitted) => {}
+            let wait = match Box::pin(self.shared.guard.try_admit(&event)).await {
+                Ok(Admission::Admitted) => false,
                 Ok(Admission::Halted { tripped }) => {
                     if tripped {
                         Box::pin(self.report_halt(&job, &decision)).await;
                     }
-                    // A halted event may wait for hours: it is no resolve about to happen.
-                    drop(demand.take());
-                    Box::pin(self.shared.guard.admitted(&event)).await;
-                    demand = self.executor.expect_resolve(&decision);
+                    true
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "the blast-radius guard cannot decide; the destructive action waits");
-                    drop(demand.take());
-                    Box::pin(self.shared.guard.admitted(&event)).await;
-                    demand = self.executor.expect_resolve(&decision);
+                    true
                 }
+            };
+            if wait {
+                // A halted event may wait for hours: it is no resolve about to happen.
+                drop(demand.take());
+                Box::pin(self.shared.guard.admitted(&event)).await;
+                demand = self.executor.expect_resolve(&decision);
             }
         }
         // Taken after the guard, so that halted events hold no permit. The semaphore is never

@@ -259,10 +259,6 @@ impl Listing {
         self.directory.settings
     }
 
-    pub(crate) fn learned_total(&self, total: usize) {
-        self.directory.lock().users = Some(total);
-    }
-
     pub(crate) fn done(self, mirror: Mirror) {
         let mut s = self.directory.lock();
         metrics::gauge!(names::DIRECTORY_USERS).set(mirror.len() as f64);
@@ -453,7 +449,6 @@ impl NetskopeClient {
             }
             return Ok(Some((builder.finish(), pages)));
         };
-        listing.learned_total(total);
         if served == 0 && total > 0 {
             return Err(format!("the first page is empty, of {total} users"));
         }
