@@ -165,6 +165,8 @@ pub struct Reply {
     pub attempts: u32,
     /// When the server handled the request, by its own clock (see [`crate::Sent`]).
     pub server_window: Option<crate::AuditWindow>,
+    /// The answer's `Date`, epoch seconds.
+    pub server_date: Option<u64>,
 }
 
 impl Reply {
@@ -392,7 +394,8 @@ impl Transport {
         metrics::counter!(names::SCIM_REQUESTS, "op" => op.name(), "status" => status.to_string())
             .increment(1);
         let headers = response.headers().clone();
-        let server_window = server_window(&headers, sent.elapsed());
+        let server_date = date_header(&headers);
+        let server_window = server_date.map(|answered| server_window(answered, sent.elapsed()));
         let (remaining, reset) = rate_headers(&headers);
         token.limiter.on_rate_headers(remaining, reset);
         debug!(op = op.name(), status, "response");
@@ -474,6 +477,7 @@ impl Transport {
             body,
             attempts: 0,
             server_window,
+            server_date,
         })
     }
 
@@ -551,18 +555,24 @@ fn rate_headers(headers: &HeaderMap) -> (Option<u64>, Option<Duration>) {
 /// header (whole seconds; servers may cache it for up to a second) back to when the request
 /// left. Two seconds of slack before, for the header's resolution and caching; five after, for
 /// those and for an audit record stamped just after the answer went out.
-fn server_window(headers: &HeaderMap, took: Duration) -> Option<crate::AuditWindow> {
-    let date = headers.get(reqwest::header::DATE)?.to_str().ok()?;
-    let answered = httpdate::parse_http_date(date)
-        .ok()?
-        .duration_since(std::time::UNIX_EPOCH)
-        .ok()?
-        .as_secs();
+fn server_window(answered: u64, took: Duration) -> crate::AuditWindow {
     let took = took.as_secs() + u64::from(took.subsec_nanos() > 0);
-    Some(crate::AuditWindow {
+    crate::AuditWindow {
         start: answered.saturating_sub(took + 2),
         end: answered + 5,
-    })
+    }
+}
+
+/// The `Date` header, epoch seconds.
+fn date_header(headers: &HeaderMap) -> Option<u64> {
+    let date = headers.get(reqwest::header::DATE)?.to_str().ok()?;
+    Some(
+        httpdate::parse_http_date(date)
+            .ok()?
+            .duration_since(std::time::UNIX_EPOCH)
+            .ok()?
+            .as_secs(),
+    )
 }
 
 /// `Retry-After` as seconds or as an HTTP date.
