@@ -17,6 +17,7 @@ use crate::admin::AdminConfig;
 use crate::guard::GuardConfig;
 use crate::pipeline::config::{KafkaConfig, PipelineConfig};
 use crate::policy::PolicyConfig;
+use crate::ssf::SsfConfig;
 use crate::verify::VerifyConfig;
 
 /// Prefix of environment overrides.
@@ -31,6 +32,7 @@ const SECTIONS: &[&str] = &[
     "verify__",
     "admin__",
     "guard__",
+    "ssf__",
 ];
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -50,6 +52,8 @@ pub struct Config {
     pub admin: AdminConfig,
     #[serde(default)]
     pub guard: GuardConfig,
+    #[serde(default)]
+    pub ssf: SsfConfig,
 }
 
 /// The config file could not be read or does not fit the schema.

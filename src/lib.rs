@@ -28,6 +28,7 @@
 //! | [`config`] | the worker's TOML config (with `OFFBOARDER_` env overrides), validated at start |
 //! | [`pipeline`] | Kafka in, per-user lanes, outcomes and dead letters out, offsets stored only behind final outcomes |
 //! | [`event`] | inbound events: size bound, JSON, schema validation against `schemas/` |
+//! | [`ssf`] | Shared Signals: Security Event Tokens (RISC, CAEP) verified and mapped to risk signals; `offboarder ssf-receiver`, the RFC 8935 push endpoint |
 //! | [`policy`] | event → decision: deactivate, delete, quarantine, release, or skip (protected, below threshold) |
 //! | [`guard`] | the blast-radius guard: past `max_deactivations` per window, destructive actions halt until an operator releases them; its log is the state topic, shared by every worker and kept across restarts |
 //! | [`verify`] | one shared audit poller per tenant, and read-back, confirm each applied action |
@@ -51,6 +52,7 @@ pub mod pipeline;
 pub mod policy;
 #[cfg(feature = "demo")]
 pub mod sandbox;
+pub mod ssf;
 pub mod telemetry;
 pub mod tools;
 pub mod verify;

@@ -54,6 +54,12 @@ enum Command {
     /// Run a Netskope tenant simulator (SCIM, audit events, token scopes, rate limits, faults).
     #[cfg(feature = "demo")]
     Simulate(SimArgs),
+    /// Receive Security Event Tokens pushed by Shared Signals transmitters (RFC 8935) and write
+    /// the risk signals they stand for to the risk-signals topic ([ssf] in the config).
+    SsfReceiver {
+        #[arg(long)]
+        config: PathBuf,
+    },
     /// Validate a config file, then check, without acting, that the brokers and Netskope answer
     /// with the credentials it names.
     CheckConfig {
@@ -209,6 +215,7 @@ async fn main() -> ExitCode {
             }
         },
         Command::CheckConfig { config } => check_config(&config).await,
+        Command::SsfReceiver { config } => ssf_receiver(&config).await,
         Command::Guard { command } => guard(command).await,
         Command::Act {
             action,
@@ -481,6 +488,40 @@ async fn stop_on_signal(handle: PipelineHandle) {
     }
 }
 
+/// `offboarder ssf-receiver`: the push endpoint until SIGTERM or Ctrl-C.
+async fn ssf_receiver(path: &Path) -> ExitCode {
+    let config = match load_for_tool(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    if let Err(e) = config.kafka.validate() {
+        tracing::error!("{e}");
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    let shutdown = async {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        tracing::info!("signal received: answering the requests under way, then stopping");
+    };
+    match offboarder::ssf::receiver::run(&config, None, shutdown).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            ExitCode::from(EXIT_CONFIG)
+        }
+    }
+}
+
 /// `offboarder guard status|release`: one request to the worker's admin listener.
 async fn guard(command: GuardCommand) -> ExitCode {
     let (path, release) = match &command {
@@ -600,6 +641,9 @@ async fn check_config(path: &Path) -> ExitCode {
     if let Err(e) = config.admin.read_token() {
         config_fault(e.to_string());
     }
+    if let Err(e) = config.ssf.validate() {
+        config_fault(e.to_string());
+    }
     if worst != ExitCode::SUCCESS {
         return worst;
     }
@@ -714,6 +758,20 @@ async fn check_config(path: &Path) -> ExitCode {
                         _ => ExitCode::FAILURE,
                     };
                 }
+            }
+        }
+    }
+    if config.ssf.enabled() {
+        // Fetches every JWKS URL and reads every key file, as the receiver does at start.
+        match offboarder::ssf::SetMapper::from_config(&config.ssf).await {
+            Ok(mapper) => {
+                for (name, issuer, keys) in mapper.transmitters().await {
+                    println!("  SSF transmitter {name} ({issuer}): {keys} usable keys");
+                }
+            }
+            Err(e) => {
+                println!("  SSF: FAILED: {e}");
+                worst = ExitCode::from(EXIT_CONFIG);
             }
         }
     }

@@ -106,6 +106,17 @@ fn zero_counters() {
     for result in ["complete", "not_worth_it", "failed"] {
         metrics::counter!(DIRECTORY_LISTINGS, "result" => result).absolute(0);
     }
+    for result in [
+        "accepted",
+        "invalid_request",
+        "invalid_key",
+        "invalid_issuer",
+        "invalid_audience",
+        "authentication_failed",
+        "unavailable",
+    ] {
+        metrics::counter!(SSF_SETS, "result" => result).absolute(0);
+    }
 }
 
 fn describe() {
@@ -139,6 +150,10 @@ fn describe() {
     describe_counter!(
         DIRECTORY_LISTINGS,
         "Listings of the directory, by result (complete, not_worth_it, failed)."
+    );
+    describe_counter!(
+        SSF_SETS,
+        "SETs pushed to the SSF receiver, by result (accepted, an RFC 8935 error code, unavailable)."
     );
     describe_counter!(
         TOKEN_RELOADS,

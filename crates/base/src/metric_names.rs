@@ -49,3 +49,6 @@ pub const REQUEST_BUDGET: &str = "offboarder_request_budget_per_minute";
 pub const DIRECTORY_USERS: &str = "offboarder_directory_mirror_users";
 /// Directory listings, by `result` (`complete`, `not_worth_it`, `failed`).
 pub const DIRECTORY_LISTINGS: &str = "offboarder_directory_listings_total";
+/// SETs pushed to the SSF receiver, by `result` (`accepted`, an RFC 8935 error code, or
+/// `unavailable`).
+pub const SSF_SETS: &str = "offboarder_ssf_sets_total";
