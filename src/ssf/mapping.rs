@@ -167,9 +167,11 @@ pub fn signals(
             } else {
                 set.jti.clone()
             };
+            // CAEP's event_timestamp is seconds; some transmitters write milliseconds.
             let occurred = payload
                 .get("event_timestamp")
                 .and_then(Value::as_u64)
+                .map(|t| if t > 100_000_000_000 { t / 1000 } else { t })
                 .or(set.toe)
                 .unwrap_or(set.iat);
             let mut record = json!({
