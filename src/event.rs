@@ -204,6 +204,12 @@ pub enum RejectReason {
     NotUtf8Json,
     /// JSON, but not an event of the topic's schema.
     SchemaViolation,
+    /// A Security Event Token on the risk-signals topic that was refused: its signature,
+    /// claims, events or subject (the detail names the RFC 8935 error code).
+    InvalidSet,
+    /// A verified Security Event Token whose events the `[ssf.events]` rules ignore: nothing
+    /// to act on. Not counted by the dead-letter flood limit.
+    IgnoredSet,
 }
 
 impl RejectReason {
@@ -214,6 +220,8 @@ impl RejectReason {
             RejectReason::Oversized => "oversized",
             RejectReason::NotUtf8Json => "invalid_json",
             RejectReason::SchemaViolation => "schema_violation",
+            RejectReason::InvalidSet => "invalid_set",
+            RejectReason::IgnoredSet => "ignored_set",
         }
     }
 }
@@ -233,7 +241,7 @@ pub struct Rejection {
 }
 
 impl Rejection {
-    fn new(reason: RejectReason, detail: impl Into<String>) -> Self {
+    pub fn new(reason: RejectReason, detail: impl Into<String>) -> Self {
         Rejection {
             reason,
             detail: detail.into(),

@@ -88,6 +88,8 @@ fn zero_counters() {
         RejectReason::Oversized,
         RejectReason::NotUtf8Json,
         RejectReason::SchemaViolation,
+        RejectReason::InvalidSet,
+        RejectReason::IgnoredSet,
     ]
     .map(RejectReason::as_str);
     for reason in rejected

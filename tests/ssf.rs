@@ -504,3 +504,97 @@ async fn bad_sets_get_their_rfc_8935_errors_and_write_nothing() {
     assert_eq!(signals[0]["event_id"], "once");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sets_forwarded_onto_the_risk_signals_topic_are_verified_and_mapped_the_same_way() {
+    let Some(python) = support::peer("PEERS_PYTHON") else {
+        return;
+    };
+    let sandbox = sandbox().await;
+    let dir = scratch("kafka");
+    let (jwks, bearer) = (dir.join("jwks.json"), dir.join("bearer"));
+    std::fs::write(&bearer, "push-secret").expect("bearer file");
+    let email = |n: usize| json!({"format": "email", "email": user(n)});
+    let purged = |jti: &str, n: usize| {
+        with(
+            claims(jti, json!({format!("{RISC}account-purged"): {}})),
+            "sub_id",
+            email(n),
+        )
+    };
+    let tokens = sign(
+        &python,
+        &jwks,
+        vec![
+            spec("rsa", purged("forwarded-1", 6)),
+            spec("rogue", purged("forwarded-2", 7)),
+            spec(
+                "ec",
+                with(
+                    claims(
+                        "forwarded-3",
+                        json!({format!("{RISC}identifier-changed"): {"new-value": "h@example.com"}}),
+                    ),
+                    "sub_id",
+                    email(8),
+                ),
+            ),
+        ],
+    );
+    let topic = sandbox.topics.risk_signals.clone();
+    let records: Vec<(String, String, Vec<u8>)> = [6, 7, 8]
+        .into_iter()
+        .zip(&tokens)
+        .map(|(n, t)| (topic.clone(), user(n), t.clone().into_bytes()))
+        .collect();
+    sandbox.publish(&records).await.expect("published");
+    let config = config(&sandbox, &jwks, &bearer);
+    let client = sandbox.client(&config).expect("client");
+    let pipeline = Pipeline::new(&config, client).await.expect("pipeline");
+    let handle = pipeline.handle();
+    let worker = tokio::spawn(pipeline.run());
+    let outcomes = sandbox
+        .read(&sandbox.topics.outcomes, WAIT, |r| !r.is_empty())
+        .await
+        .expect("outcomes");
+    let dead = sandbox
+        .read(&sandbox.topics.dead_letter, WAIT, |r| r.len() >= 2)
+        .await
+        .expect("dead letters");
+    handle.stop();
+    let _ = worker.await;
+
+    assert_eq!(outcomes.len(), 1);
+    let o: Value = serde_json::from_str(&sandbox::text(&outcomes[0])).expect("JSON");
+    assert_eq!(
+        (
+            o["source_event_id"].as_str(),
+            o["action"].as_str(),
+            o["status"].as_str()
+        ),
+        (Some("forwarded-1"), Some("quarantine"), Some("applied")),
+        "{o}"
+    );
+    let reason_of = |n: usize| {
+        let d = dead
+            .iter()
+            .find(|m| m.key() == Some(user(n).as_bytes()))
+            .unwrap_or_else(|| panic!("a dead letter for {}", user(n)));
+        assert_eq!(
+            d.payload(),
+            Some(tokens[n - 6].as_bytes()),
+            "the SET as it came"
+        );
+        (
+            sandbox::header(d, "offboarder-reason").unwrap_or_default(),
+            sandbox::header(d, "offboarder-error").unwrap_or_default(),
+        )
+    };
+    let (reason, error) = reason_of(7);
+    assert_eq!(reason, "invalid_set");
+    assert!(error.starts_with("invalid_key"), "{error}");
+    let (reason, error) = reason_of(8);
+    assert_eq!(reason, "ignored_set");
+    assert!(error.contains("identifier-changed"), "{error}");
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -18,7 +18,8 @@ use super::consumer::{check_resume_gap, except_topic, only_topic};
 use super::dead_letter_limit::DeadLetterLimit;
 use super::lanes::Lanes;
 use super::process::{Core, Job, until_killed};
-use crate::event::{EventKind, Schemas};
+use crate::event::{Event, EventKind, RejectReason, Rejection, Schemas};
+use crate::ssf::{SetMapper, set};
 use crate::telemetry;
 use crate::verify::Verifier;
 
@@ -54,6 +55,9 @@ pub(super) struct Intake {
     pub(super) lanes: Lanes<Box<Job>>,
     pub(super) tasks: TaskTracker,
     pub(super) schemas: Schemas,
+    /// Verifies and maps Security Event Tokens forwarded onto the risk-signals topic; `None`
+    /// without `[[ssf.transmitters]]`.
+    pub(super) sets: Option<Arc<SetMapper>>,
     pub(super) kafka: KafkaConfig,
     pub(super) settings: PipelineConfig,
     pub(super) max_pending: usize,
@@ -145,7 +149,7 @@ impl Intake {
 
     /// Registers a received event and sends it on: to its user's lane, or to the dead-letter
     /// topic.
-    pub(super) fn accept(&self, m: &BorrowedMessage<'_>) {
+    pub(super) async fn accept(&self, m: &BorrowedMessage<'_>) {
         let first = self
             .core
             .shared
@@ -170,14 +174,23 @@ impl Intake {
         } else {
             EventKind::RiskSignal
         };
-        let decoded = self
-            .schemas
-            .decode(kind, m.payload(), self.settings.max_event_bytes);
+        let decoded = match m.payload() {
+            Some(bytes) if kind == EventKind::RiskSignal && set::looks_like_jws(bytes) => {
+                self.decode_set(bytes).await
+            }
+            payload => self
+                .schemas
+                .decode(kind, payload, self.settings.max_event_bytes),
+        };
+        // A SET whose events are all ignored is no sign of a broken producer.
+        let invalid = decoded
+            .as_ref()
+            .is_err_and(|r| r.reason != RejectReason::IgnoredSet);
         let admitted = self
             .dead_letter_limit
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .admit(decoded.is_err());
+            .admit(invalid);
         if !admitted {
             self.stop_reading_on_dead_letter_flood(m);
             return;
@@ -233,6 +246,56 @@ impl Intake {
                     .instrument(span);
                 self.tasks.spawn(until_killed(kill, work));
             }
+        }
+    }
+
+    /// A Security Event Token forwarded as it is: verified and mapped as the push endpoint
+    /// does, then checked against the risk-signal schema like any risk signal. One record is
+    /// one event with one outcome, so the SET must map to exactly one risk signal. The replay
+    /// check is the push endpoint's: here a redelivered record is the normal at-least-once
+    /// case, and a risk signal is acted on idempotently.
+    async fn decode_set(&self, bytes: &[u8]) -> Result<Event, Rejection> {
+        let invalid = |detail: String| Rejection::new(RejectReason::InvalidSet, detail);
+        let Some(sets) = &self.sets else {
+            return Err(invalid(
+                "a Security Event Token, and no [[ssf.transmitters]] are configured to verify it"
+                    .into(),
+            ));
+        };
+        let limit = set::MAX_SET_BYTES.min(self.settings.max_event_bytes);
+        if bytes.len() > limit {
+            return Err(Rejection::new(
+                RejectReason::Oversized,
+                format!("a SET of {} bytes; the limit is {limit}", bytes.len()),
+            ));
+        }
+        // looks_like_jws checked that every byte is ASCII.
+        let token = String::from_utf8_lossy(bytes);
+        let (verified, mut signals) = sets.map(&token).await.map_err(|e| invalid(e.to_string()))?;
+        match signals.len() {
+            0 => {
+                let kinds: Vec<&str> = verified
+                    .events
+                    .keys()
+                    .map(|k| k.rsplit('/').next().unwrap_or(k))
+                    .collect();
+                Err(Rejection::new(
+                    RejectReason::IgnoredSet,
+                    format!(
+                        "the SET's events ({}) write no risk signal under the ssf.events rules",
+                        kinds.join(", ")
+                    ),
+                ))
+            }
+            1 => {
+                let signal = signals.pop().map(|s| s.record).unwrap_or_default();
+                let record = serde_json::to_vec(&signal).unwrap_or_default();
+                self.schemas
+                    .decode(EventKind::RiskSignal, Some(&record), usize::MAX)
+            }
+            n => Err(invalid(format!(
+                "the SET maps to {n} risk signals; a record carries one event (push such SETs to ssf-receiver)"
+            ))),
         }
     }
 

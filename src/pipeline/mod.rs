@@ -91,6 +91,16 @@ impl Pipeline {
         config.pipeline.validate().map_err(cfg)?;
         let policy = Policy::new(config.policy.clone()).map_err(cfg)?;
         let schemas = Schemas::load().map_err(cfg)?;
+        // The transmitters' keys are read now: a SET forwarded onto the risk-signals topic is
+        // verified like a pushed one, and a key that cannot be read stops the worker at start.
+        let sets = if config.ssf.enabled() {
+            let mapper = crate::ssf::SetMapper::from_config(&config.ssf)
+                .await
+                .map_err(|e| cfg(e.to_string()))?;
+            Some(Arc::new(mapper))
+        } else {
+            None
+        };
         let kafka = config.kafka.clone();
         let (producer, errors) = broker_errors::producer(
             &kafka
@@ -232,6 +242,7 @@ impl Pipeline {
                 lanes,
                 tasks,
                 schemas,
+                sets,
                 kafka,
                 settings: config.pipeline.clone(),
                 max_pending: config.verify.max_pending,
@@ -312,7 +323,7 @@ impl Pipeline {
                 message = intake.core.consumer.recv(), if !full || paused => match message {
                     Ok(m) => {
                         received += 1;
-                        intake.accept(&m);
+                        intake.accept(&m).await;
                     }
                     Err(e) => {
                         if let Some(reason) = fatal_consumer_error(&e) {

@@ -25,7 +25,7 @@ pub const RETRIES_EXHAUSTED: &str = "retries_exhausted";
 /// Dead-letter headers. The record itself is the original, byte for byte.
 pub mod header {
     /// Why the event was not processed: `empty`, `oversized`, `invalid_json`,
-    /// `schema_violation` or `retries_exhausted`.
+    /// `schema_violation`, `invalid_set`, `ignored_set` or `retries_exhausted`.
     pub const REASON: &str = "offboarder-reason";
     /// The details: the schema violations, the last error.
     pub const ERROR: &str = "offboarder-error";
