@@ -16,6 +16,7 @@ use netskope::NetskopeConfig;
 use crate::admin::AdminConfig;
 use crate::guard::GuardConfig;
 use crate::pipeline::config::{KafkaConfig, PipelineConfig};
+use crate::pipeline::envelope::OutcomesConfig;
 use crate::policy::PolicyConfig;
 use crate::ssf::SsfConfig;
 use crate::verify::VerifyConfig;
@@ -33,6 +34,7 @@ const SECTIONS: &[&str] = &[
     "admin__",
     "guard__",
     "ssf__",
+    "outcomes__",
 ];
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -54,6 +56,8 @@ pub struct Config {
     pub guard: GuardConfig,
     #[serde(default)]
     pub ssf: SsfConfig,
+    #[serde(default)]
+    pub outcomes: OutcomesConfig,
 }
 
 /// The config file could not be read or does not fit the schema.

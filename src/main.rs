@@ -644,6 +644,9 @@ async fn check_config(path: &Path) -> ExitCode {
     if let Err(e) = config.ssf.validate() {
         config_fault(e.to_string());
     }
+    if let Err(e) = config.outcomes.validate() {
+        config_fault(e);
+    }
     if worst != ExitCode::SUCCESS {
         return worst;
     }

@@ -23,6 +23,7 @@
 //! | `budget` | this worker's share of each token's request budget: by partitions at a rebalance, by demand through the state topic in between |
 //! | [`batcher`] | quarantine and release requests for one group gathered into one PATCH |
 //! | [`publish`] | outcomes and dead letters, returned only once the broker acknowledged them |
+//! | [`envelope`] | how outcomes and dead letters are framed: the native format or CloudEvents (binary or structured) |
 //! | [`transactions`] | `exactly_once`: each final record and its offset committed in one Kafka transaction |
 //!
 //! One event's way through: the consumer receives it and registers its offset; it is decoded
@@ -38,6 +39,7 @@ pub mod config;
 mod consumer;
 pub mod dead_letter_limit;
 mod drain;
+pub mod envelope;
 pub mod executor;
 pub mod lanes;
 mod lifecycle;
@@ -192,8 +194,10 @@ impl Pipeline {
         } else {
             None
         };
+        config.outcomes.validate().map_err(cfg)?;
         let publisher = Publisher::new(
             producer,
+            envelope::Envelope::new(&config.outcomes, &kafka.group_id),
             kafka.topics.outcomes.clone(),
             kafka.topics.dead_letter.clone(),
             transactions,

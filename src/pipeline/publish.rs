@@ -14,6 +14,7 @@ use rdkafka::message::{Header, Headers, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{DeliveryFuture, FutureRecord, Producer as _};
 
 use super::broker_errors::Producer;
+use super::envelope::{DeadLetterRef, Envelope};
 use super::transactions::{Entered, Transactions};
 
 use crate::outcome::Outcome;
@@ -22,7 +23,8 @@ use crate::outcome::Outcome;
 /// (the other reasons are [`crate::event::RejectReason`]s).
 pub const RETRIES_EXHAUSTED: &str = "retries_exhausted";
 
-/// Dead-letter headers. The record itself is the original, byte for byte.
+/// Dead-letter headers. The record itself is the original, byte for byte (in CloudEvents'
+/// structured mode, the `data` of the event).
 pub mod header {
     /// Why the event was not processed: `empty`, `oversized`, `invalid_json`,
     /// `schema_violation`, `invalid_set`, `ignored_set` or `retries_exhausted`.
@@ -135,6 +137,7 @@ pub const NOTHING: OnSent<'static> = &|_| {};
 
 pub struct Publisher {
     producer: Producer,
+    envelope: Envelope,
     outcomes_topic: String,
     dead_letter_topic: String,
     /// With `exactly_once`: every record joins the open transaction.
@@ -144,12 +147,14 @@ pub struct Publisher {
 impl Publisher {
     pub fn new(
         producer: Producer,
+        envelope: Envelope,
         outcomes_topic: String,
         dead_letter_topic: String,
         transactions: Option<std::sync::Arc<Transactions>>,
     ) -> Self {
         Self {
             producer,
+            envelope,
             outcomes_topic,
             dead_letter_topic,
             transactions,
@@ -166,16 +171,13 @@ impl Publisher {
         traceparent: &str,
         on_sent: OnSent<'_>,
     ) -> Delivery {
-        let headers = OwnedHeaders::new().insert(Header {
-            key: TRACEPARENT,
-            value: Some(traceparent),
-        });
+        let framed = self.envelope.outcome(outcome, traceparent);
         self.enqueue(
             Record {
                 topic: self.outcomes_topic.clone(),
                 key: Some(outcome.key().into_bytes()),
-                payload: outcome.to_json(),
-                headers: Some(headers),
+                payload: framed.payload,
+                headers: Some(framed.headers),
                 what: "outcome",
             },
             on_sent,
@@ -230,11 +232,24 @@ impl Publisher {
                 key: header::SOURCE_OFFSET,
                 value: Some(&offset),
             });
+        let place = DeadLetterRef {
+            topic: original.topic(),
+            partition: original.partition(),
+            offset: original.offset(),
+            reason,
+            key: original.key(),
+        };
+        let framed = self.envelope.dead_letter(
+            &place,
+            headers,
+            original.payload().unwrap_or_default().to_vec(),
+            traceparent,
+        );
         let record = Record {
             topic: self.dead_letter_topic.clone(),
             key: original.key().map(<[u8]>::to_vec),
-            payload: original.payload().unwrap_or_default().to_vec(),
-            headers: Some(headers),
+            payload: framed.payload,
+            headers: Some(framed.headers),
             what: "dead letter",
         };
         self.enqueue(record, on_sent).await.acknowledged().await
