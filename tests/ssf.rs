@@ -7,6 +7,7 @@
 
 mod support;
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -47,6 +48,11 @@ fn scratch(name: &str) -> PathBuf {
 
 /// Signs `specs` (see tests/ssf/sign_sets.py) and writes the JWKS to `jwks`.
 fn sign(python: &str, jwks: &Path, specs: Vec<Value>) -> Vec<String> {
+    sign_with(python, jwks, "", specs)
+}
+
+/// [`sign`] with fresh keys whose kids end in `kid_suffix`.
+fn sign_with(python: &str, jwks: &Path, kid_suffix: &str, specs: Vec<Value>) -> Vec<String> {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/ssf/sign_sets.py");
     let mut child = Command::new(python)
         .arg(script)
@@ -55,7 +61,7 @@ fn sign(python: &str, jwks: &Path, specs: Vec<Value>) -> Vec<String> {
         .stderr(Stdio::inherit())
         .spawn()
         .expect("the peers' python runs");
-    let request = json!({"jwks_out": jwks, "sets": specs});
+    let request = json!({"jwks_out": jwks, "kid_suffix": kid_suffix, "sets": specs});
     {
         use std::io::Write as _;
         let mut stdin = child.stdin.take().expect("stdin");
@@ -596,5 +602,77 @@ async fn sets_forwarded_onto_the_risk_signals_topic_are_verified_and_mapped_the_
     let (reason, error) = reason_of(8);
     assert_eq!(reason, "ignored_set");
     assert!(error.contains("identifier-changed"), "{error}");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_key_is_fetched_from_the_jwks_url_and_a_retired_one_refused() {
+    use wiremock::matchers::{method, path};
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+    let Some(python) = support::peer("PEERS_PYTHON") else {
+        return;
+    };
+    let sandbox = sandbox().await;
+    let dir = scratch("rotation");
+    let (jwks_a, jwks_b, bearer) = (dir.join("a.json"), dir.join("b.json"), dir.join("bearer"));
+    std::fs::write(&bearer, "push-secret").expect("bearer file");
+    let purged = |jti: &str, n: usize| {
+        spec(
+            "rsa",
+            with(
+                claims(jti, json!({format!("{RISC}account-purged"): {}})),
+                "sub_id",
+                json!({"format": "email", "email": user(n)}),
+            ),
+        )
+    };
+    let old = sign_with(
+        &python,
+        &jwks_a,
+        "-2025",
+        vec![purged("rot-1", 1), purged("rot-3", 3)],
+    );
+    let new = sign_with(&python, &jwks_b, "-2026", vec![purged("rot-2", 2)]);
+    let server = MockServer::start().await;
+    let serve = |file: &Path| {
+        Mock::given(method("GET")).and(path("/jwks")).respond_with(
+            ResponseTemplate::new(200).set_body_bytes(std::fs::read(file).expect("jwks")),
+        )
+    };
+    serve(&jwks_a).mount(&server).await;
+    let mut config = config(&sandbox, &jwks_a, &bearer);
+    config.ssf.jwks_min_refetch = Duration::from_secs(1);
+    config.ssf.transmitters[0].jwks_file = None;
+    config.ssf.transmitters[0].jwks_url = Some(format!("{}/jwks", server.uri()));
+    let (url, stop) = receiver(&config).await;
+    assert_eq!(push(&url, Some("push-secret"), &old[0]).await, (202, None));
+
+    // The transmitter rotates: its JWKS now holds only the new key.
+    server.reset().await;
+    serve(&jwks_b).mount(&server).await;
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    assert_eq!(
+        push(&url, Some("push-secret"), &new[0]).await,
+        (202, None),
+        "the unknown kid made the receiver fetch the JWKS again"
+    );
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    assert_eq!(
+        push(&url, Some("push-secret"), &old[1]).await,
+        (400, Some("invalid_key".into())),
+        "the retired key is gone from the fetched set"
+    );
+    let fetches = server.received_requests().await.map_or(0, |r| r.len());
+    assert_eq!(
+        fetches, 2,
+        "one fetch for the new kid, one for the retired kid (after the reset)"
+    );
+    let _ = stop.send(());
+    let signals = risk_signals(&sandbox, 3, Duration::from_secs(3)).await;
+    let ids: HashSet<&str> = signals
+        .iter()
+        .filter_map(|s| s["event_id"].as_str())
+        .collect();
+    assert_eq!(ids, HashSet::from(["rot-1", "rot-2"]));
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -43,6 +43,10 @@ pub struct SsfConfig {
     /// How often a JWKS fetched from a URL is fetched again.
     #[serde(with = "humantime_serde")]
     pub jwks_refresh: Duration,
+    /// A SET whose `kid` the held keys lack makes the receiver fetch the JWKS again (the
+    /// transmitter rotated its keys), at most once per this long.
+    #[serde(with = "humantime_serde")]
+    pub jwks_min_refetch: Duration,
     /// Rule overrides: event rule key → `ignore`, `clear`, `low`, `medium`, `high` or
     /// `critical` (the keys and defaults are in the README's Shared Signals section).
     pub events: BTreeMap<String, Rule>,
@@ -60,6 +64,7 @@ impl Default for SsfConfig {
             replay_capacity: 200_000,
             max_body_bytes: MAX_SET_BYTES,
             jwks_refresh: Duration::from_secs(3600),
+            jwks_min_refetch: Duration::from_secs(30),
             events: BTreeMap::new(),
             transmitters: Vec::new(),
         }
@@ -122,11 +127,13 @@ impl SsfConfig {
         if self.replay_capacity == 0 {
             return Err(invalid("replay_capacity must be at least 1".into()));
         }
-        if self.jwks_refresh < keys::MIN_REFETCH {
-            return Err(invalid(format!(
-                "jwks_refresh must be at least {}",
-                humantime::format_duration(keys::MIN_REFETCH)
-            )));
+        if self.jwks_refresh < Duration::from_secs(60) {
+            return Err(invalid("jwks_refresh must be at least 1m".into()));
+        }
+        if self.jwks_min_refetch < Duration::from_secs(1) {
+            return Err(invalid(
+                "jwks_min_refetch must be at least 1s: a stream of made-up kids would otherwise make a fetch each".into(),
+            ));
         }
         if self.enabled() && self.audience.iter().all(|a| a.trim().is_empty()) {
             return Err(invalid(
@@ -167,12 +174,17 @@ impl SsfConfig {
         let mut transmitters = Vec::new();
         for t in &self.transmitters {
             let source = t.source().map_err(SsfConfigError::Invalid)?;
-            let keys = TransmitterKeys::load(source, self.jwks_refresh, http.clone())
-                .await
-                .map_err(|error| SsfConfigError::Keys {
-                    name: t.name.clone(),
-                    error,
-                })?;
+            let keys = TransmitterKeys::load(
+                source,
+                self.jwks_refresh,
+                self.jwks_min_refetch,
+                http.clone(),
+            )
+            .await
+            .map_err(|error| SsfConfigError::Keys {
+                name: t.name.clone(),
+                error,
+            })?;
             transmitters.push(Transmitter {
                 name: t.name.clone(),
                 issuer: t.issuer.clone(),

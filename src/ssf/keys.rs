@@ -2,7 +2,7 @@
 //!
 //! A fetched set is kept and fetched again every `jwks_refresh`, and at once when a SET names a
 //! `kid` the set does not hold (the transmitter rotated its keys), but no more than once per
-//! [`MIN_REFETCH`]: a stream of SETs with made-up `kid`s must not turn the receiver into a
+//! `jwks_min_refetch`: a stream of SETs with made-up `kid`s must not turn the receiver into a
 //! load generator against the transmitter. A failed fetch keeps the keys held before.
 //!
 //! Only asymmetric signature keys are kept (`RSA`, `EC`, `OKP`): a symmetric (`oct`) key in a
@@ -25,8 +25,6 @@ use url::Url;
 pub const MAX_JWKS_BYTES: usize = 256 * 1024;
 /// How long a JWKS fetch may take.
 pub const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
-/// Fetches prompted by an unknown `kid` are at least this far apart.
-pub const MIN_REFETCH: Duration = Duration::from_secs(30);
 
 /// Where a transmitter's keys come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -218,6 +216,7 @@ fn signature_algorithm(a: KeyAlgorithm) -> Option<Algorithm> {
 pub struct TransmitterKeys {
     source: KeySource,
     refresh: Duration,
+    min_refetch: Duration,
     http: reqwest::Client,
     state: Mutex<State>,
 }
@@ -234,6 +233,7 @@ impl TransmitterKeys {
     pub async fn load(
         source: KeySource,
         refresh: Duration,
+        min_refetch: Duration,
         http: reqwest::Client,
     ) -> Result<Self, KeyError> {
         let set = read(&source, &http).await?;
@@ -246,6 +246,7 @@ impl TransmitterKeys {
         Ok(Self {
             source,
             refresh,
+            min_refetch,
             http,
             state: Mutex::new(State {
                 set: Arc::new(set),
@@ -260,12 +261,12 @@ impl TransmitterKeys {
     }
 
     /// The held keys, fetched again first when they are older than `jwks_refresh`, or when
-    /// `kid` is missing from them and the last fetch is at least [`MIN_REFETCH`] old.
+    /// `kid` is missing from them and the last fetch is at least `min_refetch` old.
     pub async fn current(&self, kid: Option<&str>) -> Arc<KeySet> {
         let mut state = self.state.lock().await;
         let age = state.tried_at.elapsed();
         let missing = kid.is_some_and(|kid| !state.set.by_kid.contains_key(kid));
-        let due = age >= self.refresh || (missing && age >= MIN_REFETCH);
+        let due = age >= self.refresh || (missing && age >= self.min_refetch);
         if due && matches!(self.source, KeySource::Url(_)) {
             state.tried_at = Instant::now();
             match read(&self.source, &self.http).await {

@@ -2,11 +2,13 @@
 receiver's.
 
 Reads a JSON request on stdin:
-  {"jwks_out": PATH, "sets": [{"key": "rsa" | "ec" | "rogue" | "none",
+  {"jwks_out": PATH, "kid_suffix": TEXT (optional),
+   "sets": [{"key": "rsa" | "ec" | "rogue" | "none",
                                "kid": KID (optional; default: the key's own),
                                "header": {...} (optional, extra header fields),
                                "claims": {...}}]}
-Writes the public keys of "rsa" (kid rsa-1) and "ec" (kid ec-1) to PATH as a JWKS, and prints
+Writes the public keys of "rsa" (kid rsa-1) and "ec" (kid ec-1), each kid followed by
+kid_suffix, to PATH as a JWKS, and prints
 the tokens, in order, as a JSON list. "rogue" is an RSA key that is not in the JWKS: it signs
 with kid rsa-1, so its tokens carry a known kid and a signature that does not verify. "none"
 makes an unsigned token (alg none).
@@ -22,10 +24,13 @@ from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
 def main() -> None:
     request = json.load(sys.stdin)
+    suffix = request.get("kid_suffix", "")
     keys = {
-        "rsa": ("RS256", "rsa-1", rsa.generate_private_key(public_exponent=65537, key_size=2048)),
-        "ec": ("ES256", "ec-1", ec.generate_private_key(ec.SECP256R1())),
-        "rogue": ("RS256", "rsa-1", rsa.generate_private_key(public_exponent=65537, key_size=2048)),
+        "rsa": ("RS256", "rsa-1" + suffix,
+                rsa.generate_private_key(public_exponent=65537, key_size=2048)),
+        "ec": ("ES256", "ec-1" + suffix, ec.generate_private_key(ec.SECP256R1())),
+        "rogue": ("RS256", "rsa-1" + suffix,
+                  rsa.generate_private_key(public_exponent=65537, key_size=2048)),
     }
     published = []
     for name in ("rsa", "ec"):
