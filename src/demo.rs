@@ -3,7 +3,8 @@
 //! It starts librdkafka's in-process mock Kafka cluster and the Netskope tenant simulator (ten
 //! seeded users), publishes a set of sample events (terminations, one dated a few seconds ahead,
 //! one scheduled and then rescinded, risk signals above and below the threshold, a repeat, a
-//! cleared signal, a protected user, invalid events), runs the real
+//! cleared signal, a protected user, invalid events), pushes one Security Event Token (a RISC
+//! credential-compromise, signed with a key made for the run) to the SSF receiver, runs the real
 //! pipeline until every event has its final outcome (applied actions: verified against the
 //! simulator's audit trail, which indexes with a one-second lag) or dead letter, and prints
 //! what happened.
@@ -247,7 +248,38 @@ pub async fn run(print_records: bool) -> Result<(), Box<dyn std::error::Error>> 
         sandbox.topics.risk_signals
     );
 
+    // One SET through the Shared Signals receiver: it lands on the risk-signals topic too.
+    let transmitter = DemoTransmitter::new()?;
+    let jwks_path =
+        std::env::temp_dir().join(format!("offboarder-demo-jwks-{}.json", std::process::id()));
+    std::fs::write(&jwks_path, transmitter.jwks())?;
+    config.ssf = demo_ssf(&jwks_path);
+    let (bound_tx, bound_rx) = tokio::sync::oneshot::channel();
+    let (stop_receiver, stopped) = tokio::sync::oneshot::channel::<()>();
+    let receiver_config = config.clone();
+    let receiver = tokio::spawn(async move {
+        let stop = async {
+            let _ = stopped.await;
+        };
+        crate::ssf::receiver::run(&receiver_config, Some(bound_tx), stop).await
+    });
+    let push_url = format!("http://{}{}", bound_rx.await?, config.ssf.path);
+    let set_user = "user9@example.com";
+    let status = reqwest::Client::new()
+        .post(&push_url)
+        .header("content-type", "application/secevent+jwt")
+        .body(transmitter.credential_compromise(set_user)?)
+        .send()
+        .await?
+        .status();
+    println!(
+        "Pushed one Security Event Token (RISC credential-compromise for {set_user}, signed ES256) to the SSF receiver at {push_url}: {status}\n"
+    );
+    let finals_expected = finals_expected + usize::from(status.as_u16() == 202);
+
     let pipeline = Pipeline::new(&config, client).await?;
+    // Both have read the key now.
+    let _ = std::fs::remove_file(&jwks_path);
     let handle = pipeline.handle();
     let worker = tokio::spawn(pipeline.run());
 
@@ -268,6 +300,8 @@ pub async fn run(print_records: bool) -> Result<(), Box<dyn std::error::Error>> 
         .await?;
     handle.stop();
     let summary = worker.await??;
+    let _ = stop_receiver.send(());
+    receiver.await??;
 
     println!(
         "{:<10} {:<24} {:<11} {:<10} {:<60} verification",
@@ -368,7 +402,7 @@ pub async fn run(print_records: bool) -> Result<(), Box<dyn std::error::Error>> 
     println!("\nSimulator state after the run:");
     println!("{:<20} {:<8} groups", "user", "active");
     let members = sandbox.sim.group_members(GROUP).unwrap_or_default();
-    for n in 1..=8 {
+    for n in 1..=9 {
         let name = format!("user{n}@example.com");
         if let Some(u) = sandbox.sim.user(&name) {
             println!(
@@ -405,6 +439,75 @@ pub async fn run(print_records: bool) -> Result<(), Box<dyn std::error::Error>> 
         .into());
     }
     Ok(())
+}
+
+/// The demo's Shared Signals transmitter: an ES256 key made for the run, published as a JWKS.
+struct DemoTransmitter {
+    key: jsonwebtoken::EncodingKey,
+    public: Vec<u8>,
+}
+
+const DEMO_ISSUER: &str = "https://idp.demo.example/";
+const DEMO_AUDIENCE: &str = "urn:offboarder:demo";
+
+impl DemoTransmitter {
+    fn new() -> Result<Self, Box<dyn std::error::Error>> {
+        use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair};
+        let rng = ring::rand::SystemRandom::new();
+        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
+            .map_err(|_| "cannot make a signing key")?;
+        let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng)
+            .map_err(|_| "cannot read the signing key")?;
+        Ok(Self {
+            key: jsonwebtoken::EncodingKey::from_ec_der(pkcs8.as_ref()),
+            public: pair.public_key().as_ref().to_vec(),
+        })
+    }
+
+    /// The public key as a JWKS: `public` is 0x04, then x and y (32 bytes each).
+    fn jwks(&self) -> String {
+        use base64::Engine as _;
+        let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+        let (x, y) = self.public[1..].split_at(32);
+        json!({"keys": [{"kty": "EC", "crv": "P-256", "x": b64(x), "y": b64(y),
+                          "kid": "demo-1", "use": "sig", "alg": "ES256"}]})
+        .to_string()
+    }
+
+    fn credential_compromise(&self, user: &str) -> Result<String, jsonwebtoken::errors::Error> {
+        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+        header.typ = Some("secevent+jwt".into());
+        header.kid = Some("demo-1".into());
+        let claims = json!({
+            "iss": DEMO_ISSUER,
+            "aud": DEMO_AUDIENCE,
+            "iat": time::OffsetDateTime::now_utc().unix_timestamp(),
+            "jti": "set-3001",
+            "sub_id": {"format": "email", "email": user},
+            "events": {
+                "https://schemas.openid.net/secevent/risc/event-type/credential-compromise": {
+                    "credential_type": "password"
+                }
+            }
+        });
+        jsonwebtoken::encode(&header, &claims, &self.key)
+    }
+}
+
+fn demo_ssf(jwks: &std::path::Path) -> crate::ssf::SsfConfig {
+    crate::ssf::SsfConfig {
+        listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+        audience: vec![DEMO_AUDIENCE.into()],
+        transmitters: vec![crate::ssf::config::TransmitterConfig {
+            name: "demo-idp".into(),
+            issuer: DEMO_ISSUER.into(),
+            jwks_url: None,
+            jwks_file: Some(jwks.to_path_buf()),
+            algorithms: Some(vec!["ES256".into()]),
+            subjects: Default::default(),
+        }],
+        ..Default::default()
+    }
 }
 
 fn short(text: &str, width: usize) -> String {
