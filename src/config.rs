@@ -190,6 +190,24 @@ mod tests {
         assert!(!policy.dry_run());
         assert_eq!(c.kafka.topics.outcomes, "offboarder.outcomes");
         assert_eq!(c.pipeline.batch_window, Duration::from_millis(200));
+        c.ssf.validate().unwrap();
+        c.outcomes.validate().unwrap();
+        assert!(!c.ssf.enabled(), "the example's transmitters are comments");
+        // Its values are the defaults it says they are.
+        let d = crate::ssf::SsfConfig::default();
+        assert_eq!(
+            (
+                c.ssf.listen,
+                c.ssf.max_age,
+                c.ssf.replay_capacity,
+                c.ssf.max_body_bytes
+            ),
+            (d.listen, d.max_age, d.replay_capacity, d.max_body_bytes)
+        );
+        assert_eq!(
+            (c.ssf.jwks_refresh, c.ssf.jwks_min_refetch, c.ssf.path),
+            (d.jwks_refresh, d.jwks_min_refetch, d.path)
+        );
     }
 
     #[test]
