@@ -88,11 +88,26 @@ fn spec(key: &str, claims: Value) -> Value {
     json!({"key": key, "claims": claims})
 }
 
+/// Everything this test binary logs at info level and above, to check that no SET content is
+/// logged there.
+fn logs() -> &'static support::CapturedLogs {
+    static LOGS: std::sync::OnceLock<support::CapturedLogs> = std::sync::OnceLock::new();
+    LOGS.get_or_init(|| {
+        let logs = support::CapturedLogs::default();
+        let _ = tracing_subscriber::fmt()
+            .with_writer(logs.clone())
+            .with_max_level(tracing::Level::INFO)
+            .try_init();
+        logs
+    })
+}
+
+fn logged() -> String {
+    String::from_utf8_lossy(&logs().0.lock().expect("logs")).into_owned()
+}
+
 async fn sandbox() -> Sandbox {
-    let _ = tracing_subscriber::fmt()
-        .with_test_writer()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .try_init();
+    logs();
     let args = SimArgs {
         users: 20,
         rate_limit_per_min: 0,
@@ -508,6 +523,18 @@ async fn bad_sets_get_their_rfc_8935_errors_and_write_nothing() {
     let _ = stop.send(());
     assert_eq!(signals.len(), 1, "{signals:?}");
     assert_eq!(signals[0]["event_id"], "once");
+    // Refusals are logged by their code; what the SETs held is not, above debug level.
+    let text = logged();
+    assert!(text.contains("SET refused"), "the capture works");
+    for content in [
+        "other-idp.example.com",
+        "+12065550100",
+        "mystery",
+        "someone-else",
+        "retired-2019",
+    ] {
+        assert!(!text.contains(content), "{content:?} was logged");
+    }
     let _ = std::fs::remove_dir_all(dir);
 }
 
@@ -602,6 +629,15 @@ async fn sets_forwarded_onto_the_risk_signals_topic_are_verified_and_mapped_the_
     let (reason, error) = reason_of(8);
     assert_eq!(reason, "ignored_set");
     assert!(error.contains("identifier-changed"), "{error}");
+    let text = logged();
+    assert!(
+        text.contains("Security Event Token sent to the dead-letter topic"),
+        "the capture works"
+    );
+    assert!(
+        !text.contains("identifier-changed"),
+        "the dead letter's detail is not logged above debug"
+    );
     let _ = std::fs::remove_dir_all(dir);
 }
 

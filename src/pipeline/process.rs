@@ -24,7 +24,7 @@ use super::offsets::Ticket;
 use super::publish::{Delivery, NOTHING, OnSent, Publisher, header_text};
 use super::shared::{PartitionWork, PipelineError, PipelineHandle, Shared};
 use super::transactions::Entered;
-use crate::event::Event;
+use crate::event::{Event, RejectReason};
 use crate::guard::Admission;
 use crate::outcome::{self, Action, Outcome, SourceRef, Status, Timestamps, VerificationEvidence};
 use crate::policy::{Decision, Policy};
@@ -613,14 +613,29 @@ impl Core {
         detail: String,
         trace: EventTrace,
     ) {
-        tracing::warn!(
-            topic = ticket.topic,
-            partition = ticket.partition,
-            offset = ticket.offset,
-            reason,
-            detail,
-            "invalid event sent to the dead-letter topic"
-        );
+        // A refused SET's detail quotes the SET (its issuer, its events): not above debug.
+        // The dead letter's header keeps it.
+        let quotes_a_set = reason == RejectReason::InvalidSet.as_str()
+            || reason == RejectReason::IgnoredSet.as_str();
+        if quotes_a_set {
+            tracing::warn!(
+                topic = ticket.topic,
+                partition = ticket.partition,
+                offset = ticket.offset,
+                reason,
+                "Security Event Token sent to the dead-letter topic (its detail in the offboarder-error header)"
+            );
+            tracing::debug!(reason, detail, "Security Event Token dead-lettered");
+        } else {
+            tracing::warn!(
+                topic = ticket.topic,
+                partition = ticket.partition,
+                offset = ticket.offset,
+                reason,
+                detail,
+                "invalid event sent to the dead-letter topic"
+            );
+        }
         let finish_in = self.finish_in_transaction(&ticket);
         if self
             .send_dead_letter(&message, reason, &detail, &trace.traceparent, &finish_in)

@@ -221,7 +221,13 @@ async fn push(
         }
         Pushed::Refused(code, description) => {
             count(code.as_str());
+            // The description quotes the SET (its issuer, its event types): debug only. The
+            // transmitter gets it in the answer.
             tracing::info!(
+                err = code.as_str(),
+                "SET refused (the reason at debug level)"
+            );
+            tracing::debug!(
                 err = code.as_str(),
                 description = description.as_str(),
                 "SET refused"
