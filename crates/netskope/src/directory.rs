@@ -33,7 +33,7 @@ use tokio::time::Instant;
 use offboarder_base::metric_names as names;
 
 use super::NetskopeClient;
-use super::scim::{ScimUser, UserRef};
+use super::user::{ScimUser, UserRef};
 
 /// Longest user name kept in the mirror (the longest a resolve accepts).
 const MAX_NAME_CHARS: usize = 512;

@@ -11,6 +11,7 @@
 //! | [`filter`] | SCIM filter values escaped as JSON string literals |
 //! | [`cache`] | bounded caches with expiry for user and group ids |
 //! | [`directory`] | the directory mirror (user name → id) and when listing it pays |
+//! | [`user`] | a user as the server knows it, what a resolve or a listing yields |
 
 pub mod audit;
 pub mod cache;
@@ -21,6 +22,7 @@ pub mod filter;
 pub mod limiter;
 pub mod scim;
 pub mod transport;
+pub mod user;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -38,7 +40,7 @@ pub use audit::{AuditCursor, AuditEvent, AuditRead, AuditWindow, Inserted, Sent}
 pub use config::{ConfigError, Endpoints, NetskopeConfig, Tokens};
 pub use directory::Demand;
 pub use error::{ErrorClass, NetskopeError, Op, TokenRole};
-pub use scim::{ScimUser, UserRef};
+pub use user::{ScimUser, UserRef};
 
 /// How long a group id stays cached. Groups are few and long-lived; a PATCH that finds the group
 /// gone drops the entry at once.

@@ -16,6 +16,7 @@ use super::directory::{Demand, Lookup, Plan};
 use super::error::{NetskopeError, Op};
 use super::filter;
 use super::transport::Reply;
+use super::user::{ScimUser, UserRef};
 use super::{NetskopeClient, RemoveStyle};
 
 pub const PATCH_OP_SCHEMA: &str = "urn:ietf:params:scim:api:messages:2.0:PatchOp";
@@ -24,29 +25,6 @@ const SCIM_JSON: &str = "application/scim+json";
 /// Longest user or group name accepted. SCIM sets no limit; this one keeps absurd input
 /// (a whole document in a name field) out of URLs and logs.
 const MAX_NAME_CHARS: usize = 512;
-
-/// A user name resolved to the SCIM id that every per-user request needs.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UserRef {
-    pub id: String,
-    /// The user name as the server spells it (it may differ in case from the event's).
-    pub user_name: String,
-    /// Whether the user was active when the lookup that found it was answered; `None` when it
-    /// came from the cache (that state may be stale) or the server left `active` out. Kept so
-    /// that a rescind never reactivates a user who was inactive before offboarder acted.
-    pub active: Option<bool>,
-}
-
-/// A user as read back from the server.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-pub struct ScimUser {
-    pub id: String,
-    #[serde(rename = "userName")]
-    pub user_name: String,
-    /// Absent on servers that omit default values.
-    #[serde(default)]
-    pub active: Option<bool>,
-}
 
 #[derive(Deserialize)]
 pub(crate) struct ListResponse<T> {
