@@ -712,3 +712,78 @@ async fn a_rotated_key_is_fetched_from_the_jwks_url_and_a_retired_one_refused() 
     assert_eq!(ids, HashSet::from(["rot-1", "rot-2"]));
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transmitter_whose_keys_cannot_be_read_does_not_stop_the_worker() {
+    let Some(python) = support::peer("PEERS_PYTHON") else {
+        return;
+    };
+    let sandbox = sandbox().await;
+    let dir = scratch("unreadable");
+    let (jwks, bearer) = (dir.join("jwks.json"), dir.join("bearer"));
+    std::fs::write(&bearer, "push-secret").expect("bearer file");
+    let token = sign(
+        &python,
+        &jwks,
+        vec![spec(
+            "rsa",
+            with(
+                claims("unreadable-1", json!({format!("{RISC}account-purged"): {}})),
+                "sub_id",
+                json!({"format": "email", "email": user(9)}),
+            ),
+        )],
+    );
+    let mut config = config(&sandbox, &jwks, &bearer);
+    // Nothing listens there: the JWKS cannot be fetched.
+    config.ssf.transmitters[0].jwks_file = None;
+    config.ssf.transmitters[0].jwks_url = Some("http://127.0.0.1:9/jwks".into());
+    sandbox
+        .publish(&[
+            (
+                sandbox.topics.risk_signals.clone(),
+                user(9),
+                token[0].clone().into_bytes(),
+            ),
+            (
+                sandbox.topics.terminations.clone(),
+                user(10),
+                support::event("hr-10", &user(10), json!({})),
+            ),
+        ])
+        .await
+        .expect("published");
+    let client = sandbox.client(&config).expect("client");
+    let pipeline = Pipeline::new(&config, client)
+        .await
+        .expect("the worker starts without the transmitter's keys");
+    let handle = pipeline.handle();
+    let worker = tokio::spawn(pipeline.run());
+    let outcomes = sandbox
+        .read(&sandbox.topics.outcomes, WAIT, |r| !r.is_empty())
+        .await
+        .expect("outcomes");
+    let dead = sandbox
+        .read(&sandbox.topics.dead_letter, WAIT, |r| !r.is_empty())
+        .await
+        .expect("dead letters");
+    handle.stop();
+    let _ = worker.await;
+    let o: Value = serde_json::from_str(&sandbox::text(&outcomes[0])).expect("JSON");
+    assert_eq!(
+        (o["user_name"].as_str(), o["status"].as_str()),
+        (Some(user(10).as_str()), Some("applied")),
+        "terminations go on"
+    );
+    assert_eq!(
+        sandbox::header(&dead[0], "offboarder-reason").as_deref(),
+        Some("invalid_set")
+    );
+    assert!(
+        sandbox::header(&dead[0], "offboarder-error")
+            .is_some_and(|e| e.contains("could not be read at start")),
+        "{:?}",
+        sandbox::header(&dead[0], "offboarder-error")
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}

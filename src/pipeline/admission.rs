@@ -48,6 +48,15 @@ impl Load {
     }
 }
 
+/// What verifies Security Event Tokens forwarded onto the risk-signals topic.
+pub(super) enum Sets {
+    /// No `[[ssf.transmitters]]`.
+    Off,
+    Ready(Arc<SetMapper>),
+    /// The transmitters' keys could not be read at start: why.
+    Unreadable(String),
+}
+
 /// The reading side of a pipeline: what turns each record read into a job on its user's lane
 /// or a dead letter, and decides when reading pauses. It ends with [`Intake::drain`].
 pub(super) struct Intake {
@@ -55,9 +64,8 @@ pub(super) struct Intake {
     pub(super) lanes: Lanes<Box<Job>>,
     pub(super) tasks: TaskTracker,
     pub(super) schemas: Schemas,
-    /// Verifies and maps Security Event Tokens forwarded onto the risk-signals topic; `None`
-    /// without `[[ssf.transmitters]]`.
-    pub(super) sets: Option<Arc<SetMapper>>,
+    /// Verifies and maps Security Event Tokens forwarded onto the risk-signals topic.
+    pub(super) sets: Sets,
     pub(super) kafka: KafkaConfig,
     pub(super) settings: PipelineConfig,
     pub(super) max_pending: usize,
@@ -256,11 +264,19 @@ impl Intake {
     /// case, and a risk signal is acted on idempotently.
     async fn decode_set(&self, bytes: &[u8]) -> Result<Event, Rejection> {
         let invalid = |detail: String| Rejection::new(RejectReason::InvalidSet, detail);
-        let Some(sets) = &self.sets else {
-            return Err(invalid(
-                "a Security Event Token, and no [[ssf.transmitters]] are configured to verify it"
-                    .into(),
-            ));
+        let sets = match &self.sets {
+            Sets::Ready(sets) => sets,
+            Sets::Off => {
+                return Err(invalid(
+                    "a Security Event Token, and no [[ssf.transmitters]] are configured to verify it"
+                        .into(),
+                ));
+            }
+            Sets::Unreadable(why) => {
+                return Err(invalid(format!(
+                    "a Security Event Token, and the transmitters' keys could not be read at start ({why}); replay it after a restart that reads them"
+                )));
+            }
         };
         let limit = set::MAX_SET_BYTES.min(self.settings.max_event_bytes);
         if bytes.len() > limit {

@@ -94,14 +94,20 @@ impl Pipeline {
         let policy = Policy::new(config.policy.clone()).map_err(cfg)?;
         let schemas = Schemas::load().map_err(cfg)?;
         // The transmitters' keys are read now: a SET forwarded onto the risk-signals topic is
-        // verified like a pushed one, and a key that cannot be read stops the worker at start.
+        // verified like a pushed one. A wrong [ssf] table stops the worker; keys that cannot be
+        // read now do not (terminations must not wait for a transmitter's JWKS): SETs are then
+        // dead letters until a restart reads them.
         let sets = if config.ssf.enabled() {
-            let mapper = crate::ssf::SetMapper::from_config(&config.ssf)
-                .await
-                .map_err(|e| cfg(e.to_string()))?;
-            Some(Arc::new(mapper))
+            match crate::ssf::SetMapper::from_config(&config.ssf).await {
+                Ok(mapper) => admission::Sets::Ready(Arc::new(mapper)),
+                Err(e @ crate::ssf::SsfConfigError::Keys { .. }) => {
+                    tracing::error!(error = %e, "Security Event Tokens on the risk-signals topic will be dead letters until a restart can read every transmitter's keys");
+                    admission::Sets::Unreadable(e.to_string())
+                }
+                Err(e) => return Err(cfg(e.to_string())),
+            }
         } else {
-            None
+            admission::Sets::Off
         };
         let kafka = config.kafka.clone();
         let (producer, errors) = broker_errors::producer(
