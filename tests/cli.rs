@@ -156,6 +156,60 @@ async fn check_config_probes_kafka_and_netskope() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_config_reads_every_transmitters_keys() {
+    use base64::Engine as _;
+    let sandbox = sandbox().await;
+    let dir = std::env::temp_dir().join(format!("offboarder-cli-{}-jwks", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let jwks = dir.join("jwks.json");
+    // A JWKS as a transmitter publishes one: an RSA key (check-config verifies nothing with it).
+    let n = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode([0xC5u8; 256]);
+    let set = json!({"keys": [{"kty": "RSA", "n": n, "e": "AQAB", "kid": "k1", "use": "sig"},
+                              {"kty": "oct", "k": "c2VjcmV0", "kid": "shared"}]});
+    std::fs::write(&jwks, set.to_string()).unwrap();
+    let ssf = |source: &str, algorithms: &str| {
+        format!(
+            "[ssf]\naudience = [\"https://offboarder.example.com/ssf\"]\n\n[[ssf.transmitters]]\nname = \"idp\"\nissuer = \"https://idp.example.com/\"\n{source}\nalgorithms = [{algorithms}]\n"
+        )
+    };
+    let check = |name: &str, extra: String| {
+        let path = config_file(&sandbox, name, &extra);
+        let mut c = command(
+            &sandbox,
+            &["check-config", "--config", path.to_str().unwrap()],
+        );
+        async move { c.output().await.unwrap() }
+    };
+
+    let file = format!("jwks_file = {:?}", jwks.to_str().unwrap());
+    let out = check("ssf-good", ssf(&file, "\"RS256\"")).await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(
+        stdout.contains("SSF transmitter idp (https://idp.example.com/): 1 usable keys"),
+        "the symmetric key is not counted: {stdout}"
+    );
+
+    let out = check(
+        "ssf-down",
+        ssf("jwks_url = \"http://127.0.0.1:9/jwks\"", "\"RS256\""),
+    )
+    .await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(2), "{stdout}");
+    assert!(
+        stdout.contains("SSF: FAILED") && stdout.contains("http://127.0.0.1:9/jwks"),
+        "{stdout}"
+    );
+
+    let out = check("ssf-hmac", ssf(&file, "\"HS256\"")).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("\"HS256\" is not an accepted"), "{stderr}");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_acts_then_stops_cleanly_on_sigterm() {
     let sandbox = sandbox().await;
     publish_terminations(&sandbox, 3).await;
