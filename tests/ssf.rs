@@ -413,7 +413,7 @@ async fn bad_sets_get_their_rfc_8935_errors_and_write_nothing() {
                 with(
                     good("bad-5"),
                     "iss",
-                    json!("https://other-idp.example.com/"),
+                    json!("https://unknown-idp.example.com/"),
                 ),
             ),
             400,
@@ -527,7 +527,7 @@ async fn bad_sets_get_their_rfc_8935_errors_and_write_nothing() {
     let text = logged();
     assert!(text.contains("SET refused"), "the capture works");
     for content in [
-        "other-idp.example.com",
+        "unknown-idp.example.com",
         "+12065550100",
         "mystery",
         "someone-else",
@@ -785,5 +785,54 @@ async fn a_transmitter_whose_keys_cannot_be_read_does_not_stop_the_worker() {
         "{:?}",
         sandbox::header(&dead[0], "offboarder-error")
     );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_set_signed_with_another_transmitters_key_is_refused() {
+    let Some(python) = support::peer("PEERS_PYTHON") else {
+        return;
+    };
+    let sandbox = sandbox().await;
+    let dir = scratch("cross");
+    let (jwks_a, jwks_b, bearer) = (dir.join("a.json"), dir.join("b.json"), dir.join("bearer"));
+    std::fs::write(&bearer, "push-secret").expect("bearer file");
+    const OTHER: &str = "https://other-idp.example.com/";
+    let purged = |iss: &str, jti: &str| {
+        let mut c = with(
+            claims(jti, json!({format!("{RISC}account-purged"): {}})),
+            "sub_id",
+            json!({"format": "email", "email": user(1)}),
+        );
+        c["iss"] = iss.into();
+        spec("rsa", c)
+    };
+    let ours = sign_with(&python, &jwks_a, "-a", vec![purged(ISS, "cross-1")]);
+    // The other transmitter's key signs a SET that claims to come from ours.
+    let theirs = sign_with(
+        &python,
+        &jwks_b,
+        "-b",
+        vec![purged(ISS, "cross-2"), purged(OTHER, "cross-3")],
+    );
+    let mut config = config(&sandbox, &jwks_a, &bearer);
+    let mut other = config.ssf.transmitters[0].clone();
+    other.name = "other".into();
+    other.issuer = OTHER.into();
+    other.jwks_file = Some(jwks_b.clone());
+    config.ssf.transmitters.push(other);
+    let (url, stop) = receiver(&config).await;
+    assert_eq!(push(&url, Some("push-secret"), &ours[0]).await, (202, None));
+    assert_eq!(
+        push(&url, Some("push-secret"), &theirs[0]).await,
+        (400, Some("invalid_key".into())),
+        "only the keys of the transmitter its iss names may verify a SET"
+    );
+    assert_eq!(
+        push(&url, Some("push-secret"), &theirs[1]).await,
+        (202, None),
+        "the same key verifies that transmitter's own SETs"
+    );
+    let _ = stop.send(());
     let _ = std::fs::remove_dir_all(dir);
 }
