@@ -836,3 +836,28 @@ async fn a_set_signed_with_another_transmitters_key_is_refused() {
     let _ = stop.send(());
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_receiver_does_not_start_without_its_topic() {
+    let sandbox = sandbox().await;
+    let dir = scratch("no-topic");
+    let (jwks, bearer) = (dir.join("jwks.json"), dir.join("bearer"));
+    std::fs::write(&bearer, "push-secret").expect("bearer file");
+    // One usable key is enough: the receiver checks its keys before the brokers.
+    let n = {
+        use base64::Engine as _;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode([0xC5u8; 256])
+    };
+    let set = json!({"keys": [{"kty": "RSA", "n": n, "e": "AQAB", "kid": "k1"}]});
+    std::fs::write(&jwks, set.to_string()).expect("jwks");
+    let mut config = config(&sandbox, &jwks, &bearer);
+    config.kafka.topics.risk_signals = "xdr.risk-signalz".into();
+    let err = offboarder::ssf::receiver::run(&config, None, std::future::ready(()))
+        .await
+        .expect_err("a missing topic stops the receiver at start");
+    assert!(
+        err.contains("xdr.risk-signalz (kafka.topics.risk_signals): does not exist"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -281,6 +281,7 @@ pub async fn build(config: &crate::config::Config) -> Result<Arc<Receiver>, Stri
         .read("ssf.bearer_token", None)
         .map_err(|e| e.to_string())?;
     let producer = crate::tools::producer(&config.kafka).map_err(|e| e.to_string())?;
+    check_topic(&producer, &config.kafka).await?;
     let receiver = Receiver::new(
         mapper,
         ssf,
@@ -289,6 +290,36 @@ pub async fn build(config: &crate::config::Config) -> Result<Arc<Receiver>, Stri
         bearer,
     );
     Ok(Arc::new(receiver))
+}
+
+/// The brokers answer and the risk-signals topic exists: otherwise every push would be
+/// answered 503, and the cause would only show in the log of each.
+async fn check_topic(
+    producer: &FutureProducer,
+    kafka: &crate::pipeline::config::KafkaConfig,
+) -> Result<(), String> {
+    use rdkafka::producer::Producer as _;
+    let (probe, timeout) = (producer.clone(), kafka.connect_timeout);
+    // Every topic's metadata, not the one topic's: asking for a topic by name lets a broker
+    // (and librdkafka's mock) create it on the spot.
+    let metadata =
+        tokio::task::spawn_blocking(move || probe.client().fetch_metadata(None, timeout))
+            .await
+            .map_err(|e| format!("kafka: metadata request did not run: {e}"))?
+            .map_err(|e| {
+                format!(
+                    "kafka: cannot reach the brokers at {} within {}: {e}",
+                    kafka.brokers,
+                    humantime::format_duration(kafka.connect_timeout)
+                )
+            })?;
+    let name = &kafka.topics.risk_signals;
+    match metadata.topics().iter().find(|t| t.name() == name.as_str()) {
+        Some(t) if t.error().is_none() && !t.partitions().is_empty() => Ok(()),
+        _ => Err(format!(
+            "{name} (kafka.topics.risk_signals): does not exist; the receiver writes risk signals there"
+        )),
+    }
 }
 
 /// Serves the push endpoint on `ssf.listen` and `/metrics` on `admin.listen` until `shutdown`
