@@ -8,8 +8,6 @@
 mod support;
 
 use std::collections::HashSet;
-use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -50,22 +48,8 @@ fn parse_with_the_sdk(python: &str, records: &[OwnedMessage]) -> Vec<Value> {
         input.push_str(&line.to_string());
         input.push('\n');
     }
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/cloudevents/parse_records.py");
-    let mut child = Command::new(python)
-        .arg(script)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("the peers' python runs");
-    {
-        use std::io::Write as _;
-        let mut stdin = child.stdin.take().expect("stdin");
-        stdin.write_all(input.as_bytes()).expect("records written");
-    }
-    let out = child.wait_with_output().expect("the parser ends");
-    assert!(out.status.success(), "the parser failed");
-    String::from_utf8_lossy(&out.stdout)
+    let out = support::run_python_script(python, "cloudevents/parse_records.py", input.as_bytes());
+    String::from_utf8_lossy(&out)
         .lines()
         .map(|l| serde_json::from_str(l).expect("a JSON line"))
         .collect()

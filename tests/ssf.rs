@@ -9,7 +9,6 @@ mod support;
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use rdkafka::Message;
@@ -46,6 +45,14 @@ fn scratch(name: &str) -> PathBuf {
     dir
 }
 
+/// This test's directory, where its JWKS goes, and its bearer-token file (`push-secret`).
+fn files(name: &str) -> (PathBuf, PathBuf, PathBuf) {
+    let dir = scratch(name);
+    let (jwks, bearer) = (dir.join("jwks.json"), dir.join("bearer"));
+    std::fs::write(&bearer, "push-secret\n").expect("bearer file");
+    (dir, jwks, bearer)
+}
+
 /// Signs `specs` (see tests/ssf/sign_sets.py) and writes the JWKS to `jwks`.
 fn sign(python: &str, jwks: &Path, specs: Vec<Value>) -> Vec<String> {
     sign_with(python, jwks, "", specs)
@@ -53,30 +60,24 @@ fn sign(python: &str, jwks: &Path, specs: Vec<Value>) -> Vec<String> {
 
 /// [`sign`] with fresh keys whose kids end in `kid_suffix`.
 fn sign_with(python: &str, jwks: &Path, kid_suffix: &str, specs: Vec<Value>) -> Vec<String> {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/ssf/sign_sets.py");
-    let mut child = Command::new(python)
-        .arg(script)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("the peers' python runs");
     let request = json!({"jwks_out": jwks, "kid_suffix": kid_suffix, "sets": specs});
-    {
-        use std::io::Write as _;
-        let mut stdin = child.stdin.take().expect("stdin");
-        stdin
-            .write_all(request.to_string().as_bytes())
-            .expect("the request is written");
-    }
-    let out = child.wait_with_output().expect("the signer ends");
-    assert!(out.status.success(), "the signer failed");
-    serde_json::from_slice(&out.stdout).expect("a list of tokens")
+    let out =
+        support::run_python_script(python, "ssf/sign_sets.py", request.to_string().as_bytes());
+    serde_json::from_slice(&out).expect("a list of tokens")
 }
 
 /// A SET's claims from this test's issuer to this receiver, issued now.
 fn claims(jti: &str, events: Value) -> Value {
     json!({"iss": ISS, "aud": AUD, "iat": now(), "jti": jti, "events": events})
+}
+
+/// A RISC account-purged SET's claims for user `n`, named by email.
+fn purged(jti: &str, n: usize) -> Value {
+    with(
+        claims(jti, json!({format!("{RISC}account-purged"): {}})),
+        "sub_id",
+        json!({"format": "email", "email": user(n)}),
+    )
 }
 
 fn with(mut v: Value, key: &str, value: Value) -> Value {
@@ -205,9 +206,7 @@ async fn sets_from_the_specifications_become_risk_signals_and_quarantines() {
         return;
     };
     let sandbox = sandbox().await;
-    let dir = scratch("spec");
-    let (jwks, bearer) = (dir.join("jwks.json"), dir.join("bearer"));
-    std::fs::write(&bearer, "push-secret\n").expect("bearer file");
+    let (dir, jwks, bearer) = files("spec");
     // The examples of RISC 1.0 (account-disabled, credential-compromise) and CAEP 1.0
     // (session-revoked, device-compliance-change, risk-level-change), with our users.
     let tokens = sign(
@@ -368,17 +367,9 @@ async fn bad_sets_get_their_rfc_8935_errors_and_write_nothing() {
         return;
     };
     let sandbox = sandbox().await;
-    let dir = scratch("bad");
-    let (jwks, bearer) = (dir.join("jwks.json"), dir.join("bearer"));
-    std::fs::write(&bearer, "push-secret").expect("bearer file");
+    let (dir, jwks, bearer) = files("bad");
     let email = json!({"format": "email", "email": user(1)});
-    let good = |jti: &str| {
-        with(
-            claims(jti, json!({format!("{RISC}account-purged"): {}})),
-            "sub_id",
-            email.clone(),
-        )
-    };
+    let good = |jti: &str| purged(jti, 1);
     let cases: Vec<(&str, Value, u16, &str)> = vec![
         (
             "wrong signature",
@@ -544,17 +535,8 @@ async fn sets_forwarded_onto_the_risk_signals_topic_are_verified_and_mapped_the_
         return;
     };
     let sandbox = sandbox().await;
-    let dir = scratch("kafka");
-    let (jwks, bearer) = (dir.join("jwks.json"), dir.join("bearer"));
-    std::fs::write(&bearer, "push-secret").expect("bearer file");
+    let (dir, jwks, bearer) = files("kafka");
     let email = |n: usize| json!({"format": "email", "email": user(n)});
-    let purged = |jti: &str, n: usize| {
-        with(
-            claims(jti, json!({format!("{RISC}account-purged"): {}})),
-            "sub_id",
-            email(n),
-        )
-    };
     let tokens = sign(
         &python,
         &jwks,
@@ -652,16 +634,7 @@ async fn a_rotated_key_is_fetched_from_the_jwks_url_and_a_retired_one_refused() 
     let dir = scratch("rotation");
     let (jwks_a, jwks_b, bearer) = (dir.join("a.json"), dir.join("b.json"), dir.join("bearer"));
     std::fs::write(&bearer, "push-secret").expect("bearer file");
-    let purged = |jti: &str, n: usize| {
-        spec(
-            "rsa",
-            with(
-                claims(jti, json!({format!("{RISC}account-purged"): {}})),
-                "sub_id",
-                json!({"format": "email", "email": user(n)}),
-            ),
-        )
-    };
+    let purged = |jti: &str, n: usize| spec("rsa", purged(jti, n));
     let old = sign_with(
         &python,
         &jwks_a,
@@ -719,21 +692,8 @@ async fn a_transmitter_whose_keys_cannot_be_read_does_not_stop_the_worker() {
         return;
     };
     let sandbox = sandbox().await;
-    let dir = scratch("unreadable");
-    let (jwks, bearer) = (dir.join("jwks.json"), dir.join("bearer"));
-    std::fs::write(&bearer, "push-secret").expect("bearer file");
-    let token = sign(
-        &python,
-        &jwks,
-        vec![spec(
-            "rsa",
-            with(
-                claims("unreadable-1", json!({format!("{RISC}account-purged"): {}})),
-                "sub_id",
-                json!({"format": "email", "email": user(9)}),
-            ),
-        )],
-    );
+    let (dir, jwks, bearer) = files("unreadable");
+    let token = sign(&python, &jwks, vec![spec("rsa", purged("unreadable-1", 9))]);
     let mut config = config(&sandbox, &jwks, &bearer);
     // Nothing listens there: the JWKS cannot be fetched.
     config.ssf.transmitters[0].jwks_file = None;
@@ -799,11 +759,7 @@ async fn a_set_signed_with_another_transmitters_key_is_refused() {
     std::fs::write(&bearer, "push-secret").expect("bearer file");
     const OTHER: &str = "https://other-idp.example.com/";
     let purged = |iss: &str, jti: &str| {
-        let mut c = with(
-            claims(jti, json!({format!("{RISC}account-purged"): {}})),
-            "sub_id",
-            json!({"format": "email", "email": user(1)}),
-        );
+        let mut c = purged(jti, 1);
         c["iss"] = iss.into();
         spec("rsa", c)
     };
@@ -840,9 +796,7 @@ async fn a_set_signed_with_another_transmitters_key_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_receiver_does_not_start_without_its_topic() {
     let sandbox = sandbox().await;
-    let dir = scratch("no-topic");
-    let (jwks, bearer) = (dir.join("jwks.json"), dir.join("bearer"));
-    std::fs::write(&bearer, "push-secret").expect("bearer file");
+    let (dir, jwks, bearer) = files("no-topic");
     // One usable key is enough: the receiver checks its keys before the brokers.
     let n = {
         use base64::Engine as _;

@@ -29,6 +29,7 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
+use super::clip;
 use super::set::{ErrorCode, SetError, VerifiedSet};
 use super::subject::{SubjectRules, user_name};
 
@@ -302,15 +303,6 @@ fn rfc3339(secs: u64) -> String {
     let t = time::OffsetDateTime::from_unix_timestamp(i64::try_from(secs).unwrap_or(i64::MAX))
         .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
     offboarder_base::clock::rfc3339(t)
-}
-
-fn clip(s: &str, max: usize) -> String {
-    let cut: String = s.chars().filter(|c| !c.is_control()).take(max).collect();
-    if s.chars().count() > max {
-        format!("{cut}…")
-    } else {
-        cut
-    }
 }
 
 #[cfg(test)]

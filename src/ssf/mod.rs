@@ -77,3 +77,13 @@ impl SetMapper {
         out
     }
 }
+
+/// A value from a SET, cut to `max` characters and without control characters, for a message.
+fn clip(s: &str, max: usize) -> String {
+    let cut: String = s.chars().filter(|c| !c.is_control()).take(max).collect();
+    if s.chars().count() > max {
+        format!("{cut}…")
+    } else {
+        cut
+    }
+}

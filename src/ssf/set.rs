@@ -18,8 +18,11 @@ use base64::Engine as _;
 use jsonwebtoken::{Algorithm, Validation};
 use serde_json::{Map, Value};
 
+use super::clip;
 use super::keys::{Lookup, TransmitterKeys};
 
+/// Most characters of a token's value quoted in a refusal.
+const MAX_QUOTED_CHARS: usize = 100;
 /// Largest SET accepted, on the push endpoint and on Kafka.
 pub const MAX_SET_BYTES: usize = 64 * 1024;
 /// Longest `jti` taken: it becomes the risk signal's `event_id` (at most 256 characters).
@@ -175,7 +178,10 @@ impl SetVerifier {
         let Some(transmitter) = self.by_issuer.get(iss) else {
             return Err(SetError::refused(
                 ErrorCode::InvalidIssuer,
-                format!("issuer {:?} is not a configured transmitter", clip(iss)),
+                format!(
+                    "issuer {:?} is not a configured transmitter",
+                    clip(iss, MAX_QUOTED_CHARS)
+                ),
             ));
         };
         if !transmitter.algorithms.contains(&alg) {
@@ -281,7 +287,7 @@ impl SetVerifier {
         if let Some((kind, _)) = events.iter().find(|(_, payload)| !payload.is_object()) {
             return Err(SetError::request(format!(
                 "the payload of event {:?} is not an object",
-                clip(kind)
+                clip(kind, MAX_QUOTED_CHARS)
             )));
         }
         Ok(VerifiedSet {
@@ -373,7 +379,12 @@ fn check_header(header: &Map<String, Value>) -> Result<Algorithm, SetError> {
         .parse()
         .ok()
         .filter(|a| DEFAULT_ALGORITHMS.contains(a))
-        .ok_or_else(|| SetError::key(format!("algorithm {:?} is not accepted", clip(alg))))?;
+        .ok_or_else(|| {
+            SetError::key(format!(
+                "algorithm {:?} is not accepted",
+                clip(alg, MAX_QUOTED_CHARS)
+            ))
+        })?;
     if header.contains_key("crit") {
         return Err(SetError::request(
             "the header lists critical extensions (\"crit\"), which this receiver does not understand",
@@ -384,7 +395,7 @@ fn check_header(header: &Map<String, Value>) -> Result<Algorithm, SetError> {
         if typ != "secevent+jwt" && typ != "application/secevent+jwt" {
             return Err(SetError::request(format!(
                 "the header's \"typ\" is {:?}, not \"secevent+jwt\": not a Security Event Token",
-                clip(&typ)
+                clip(&typ, MAX_QUOTED_CHARS)
             )));
         }
     }
@@ -398,18 +409,6 @@ fn seconds(v: Option<&Value>) -> Option<u64> {
             .filter(|f| *f >= 0.0 && f.is_finite())
             .map(|f| f as u64)
     })
-}
-
-/// A value from the token, cut for a message.
-fn clip(s: &str) -> String {
-    const MAX: usize = 100;
-    if s.chars().count() <= MAX {
-        s.to_string()
-    } else {
-        let mut cut: String = s.chars().take(MAX).collect();
-        cut.push('…');
-        cut
-    }
 }
 
 #[cfg(test)]
@@ -473,7 +472,7 @@ mod tests {
             ("x".repeat(MAX_SET_BYTES + 1), ErrorCode::InvalidRequest),
         ] {
             let got = verifier.verify(&token).await.map_err(|e| e.code());
-            assert_eq!(got, Err(Some(code)), "{}", clip(&token));
+            assert_eq!(got, Err(Some(code)), "{}", clip(&token, MAX_QUOTED_CHARS));
         }
     }
 

@@ -84,9 +84,9 @@ fn resolve(subject: &Value, rules: SubjectRules, depth: u8) -> Result<String, Se
             return Err(last);
         }
         other => {
-            let other: String = other.chars().take(40).collect();
             return Err(refuse(format!(
-                "subject format {other:?} does not name a user"
+                "subject format {:?} does not name a user",
+                super::clip(other, 40)
             )));
         }
     };

@@ -199,3 +199,29 @@ pub fn free_port() -> u16 {
         .map(|a| a.port())
         .expect("a free port")
 }
+
+/// Runs a script of `tests/` with the peers' Python (`PEERS_PYTHON`), `input` on its stdin;
+/// returns its stdout, and fails the test if the script fails.
+pub fn run_python_script(python: &str, script: &str, input: &[u8]) -> Vec<u8> {
+    use std::io::Write as _;
+    use std::process::{Command, Stdio};
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests")
+        .join(script);
+    let mut child = Command::new(python)
+        .arg(&path)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("the peers' python runs");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(input)
+        .expect("the input is written");
+    let out = child.wait_with_output().expect("the script ends");
+    assert!(out.status.success(), "{script} failed");
+    out.stdout
+}
